@@ -1,0 +1,116 @@
+# ferry — plain GNU Makefile.  `make`, `make check`, `make bench`, `make demo`,
+# `make install`, `make clean`.  SANITIZE=1 builds with ASan/UBSan, V=1 echoes
+# the commands.
+
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCDIR ?= $(PREFIX)/include
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+PCDIR  ?= $(LIBDIR)/pkgconfig
+VERSION := 0.1.0
+
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -pthread \
+	   -Iinclude -Isrc -MMD -MP
+LDLIBS  += -lxxhash -pthread -lm
+ifeq ($(SANITIZE),1)
+CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer
+LDFLAGS += -fsanitize=address,undefined
+endif
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+O := build
+LIB_SRC   := $(sort $(wildcard src/*.c))
+TOOL_SRC  := $(sort $(wildcard tools/*.c))
+TEST_SRC  := $(sort $(wildcard tests/*.c))
+BENCH_SRC := $(sort $(wildcard bench/*.c))
+
+LIB_OBJ   := $(LIB_SRC:%.c=$(O)/%.o)
+PIC_OBJ   := $(LIB_SRC:%.c=$(O)/pic/%.o)
+TOOL_OBJ  := $(TOOL_SRC:%.c=$(O)/%.o)
+TEST_OBJ  := $(TEST_SRC:%.c=$(O)/%.o)
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(O)/bench/%)
+
+STATIC := $(O)/libferry.a
+SHARED := $(O)/libferry.so.$(VERSION)
+SONAME := libferry.so.0
+TOOL   := $(O)/ferry
+TESTS  := $(O)/tests/run
+
+all: $(STATIC) $(SHARED) $(TOOL) $(TESTS)
+
+$(O)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+$(O)/pic/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC [pic] $<")
+	$(Q)$(CC) $(CFLAGS) -fPIC -c -o $@ $<
+
+$(STATIC): $(LIB_OBJ)
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(SHARED): $(PIC_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) -shared -Wl,-soname,$(SONAME) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(Q)ln -sf libferry.so.$(VERSION) $(O)/$(SONAME)
+	$(Q)ln -sf $(SONAME) $(O)/libferry.so
+
+$(TOOL): $(TOOL_OBJ) $(STATIC)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(STATIC) $(LDLIBS)
+
+$(TESTS): $(TEST_OBJ) $(STATIC)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(TEST_OBJ) $(STATIC) $(LDLIBS)
+
+$(O)/bench/%: bench/%.c $(STATIC) bench/bench.h
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -Ibench $(LDFLAGS) -o $@ $< $(STATIC) $(LDLIBS)
+
+# The test runner forks each case with a time limit and prints
+# "N passed, N failed, N skipped" last.  TESTFLAGS=-f NAME filters.
+check: $(TESTS) $(TOOL)
+	$(TESTS) $(TESTFLAGS)
+
+bench: $(BENCH_BIN) $(TOOL)
+	bench/run
+
+# Until live migration lands, the demo is the most complete real flow: the
+# workload VM on every backing, verified, after the machine's capabilities.
+demo: $(TOOL)
+	$(TOOL) demo
+
+ferry.pc: ferry.pc.in Makefile
+	$(Q)sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+		-e 's|@INCDIR@|$(INCDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+install: all ferry.pc
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR)/ferry \
+		$(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(PCDIR)
+	install -m 644 include/ferry/*.h $(DESTDIR)$(INCDIR)/ferry/
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
+	ln -sf libferry.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libferry.so
+	install -m 755 $(TOOL) $(DESTDIR)$(BINDIR)/
+	install -m 644 man/ferry.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 644 ferry.pc $(DESTDIR)$(PCDIR)/
+
+clean:
+	rm -rf $(O) ferry.pc
+
+.PHONY: all check bench demo install clean
+
+-include $(shell find $(O) -name '*.d' 2>/dev/null)

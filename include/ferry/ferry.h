@@ -1,0 +1,17 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef FERRY_H
+#define FERRY_H
+
+/*
+ * libferry: live migration, snapshot and lazy restore of a virtual
+ * machine's memory and vCPU state, on shared memory, with userfaultfd.
+ * Include this one header, link with -lferry (pkg-config ferry).
+ */
+#include "ferry/error.h"
+#include "ferry/faults.h"
+#include "ferry/mem.h"
+#include "ferry/uffd.h"
+
+#define FERRY_VERSION "0.1.0"
+
+#endif

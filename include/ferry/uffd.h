@@ -1,0 +1,166 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef FERRY_UFFD_H
+#define FERRY_UFFD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <linux/userfaultfd.h>
+
+/*
+ * userfaultfd: the one module that issues its ioctls.  Every function
+ * returns 0 / a count, or -errno; none hides a partial result.
+ */
+
+/* How the descriptor was obtained. */
+enum ferry_uffd_via {
+	FERRY_UFFD_VIA_SYSCALL_USER,	/* userfaultfd(UFFD_USER_MODE_ONLY) */
+	FERRY_UFFD_VIA_SYSCALL,		/* userfaultfd(0) */
+	FERRY_UFFD_VIA_DEV,		/* /dev/userfaultfd USERFAULTFD_IOC_NEW */
+};
+
+/* Feature bits, named as the kernel names them (src/uapi.h fills gaps). */
+#define FERRY_UFFD_F_PAGEFAULT_FLAG_WP	(1ULL << 0)
+#define FERRY_UFFD_F_EVENT_FORK		(1ULL << 1)
+#define FERRY_UFFD_F_EVENT_REMAP	(1ULL << 2)
+#define FERRY_UFFD_F_EVENT_REMOVE	(1ULL << 3)
+#define FERRY_UFFD_F_MISSING_HUGETLBFS	(1ULL << 4)
+#define FERRY_UFFD_F_MISSING_SHMEM	(1ULL << 5)
+#define FERRY_UFFD_F_EVENT_UNMAP	(1ULL << 6)
+#define FERRY_UFFD_F_SIGBUS		(1ULL << 7)
+#define FERRY_UFFD_F_THREAD_ID		(1ULL << 8)
+#define FERRY_UFFD_F_MINOR_HUGETLBFS	(1ULL << 9)
+#define FERRY_UFFD_F_MINOR_SHMEM	(1ULL << 10)
+#define FERRY_UFFD_F_EXACT_ADDRESS	(1ULL << 11)
+#define FERRY_UFFD_F_WP_HUGETLBFS_SHMEM	(1ULL << 12)
+#define FERRY_UFFD_F_WP_UNPOPULATED	(1ULL << 13)
+#define FERRY_UFFD_F_POISON		(1ULL << 14)
+#define FERRY_UFFD_F_WP_ASYNC		(1ULL << 15)
+#define FERRY_UFFD_F_MOVE		(1ULL << 16)
+#define FERRY_UFFD_F_COUNT		17
+
+/* Register modes. */
+#define FERRY_UFFD_MISSING	UFFDIO_REGISTER_MODE_MISSING
+#define FERRY_UFFD_WP		UFFDIO_REGISTER_MODE_WP
+#define FERRY_UFFD_MINOR	UFFDIO_REGISTER_MODE_MINOR
+
+/* Flags for the install calls. */
+#define FERRY_UFFD_DONTWAKE	(1U << 0)	/* leave the faulting thread asleep */
+#define FERRY_UFFD_INSTALL_WP	(1U << 1)	/* map write-protected */
+
+struct ferry_uffd {
+	int fd;
+	enum ferry_uffd_via via;
+	uint64_t features;	/* what UFFDIO_API granted */
+};
+
+/* What this kernel offers, probed once per process and cached. */
+struct ferry_uffd_caps {
+	int open_err;			/* 0, or -errno: userfaultfd unusable */
+	enum ferry_uffd_via via;	/* best way that worked */
+	uint64_t features;		/* every feature the kernel reports */
+	bool pagemap_scan;		/* PAGEMAP_SCAN ioctl on /proc/pid/pagemap */
+	char open_reason[160];		/* why open failed, when it did */
+};
+
+const struct ferry_uffd_caps *ferry_uffd_probe(void);
+
+/* "MINOR_SHMEM", ... for one bit; NULL for an unknown bit. */
+const char *ferry_uffd_feature_name(uint64_t bit);
+
+/*
+ * Kernel release that brought a feature (e.g. "5.13"), for error messages.
+ */
+const char *ferry_uffd_feature_since(uint64_t bit);
+
+/*
+ * Open a userfaultfd (O_CLOEXEC | O_NONBLOCK), user-mode-only where that
+ * works, else the plain syscall, else /dev/userfaultfd; then negotiate
+ * UFFDIO_API.  Every bit of `required` must be granted, or -EOPNOTSUPP with
+ * a reason naming each missing feature and the release that brought it.
+ * Bits of `optional` are asked for when the kernel has them.
+ * `kernel_faults` asks for a descriptor that also reports faults taken in
+ * kernel mode (a syscall reading guest memory); it rules out
+ * user-mode-only.
+ */
+int ferry_uffd_open(struct ferry_uffd *uffd, uint64_t required,
+		    uint64_t optional, bool kernel_faults);
+
+/* Close; fd -1 is fine. */
+void ferry_uffd_close(struct ferry_uffd *uffd);
+
+static inline bool ferry_uffd_has(const struct ferry_uffd *uffd, uint64_t f)
+{
+	return (uffd->features & f) == f;
+}
+
+/*
+ * Register [addr, addr+len) with `modes` (FERRY_UFFD_MISSING | MINOR | WP).
+ * *ioctls (optional) gets the kernel's bitmask of range ioctls allowed
+ * (1 << _UFFDIO_COPY, ...).  The wrapper checks it: a MINOR range must
+ * allow CONTINUE, and CONTINUE is never reported for a range without MINOR
+ * (the seed's rule); a violation is -EPROTO.
+ */
+int ferry_uffd_register(struct ferry_uffd *uffd, void *addr, size_t len,
+			uint64_t modes, uint64_t *ioctls);
+int ferry_uffd_unregister(struct ferry_uffd *uffd, void *addr, size_t len);
+
+/*
+ * The install calls return how many bytes were installed.
+ *
+ * - On EAGAIN with partial progress (the mm changed under us), the rest is
+ *   retried inside the call.
+ * - When the first page is already there, -EEXIST (a benign race for the
+ *   caller: somebody else installed it).  If some pages were installed
+ *   before one that exists, the count so far is returned; calling again on
+ *   the remainder reports the -EEXIST.
+ * - Any other error after partial progress likewise returns the count; the
+ *   error comes back on the next call.  Errors are never counted as
+ *   progress: the kernel reports them in the same field as the count, as a
+ *   negative number, and the wrapper separates the two.
+ */
+ssize_t ferry_uffd_copy(struct ferry_uffd *uffd, void *dst, const void *src,
+			size_t len, unsigned int flags);
+ssize_t ferry_uffd_zeropage(struct ferry_uffd *uffd, void *dst, size_t len,
+			    unsigned int flags);
+ssize_t ferry_uffd_continue(struct ferry_uffd *uffd, void *dst, size_t len,
+			    unsigned int flags);
+
+/* Write-protect (wp = true) or un-protect a range. */
+int ferry_uffd_writeprotect(struct ferry_uffd *uffd, void *addr, size_t len,
+			    bool wp, unsigned int flags);
+
+/* Wake threads waiting on faults in a range. */
+int ferry_uffd_wake(struct ferry_uffd *uffd, void *addr, size_t len);
+
+/*
+ * Read up to `max` events.  Returns how many, or -EAGAIN when none is
+ * pending (the fd is non-blocking: poll it).
+ */
+ssize_t ferry_uffd_read(struct ferry_uffd *uffd, struct uffd_msg *msgs,
+			size_t max);
+
+/* What a page-fault message says. */
+enum ferry_fault_kind {
+	FERRY_FAULT_MISSING,
+	FERRY_FAULT_MINOR,
+	FERRY_FAULT_WP,
+};
+
+static inline enum ferry_fault_kind
+ferry_uffd_fault_kind(const struct uffd_msg *msg)
+{
+	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)
+		return FERRY_FAULT_WP;
+	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR)
+		return FERRY_FAULT_MINOR;
+	return FERRY_FAULT_MISSING;
+}
+
+static inline bool ferry_uffd_fault_is_write(const struct uffd_msg *msg)
+{
+	return msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
+}
+
+#endif

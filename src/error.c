@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: MIT
+/* error: the thread-local "why" behind a -errno return. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "error.h"
+
+static _Thread_local char errmsg[512];
+
+const char *ferry_errmsg(void)
+{
+	return errmsg;
+}
+
+void ferry_errmsg_clear(void)
+{
+	errmsg[0] = '\0';
+}
+
+int ferry_fail(int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(errmsg, sizeof(errmsg), fmt, ap);
+	va_end(ap);
+	return err;
+}
+
+int ferry_fail_ctx(int err, const char *fmt, ...)
+{
+	char prefix[256], old[sizeof(errmsg)];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(prefix, sizeof(prefix), fmt, ap);
+	va_end(ap);
+	memcpy(old, errmsg, sizeof(old));
+	if (old[0])
+		snprintf(errmsg, sizeof(errmsg), "%s: %s", prefix, old);
+	else
+		snprintf(errmsg, sizeof(errmsg), "%s: %s", prefix,
+			 strerror(-err));
+	return err;
+}

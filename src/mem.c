@@ -1,0 +1,330 @@
+// SPDX-License-Identifier: MIT
+/* mem: guest memory regions, each one memfd mapped twice. */
+#include <linux/magic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+
+#include "error.h"
+#include "ferry/mem.h"
+#include "sys.h"
+#include "uapi.h"
+
+static const char *const backing_names[FERRY_BACKING_COUNT] = {
+	[FERRY_BACKING_SHMEM] = "shmem",
+	[FERRY_BACKING_THP] = "thp",
+	[FERRY_BACKING_HUGETLB] = "hugetlb",
+};
+
+const char *ferry_backing_name(enum ferry_backing backing)
+{
+	if ((unsigned int)backing >= FERRY_BACKING_COUNT)
+		return "?";
+	return backing_names[backing];
+}
+
+int ferry_backing_parse(const char *name, enum ferry_backing *out)
+{
+	for (int b = 0; b < FERRY_BACKING_COUNT; b++) {
+		if (strcmp(name, backing_names[b]) == 0) {
+			*out = (enum ferry_backing)b;
+			return 0;
+		}
+	}
+	return ferry_fail(-EINVAL, "unknown backing '%s' (shmem, thp, hugetlb)",
+			  name);
+}
+
+size_t ferry_backing_page_size(enum ferry_backing backing)
+{
+	return backing == FERRY_BACKING_HUGETLB ? FERRY_HUGE_PAGE_SIZE : 4096;
+}
+
+/* Alignment of both views: 2 MiB for THP so PMD mappings are possible. */
+static size_t backing_align(enum ferry_backing backing)
+{
+	return backing == FERRY_BACKING_SHMEM ? 4096 : FERRY_HUGE_PAGE_SIZE;
+}
+
+int ferry_mem_create(struct ferry_mem **out)
+{
+	struct ferry_mem *mem = calloc(1, sizeof(*mem));
+
+	if (!mem)
+		return ferry_fail(-ENOMEM, "out of memory");
+	*out = mem;
+	return 0;
+}
+
+static void region_unmap(struct ferry_region *r)
+{
+	if (r->guest)
+		sys_munmap(r->guest, r->size);
+	if (r->alias)
+		sys_munmap(r->alias, r->size);
+	if (r->own_fd && r->memfd >= 0)
+		close(r->memfd);
+}
+
+void ferry_mem_destroy(struct ferry_mem *mem)
+{
+	if (!mem)
+		return;
+	for (unsigned int i = 0; i < mem->nr_regions; i++)
+		region_unmap(&mem->regions[i]);
+	free(mem->regions);
+	free(mem);
+}
+
+/*
+ * Map fd at an address aligned to `align`: reserve size + align of address
+ * space, place the file at the first aligned address inside it, and give
+ * back the slack on both sides.
+ */
+static uint8_t *map_aligned(int fd, size_t size, size_t align, int *err)
+{
+	size_t span = size + align;
+	uint8_t *base, *start, *p;
+
+	base = sys_mmap(NULL, span, PROT_NONE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0, err);
+	if (!base)
+		return NULL;
+	start = (uint8_t *)(((uintptr_t)base + align - 1) & ~(align - 1));
+	p = sys_mmap(start, size, PROT_READ | PROT_WRITE,
+		     MAP_SHARED | MAP_FIXED, fd, 0, err);
+	if (!p) {
+		sys_munmap(base, span);
+		return NULL;
+	}
+	if (start > base)
+		sys_munmap(base, (size_t)(start - base));
+	if (start + size < base + span)
+		sys_munmap(start + size, (size_t)(base + span - start - size));
+	return p;
+}
+
+static int map_failed(struct ferry_region *r, int err)
+{
+	if (err == -ENOMEM && r->backing == FERRY_BACKING_HUGETLB)
+		return ferry_fail(err, "hugetlb pool too small for %zu MiB: "
+				  "raise vm.nr_hugepages (e.g. sysctl "
+				  "vm.nr_hugepages=%zu) or run ferry as root",
+				  r->size >> 20, r->nr_pages);
+	return ferry_fail(err, "mmap of a %zu MiB %s region: %s",
+			  r->size >> 20, ferry_backing_name(r->backing),
+			  strerror(-err));
+}
+
+static int region_map(struct ferry_region *r)
+{
+	size_t align = backing_align(r->backing);
+	int err;
+
+	r->guest = map_aligned(r->memfd, r->size, align, &err);
+	if (!r->guest)
+		return map_failed(r, err);
+	r->alias = map_aligned(r->memfd, r->size, align, &err);
+	if (!r->alias) {
+		sys_munmap(r->guest, r->size);
+		r->guest = NULL;
+		return map_failed(r, err);
+	}
+	if (r->backing == FERRY_BACKING_THP) {
+		/* Asks for huge pages where shmem_enabled allows "advise". */
+		sys_madvise(r->guest, r->size, MADV_HUGEPAGE);
+		sys_madvise(r->alias, r->size, MADV_HUGEPAGE);
+	}
+	return 0;
+}
+
+static int mem_append(struct ferry_mem *mem, struct ferry_region *r,
+		      struct ferry_region **out)
+{
+	struct ferry_region *regions;
+	int ret;
+
+	regions = realloc(mem->regions,
+			  (mem->nr_regions + 1) * sizeof(*regions));
+	if (!regions)
+		return ferry_fail(-ENOMEM, "out of memory");
+	mem->regions = regions;
+	r->nr_pages = r->size / r->page_size;
+	r->guest_base = mem->total_size;
+	ret = region_map(r);
+	if (ret)
+		return ret;
+	regions[mem->nr_regions] = *r;
+	mem->total_size += r->size;
+	if (out)
+		*out = &regions[mem->nr_regions];
+	mem->nr_regions++;
+	return 0;
+}
+
+static size_t round_up(size_t v, size_t to)
+{
+	return (v + to - 1) / to * to;
+}
+
+int ferry_mem_add_region(struct ferry_mem *mem, enum ferry_backing backing,
+			 size_t size, struct ferry_region **out)
+{
+	struct ferry_region r = { .backing = backing, .own_fd = true };
+	unsigned int flags = MFD_CLOEXEC;
+	int ret;
+
+	if ((unsigned int)backing >= FERRY_BACKING_COUNT || size == 0)
+		return ferry_fail(-EINVAL, "bad region: backing %d, size %zu",
+				  backing, size);
+	r.page_size = ferry_backing_page_size(backing);
+	r.size = round_up(size, backing_align(backing));
+	if (backing == FERRY_BACKING_HUGETLB)
+		flags |= MFD_HUGETLB | MFD_HUGE_2MB;
+	r.memfd = sys_memfd_create("ferry-guest", flags);
+	if (r.memfd < 0)
+		return ferry_fail(r.memfd, "memfd_create(%s): %s",
+				  ferry_backing_name(backing),
+				  strerror(-r.memfd));
+	ret = sys_ftruncate(r.memfd, (off_t)r.size);
+	if (ret) {
+		ferry_fail(ret, "sizing a %zu MiB memfd: %s", r.size >> 20,
+			   strerror(-ret));
+		goto err_close;
+	}
+	ret = mem_append(mem, &r, out);
+	if (ret)
+		goto err_close;
+	return 0;
+
+err_close:
+	close(r.memfd);
+	return ret;
+}
+
+/* Does the fd's file system match the backing the caller claims? */
+static int check_fd_kind(int fd, enum ferry_backing backing, size_t size)
+{
+	struct statfs sfs;
+	struct stat st;
+	bool huge;
+
+	if (fstatfs(fd, &sfs) || fstat(fd, &st))
+		return ferry_fail(-errno, "fd %d: %s", fd, strerror(errno));
+	huge = sfs.f_type == HUGETLBFS_MAGIC;
+	if (!huge && sfs.f_type != TMPFS_MAGIC)
+		return ferry_fail(-EINVAL, "fd %d is not shmem or hugetlbfs",
+				  fd);
+	if (huge != (backing == FERRY_BACKING_HUGETLB))
+		return ferry_fail(-EINVAL, "fd %d is %s, not %s", fd,
+				  huge ? "hugetlbfs" : "shmem",
+				  ferry_backing_name(backing));
+	if (huge && (size_t)sfs.f_bsize != FERRY_HUGE_PAGE_SIZE)
+		return ferry_fail(-EINVAL, "fd %d has %ld KiB huge pages; "
+				  "ferry uses 2 MiB", fd, (long)sfs.f_bsize >> 10);
+	if ((size_t)st.st_size < size)
+		return ferry_fail(-EINVAL, "fd %d holds %lld bytes, less than "
+				  "the %zu asked for", fd,
+				  (long long)st.st_size, size);
+	return 0;
+}
+
+int ferry_mem_add_region_fd(struct ferry_mem *mem, int memfd,
+			    enum ferry_backing backing, size_t size,
+			    struct ferry_region **out)
+{
+	struct ferry_region r = { .backing = backing, .own_fd = true };
+	int ret;
+
+	if ((unsigned int)backing >= FERRY_BACKING_COUNT || size == 0)
+		return ferry_fail(-EINVAL, "bad region: backing %d, size %zu",
+				  backing, size);
+	r.page_size = ferry_backing_page_size(backing);
+	if (size % backing_align(backing))
+		return ferry_fail(-EINVAL, "region size %zu is not a multiple "
+				  "of %zu", size, backing_align(backing));
+	r.size = size;
+	ret = check_fd_kind(memfd, backing, size);
+	if (ret)
+		return ret;
+	r.memfd = sys_ret(fcntl(memfd, F_DUPFD_CLOEXEC, 0));
+	if (r.memfd < 0)
+		return ferry_fail(r.memfd, "dup fd %d: %s", memfd,
+				  strerror(-r.memfd));
+	ret = mem_append(mem, &r, out);
+	if (ret)
+		close(r.memfd);
+	return ret;
+}
+
+static bool in_range(const uint8_t *base, size_t size, const void *addr)
+{
+	const uint8_t *p = addr;
+
+	return base && p >= base && p < base + size;
+}
+
+struct ferry_region *ferry_mem_find(const struct ferry_mem *mem,
+				    const void *addr)
+{
+	for (unsigned int i = 0; i < mem->nr_regions; i++)
+		if (in_range(mem->regions[i].guest, mem->regions[i].size, addr))
+			return &mem->regions[i];
+	return NULL;
+}
+
+struct ferry_region *ferry_mem_find_alias(const struct ferry_mem *mem,
+					  const void *addr)
+{
+	for (unsigned int i = 0; i < mem->nr_regions; i++)
+		if (in_range(mem->regions[i].alias, mem->regions[i].size, addr))
+			return &mem->regions[i];
+	return NULL;
+}
+
+struct ferry_region *ferry_mem_find_gpa(const struct ferry_mem *mem,
+					uint64_t gpa)
+{
+	for (unsigned int i = 0; i < mem->nr_regions; i++) {
+		struct ferry_region *r = &mem->regions[i];
+
+		if (gpa >= r->guest_base && gpa - r->guest_base < r->size)
+			return r;
+	}
+	return NULL;
+}
+
+static int check_span(struct ferry_region *r, size_t off, size_t len)
+{
+	if (off % r->page_size || len % r->page_size || off > r->size ||
+	    len > r->size - off)
+		return ferry_fail(-EINVAL, "range %zu+%zu is not whole pages "
+				  "of a %zu-byte region", off, len, r->size);
+	return 0;
+}
+
+int ferry_region_zap(struct ferry_region *r, size_t off, size_t len)
+{
+	int ret = check_span(r, off, len);
+
+	if (ret)
+		return ret;
+	ret = sys_madvise(r->guest + off, len, MADV_DONTNEED);
+	if (ret)
+		return ferry_fail(ret, "MADV_DONTNEED: %s", strerror(-ret));
+	return 0;
+}
+
+int ferry_region_punch(struct ferry_region *r, size_t off, size_t len)
+{
+	int ret = check_span(r, off, len);
+
+	if (ret)
+		return ret;
+	ret = sys_fallocate(r->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			    (off_t)off, (off_t)len);
+	if (ret)
+		return ferry_fail(ret, "punching a hole: %s", strerror(-ret));
+	return 0;
+}

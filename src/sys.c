@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: MIT
+/* sys: small-file helpers for procfs and sysfs. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sys.h"
+
+ssize_t sys_read_file(const char *path, char *buf, size_t len)
+{
+	ssize_t n = 0, total = 0;
+	int fd = sys_open(path, O_RDONLY);
+
+	if (fd < 0)
+		return fd;
+	while ((size_t)total + 1 < len) {
+		n = sys_read(fd, buf + total, len - 1 - (size_t)total);
+		if (n == -EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		total += n;
+	}
+	close(fd);
+	if (n < 0)
+		return n;
+	buf[total] = '\0';
+	return total;
+}
+
+int sys_write_file(const char *path, const char *text)
+{
+	size_t len = strlen(text);
+	ssize_t n;
+	int fd = sys_open(path, O_WRONLY);
+
+	if (fd < 0)
+		return fd;
+	n = sys_write(fd, text, len);
+	close(fd);
+	if (n < 0)
+		return (int)n;
+	return (size_t)n == len ? 0 : -EIO;
+}
+
+int sys_read_long(const char *path, long *value)
+{
+	char buf[64], *end;
+	ssize_t n = sys_read_file(path, buf, sizeof(buf));
+
+	if (n < 0)
+		return (int)n;
+	errno = 0;
+	*value = strtol(buf, &end, 10);
+	if (end == buf || errno)
+		return -EINVAL;
+	return 0;
+}
