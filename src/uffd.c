@@ -195,6 +195,22 @@ int ferry_uffd_open(struct ferry_uffd *uffd, uint64_t required,
 	return 0;
 }
 
+uint64_t ferry_uffd_features_for(bool hugetlb, uint64_t modes)
+{
+	uint64_t f = 0;
+
+	if (modes & FERRY_UFFD_MISSING)
+		f |= hugetlb ? FERRY_UFFD_F_MISSING_HUGETLBFS :
+			       FERRY_UFFD_F_MISSING_SHMEM;
+	if (modes & FERRY_UFFD_MINOR)
+		f |= hugetlb ? FERRY_UFFD_F_MINOR_HUGETLBFS :
+			       FERRY_UFFD_F_MINOR_SHMEM;
+	if (modes & FERRY_UFFD_WP)
+		f |= FERRY_UFFD_F_PAGEFAULT_FLAG_WP |
+		     FERRY_UFFD_F_WP_HUGETLBFS_SHMEM;
+	return f;
+}
+
 void ferry_uffd_close(struct ferry_uffd *uffd)
 {
 	if (uffd->fd >= 0)

@@ -100,11 +100,27 @@ static bool netns_available(char *why, size_t len)
 	return true;
 }
 
+/* Features implied by NEED_UFFD_* on this backing, plus the explicit ones. */
+static uint64_t case_features(const struct test_case *tc, int backing)
+{
+	uint64_t modes = 0;
+
+	if (tc->needs & NEED_UFFD_MISSING)
+		modes |= FERRY_UFFD_MISSING;
+	if (tc->needs & NEED_UFFD_MINOR)
+		modes |= FERRY_UFFD_MINOR;
+	if (tc->needs & NEED_UFFD_WP)
+		modes |= FERRY_UFFD_WP;
+	return tc->uffd_features |
+	       ferry_uffd_features_for(backing == FERRY_BACKING_HUGETLB, modes);
+}
+
 /* Why this case cannot run here, or false if it can. */
-static bool needs_missing(const struct test_case *tc, char *why, size_t len)
+static bool needs_missing(const struct test_case *tc, int backing, char *why,
+			  size_t len)
 {
 	const struct ferry_uffd_caps *caps = ferry_uffd_probe();
-	uint64_t missing;
+	uint64_t missing, wanted = case_features(tc, backing);
 	size_t off = 0;
 
 	if ((tc->needs & NEED_ROOT) && geteuid() != 0) {
@@ -113,7 +129,7 @@ static bool needs_missing(const struct test_case *tc, char *why, size_t len)
 	}
 	if ((tc->needs & NEED_NETNS) && !netns_available(why, len))
 		return true;
-	if (tc->uffd_features && caps->open_err) {
+	if (wanted && caps->open_err) {
 		snprintf(why, len, "userfaultfd unavailable: %s",
 			 caps->open_reason);
 		return true;
@@ -122,7 +138,7 @@ static bool needs_missing(const struct test_case *tc, char *why, size_t len)
 		snprintf(why, len, "kernel lacks PAGEMAP_SCAN (Linux 6.7)");
 		return true;
 	}
-	missing = tc->uffd_features & ~caps->features;
+	missing = wanted & ~caps->features;
 	if (!missing)
 		return false;
 	off += snprintf(why + off, len - off, "kernel lacks userfaultfd");
@@ -281,7 +297,7 @@ static void run_one(const struct test_case *tc, int backing,
 
 	label(name, sizeof(name), tc, backing);
 	ctx.backing = backing < 0 ? FERRY_BACKING_SHMEM : backing;
-	if (needs_missing(tc, ctx.reason, sizeof(ctx.reason)))
+	if (needs_missing(tc, backing, ctx.reason, sizeof(ctx.reason)))
 		result = TEST_SKIP;
 	else if (backing == FERRY_BACKING_HUGETLB)
 		result = run_hugetlb(tc, &ctx);

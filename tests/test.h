@@ -35,6 +35,10 @@ enum test_result { TEST_PASS = 0, TEST_FAIL = 1, TEST_SKIP = 2 };
 #define NEED_ROOT	(1U << 0)
 #define NEED_NETNS	(1U << 1)	/* ip netns, veth, tc netem */
 #define NEED_PAGEMAP_SCAN (1U << 2)
+/* userfaultfd modes on this case's backing (features differ per backing). */
+#define NEED_UFFD_MISSING (1U << 3)
+#define NEED_UFFD_MINOR	(1U << 4)
+#define NEED_UFFD_WP	(1U << 5)
 
 struct test_ctx {
 	enum ferry_backing backing;	/* meaningful when the case has backings */

@@ -87,6 +87,13 @@ const char *ferry_uffd_feature_since(uint64_t bit);
 int ferry_uffd_open(struct ferry_uffd *uffd, uint64_t required,
 		    uint64_t optional, bool kernel_faults);
 
+/*
+ * The features a memory kind needs for `modes` (FERRY_UFFD_MISSING | MINOR |
+ * WP): MISSING_SHMEM / MINOR_SHMEM / WP_HUGETLBFS_SHMEM on shmem, the
+ * HUGETLBFS ones on hugetlbfs.
+ */
+uint64_t ferry_uffd_features_for(bool hugetlb, uint64_t modes);
+
 /* Close; fd -1 is fine. */
 void ferry_uffd_close(struct ferry_uffd *uffd);
 
