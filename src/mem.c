@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* mem: guest memory regions, each one memfd mapped twice. */
 #include <linux/magic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -326,5 +327,80 @@ int ferry_region_punch(struct ferry_region *r, size_t off, size_t len)
 			    (off_t)off, (off_t)len);
 	if (ret)
 		return ferry_fail(ret, "punching a hole: %s", strerror(-ret));
+	return 0;
+}
+
+int ferry_region_collapse(struct ferry_region *r)
+{
+	int ret;
+
+	if (r->backing != FERRY_BACKING_THP)
+		return 0;
+	ret = sys_madvise(r->guest, r->size, MADV_COLLAPSE);
+	if (ret == -EINVAL)
+		return ferry_fail(-EOPNOTSUPP, "MADV_COLLAPSE is not supported "
+				  "(Linux 6.1 brought it for shmem)");
+	if (ret)
+		return ferry_fail(ret, "MADV_COLLAPSE of %zu MiB: %s",
+				  r->size >> 20, strerror(-ret));
+	return 0;
+}
+
+/* The value of a "Key:   123 kB" line of one smaps entry, in bytes. */
+static uint64_t smaps_field(const char *entry, const char *key)
+{
+	const char *line = strstr(entry, key);
+
+	if (!line)
+		return 0;
+	return strtoull(line + strlen(key), NULL, 10) << 10;
+}
+
+/* Find the smaps entry for the VMA starting at addr; copy it out. */
+static int smaps_entry(const void *addr, char *out, size_t len)
+{
+	char head[32], *buf, *at, *end;
+	size_t cap = 8 << 20;
+	ssize_t n;
+
+	buf = malloc(cap);
+	if (!buf)
+		return -ENOMEM;
+	n = sys_read_file("/proc/self/smaps", buf, cap);
+	if (n < 0) {
+		free(buf);
+		return (int)n;
+	}
+	snprintf(head, sizeof(head), "%lx-", (unsigned long)(uintptr_t)addr);
+	at = strstr(buf, head);
+	while (at && at != buf && at[-1] != '\n')
+		at = strstr(at + 1, head);
+	if (!at) {
+		free(buf);
+		return -ENOENT;
+	}
+	end = strstr(at + 1, "VmFlags:");
+	n = end ? end - at : (ssize_t)strlen(at);
+	if ((size_t)n >= len)
+		n = (ssize_t)len - 1;
+	memcpy(out, at, (size_t)n);
+	out[n] = '\0';
+	free(buf);
+	return 0;
+}
+
+int ferry_region_pmd_mapped(const struct ferry_region *r, uint64_t *bytes)
+{
+	char entry[4096];
+	int ret = smaps_entry(r->guest, entry, sizeof(entry));
+
+	if (ret)
+		return ferry_fail(ret, "reading /proc/self/smaps: %s",
+				  strerror(-ret));
+	if (r->backing == FERRY_BACKING_HUGETLB)
+		*bytes = smaps_field(entry, "Shared_Hugetlb:") +
+			 smaps_field(entry, "Private_Hugetlb:");
+	else
+		*bytes = smaps_field(entry, "ShmemPmdMapped:");
 	return 0;
 }

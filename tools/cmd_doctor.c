@@ -1,10 +1,100 @@
 // SPDX-License-Identifier: MIT
-/* ferry doctor: filled in below. */
+/* ferry doctor: what this machine offers ferry, and what to change. */
+#include <stdio.h>
+#include <string.h>
+
 #include "cli.h"
+#include "ferry/caps.h"
+#include "ferry/ferry.h"
+
+static const char *const via_names[] = {
+	[FERRY_UFFD_VIA_SYSCALL_USER] = "userfaultfd(2), user-mode faults only",
+	[FERRY_UFFD_VIA_SYSCALL] = "userfaultfd(2)",
+	[FERRY_UFFD_VIA_DEV] = "/dev/userfaultfd",
+};
+
+static void print_uffd(const struct ferry_caps *caps)
+{
+	const struct ferry_uffd_caps *u = caps->uffd;
+
+	printf("userfaultfd\n");
+	if (u->open_err) {
+		printf("  unavailable: %s\n", u->open_reason);
+		return;
+	}
+	printf("  opened via       %s\n", via_names[u->via]);
+	printf("  unprivileged     vm.unprivileged_userfaultfd=%ld, "
+	       "/dev/userfaultfd %s\n", caps->unprivileged_userfaultfd,
+	       caps->dev_userfaultfd ? "present" : "absent");
+	printf("  features\n");
+	for (int i = 0; i < FERRY_UFFD_F_COUNT; i++) {
+		uint64_t bit = 1ULL << i;
+
+		printf("    %-20s %-3s (Linux %s)\n",
+		       ferry_uffd_feature_name(bit),
+		       u->features & bit ? "yes" : "no",
+		       ferry_uffd_feature_since(bit));
+	}
+	printf("  PAGEMAP_SCAN     %s (Linux 6.7)\n",
+	       u->pagemap_scan ? "yes" : "no");
+}
+
+static void print_memory(const struct ferry_caps *caps)
+{
+	printf("memory\n");
+	printf("  hugetlb pool     %ld x 2 MiB, %ld free "
+	       "(/proc/sys/vm/nr_hugepages)\n", caps->hugetlb_total,
+	       caps->hugetlb_free);
+	printf("  THP shmem        shmem_enabled=%s, hugepages-2048kB=%s\n",
+	       caps->thp_shmem_enabled, caps->thp_shmem_2m);
+}
+
+static int print_caps(const struct ferry_caps *caps)
+{
+	int missing = 0;
+
+	printf("capabilities\n");
+	for (int i = 0; i < FERRY_CAP_COUNT; i++) {
+		const struct ferry_cap_status *c = &caps->cap[i];
+
+		printf("  %-4s %-38s %s\n", c->ok ? "ok" : "NO",
+		       ferry_cap_name((enum ferry_cap)i), c->detail);
+		if (!c->ok) {
+			printf("       to enable: %s\n", c->fix);
+			missing++;
+		}
+	}
+	return missing;
+}
 
 int cmd_doctor(int argc, char **argv)
 {
-	(void)argc;
-	(void)argv;
-	return 0;
+	struct ferry_caps caps;
+	int ret, missing;
+
+	if (argc > 1) {
+		bool help = !strcmp(argv[1], "--help") ||
+			    !strcmp(argv[1], "-h");
+
+		fprintf(help ? stdout : stderr, "usage: ferry doctor\n\n"
+			"Probes this machine (userfaultfd features, hugetlb "
+			"pool, THP shmem) and says,\nfor each ferry capability, "
+			"whether it can run here and, if not, what to change.\n"
+			"Exit status: 0 when everything is available, 1 when "
+			"something is missing.\n");
+		return help ? 0 : 2;
+	}
+	ret = ferry_caps_probe(&caps);
+	if (ret) {
+		cli_error("probing the machine", ret);
+		return 2;
+	}
+	printf("ferry %s on Linux %s%s\n\n", FERRY_VERSION, caps.kernel,
+	       caps.root ? " (root)" : "");
+	print_uffd(&caps);
+	print_memory(&caps);
+	missing = print_caps(&caps);
+	printf("\n%s\n", missing ? "some capabilities are missing (see "
+	       "'to enable')" : "everything ferry uses is available");
+	return missing ? 1 : 0;
 }

@@ -11,6 +11,7 @@
 #include "ferry/faults.h"
 #include "ferry/mem.h"
 #include "ferry/uffd.h"
+#include "ferry/caps.h"
 
 #define FERRY_VERSION "0.1.0"
 

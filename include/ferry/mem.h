@@ -103,6 +103,21 @@ int ferry_region_punch(struct ferry_region *region, size_t offset,
 		       size_t len);
 
 /*
+ * Give a THP region its huge mappings back: MADV_COLLAPSE over the guest
+ * view (works whatever shmem_enabled says).  -EOPNOTSUPP before Linux 6.1;
+ * other backings are a no-op.
+ */
+int ferry_region_collapse(struct ferry_region *region);
+
+/*
+ * How many bytes of the guest view the kernel maps with PMDs (smaps'
+ * ShmemPmdMapped, or the whole mapping for hugetlb once populated:
+ * Private_Hugetlb + Shared_Hugetlb).
+ */
+int ferry_region_pmd_mapped(const struct ferry_region *region,
+			    uint64_t *bytes);
+
+/*
  * hugetlb pool.  ferry_hugetlb_reserve() makes sure at least `nr_pages`
  * free 2 MiB pages are in the pool, raising vm.nr_hugepages if it must (as
  * root), and remembers what it changed; ferry_hugetlb_restore() puts the
