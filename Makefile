@@ -79,6 +79,10 @@ $(O)/bench/%: bench/%.c $(STATIC) bench/bench.h
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS) -Ibench $(LDFLAGS) -o $@ $< $(STATIC) $(LDLIBS)
 
+# Installs the Debian packages ferry needs (only those missing).
+deps:
+	scripts/install-deps
+
 # The test runner forks each case with a time limit and prints
 # "N passed, N failed, N skipped" last.  TESTFLAGS=-f NAME filters.
 check: $(TESTS) $(TOOL)
@@ -111,6 +115,6 @@ install: all ferry.pc
 clean:
 	rm -rf $(O) ferry.pc
 
-.PHONY: all check bench demo install clean
+.PHONY: all deps check bench demo install clean
 
 -include $(shell find $(O) -name '*.d' 2>/dev/null)
