@@ -96,11 +96,13 @@ bench: $(BENCH_BIN) $(TOOL)
 demo: $(TOOL)
 	$(TOOL) demo
 
-ferry.pc: ferry.pc.in Makefile
+# Made at install time, so it always names the PREFIX being installed to.
+$(O)/ferry.pc: ferry.pc.in FORCE
+	@mkdir -p $(O)
 	$(Q)sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 		-e 's|@INCDIR@|$(INCDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
 
-install: all ferry.pc
+install: all $(O)/ferry.pc
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR)/ferry \
 		$(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(PCDIR)
 	install -m 644 include/ferry/*.h $(DESTDIR)$(INCDIR)/ferry/
@@ -110,11 +112,12 @@ install: all ferry.pc
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libferry.so
 	install -m 755 $(TOOL) $(DESTDIR)$(BINDIR)/
 	install -m 644 man/ferry.1 $(DESTDIR)$(MANDIR)/man1/
-	install -m 644 ferry.pc $(DESTDIR)$(PCDIR)/
+	install -m 644 $(O)/ferry.pc $(DESTDIR)$(PCDIR)/
 
 clean:
-	rm -rf $(O) ferry.pc
+	rm -rf $(O)
 
-.PHONY: all deps check bench demo install clean
+FORCE:
+.PHONY: all deps check bench demo install clean FORCE
 
 -include $(shell find $(O) -name '*.d' 2>/dev/null)
