@@ -1,0 +1,64 @@
+// SPDX-License-Identifier: MIT
+/* dirty: exactly the written pages come back, and are protected again. */
+#include <stdlib.h>
+
+#include "bitmap.h"
+#include "ferry/dirty.h"
+#include "test.h"
+
+static ssize_t collect(struct ferry_dirty *d, uint64_t *map, size_t bits)
+{
+	memset(map, 0, bitmap_words(bits) * 8);
+	return ferry_dirty_collect(d, 0, map);
+}
+
+static enum test_result written_pages_exactly(struct test_ctx *ctx)
+{
+	struct ferry_dirty *d;
+	struct ferry_region *r;
+	struct ferry_mem *mem;
+	uint64_t *map;
+	size_t n;
+
+	CHECK_OK(ctx, ferry_mem_create(&mem));
+	CHECK_OK(ctx, ferry_mem_add_region(mem, ctx->backing,
+			test_region_size(ctx->backing, 1024, 16), &r));
+	n = r->nr_pages;
+	/* Half the pages exist before tracking starts, half are holes. */
+	for (size_t p = 0; p < n; p += 2)
+		r->alias[p * r->page_size] = 1;
+	map = bitmap_alloc(n);
+	CHECK(ctx, map, "out of memory");
+	CHECK_OK(ctx, ferry_dirty_start(mem, &d));
+	CHECK_EQ(ctx, collect(d, map, n), 0);
+	/* Reads (of pages and of holes) are not writes. */
+	for (size_t p = 0; p < n; p++)
+		(void)*(volatile uint8_t *)(r->guest + p * r->page_size);
+	CHECK_EQ(ctx, collect(d, map, n), 0);
+	/* Write every third page: existing ones and holes alike. */
+	for (size_t p = 0; p < n; p += 3)
+		r->guest[p * r->page_size + 17] = 2;
+	CHECK_EQ(ctx, collect(d, map, n), (n + 2) / 3);
+	for (size_t p = 0; p < n; p++)
+		CHECK_EQ(ctx, bitmap_test(map, p), p % 3 == 0);
+	/* Collected pages are protected again: nothing new until written. */
+	CHECK_EQ(ctx, collect(d, map, n), 0);
+	r->guest[(n - 1) * r->page_size] = 3;
+	CHECK_EQ(ctx, collect(d, map, n), 1);
+	CHECK(ctx, bitmap_test(map, n - 1), "last page not reported");
+	/* Writes through the alias are ferry's own: never reported. */
+	r->alias[r->page_size] = 4;
+	CHECK_EQ(ctx, collect(d, map, n), 0);
+	ferry_dirty_stop(d);
+	free(map);
+	ferry_mem_destroy(mem);
+	return TEST_PASS;
+}
+
+static const struct test_case cases[] = {
+	{ "dirty_reports_written_pages_exactly", written_pages_exactly, B_ALL,
+	  FERRY_UFFD_F_WP_ASYNC | FERRY_UFFD_F_WP_UNPOPULATED,
+	  NEED_UFFD_WP | NEED_PAGEMAP_SCAN, 0, 0 },
+};
+
+TEST_SUITE(dirty, cases)
