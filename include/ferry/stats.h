@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef FERRY_STATS_H
+#define FERRY_STATS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+/*
+ * Latency histogram: log2 buckets, each split into 8 linear sub-buckets,
+ * so a percentile is within ~9% of the true value over the whole range of
+ * a uint64 nanosecond count.  Recording is one relaxed atomic add; any
+ * thread may record, any thread may read.
+ */
+#define FERRY_HIST_SUB		8
+#define FERRY_HIST_BUCKETS	(64 * FERRY_HIST_SUB)
+
+struct ferry_hist {
+	atomic_uint_fast64_t count[FERRY_HIST_BUCKETS];
+	atomic_uint_fast64_t total;
+	atomic_uint_fast64_t max;
+};
+
+void ferry_hist_init(struct ferry_hist *h);
+void ferry_hist_record(struct ferry_hist *h, uint64_t value);
+
+/* The value below which `pct` percent (0..100) of samples fall; 0 if none. */
+uint64_t ferry_hist_percentile(const struct ferry_hist *h, double pct);
+
+uint64_t ferry_hist_count(const struct ferry_hist *h);
+uint64_t ferry_hist_max(const struct ferry_hist *h);
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t ferry_now_ns(void);
+
+#endif
