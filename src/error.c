@@ -37,10 +37,9 @@ int ferry_fail_ctx(int err, const char *fmt, ...)
 	vsnprintf(prefix, sizeof(prefix), fmt, ap);
 	va_end(ap);
 	memcpy(old, errmsg, sizeof(old));
-	if (old[0])
-		snprintf(errmsg, sizeof(errmsg), "%s: %s", prefix, old);
-	else
-		snprintf(errmsg, sizeof(errmsg), "%s: %s", prefix,
-			 strerror(-err));
+	/* A reason longer than the buffer is cut short; that is fine. */
+	if (snprintf(errmsg, sizeof(errmsg), "%s: %s", prefix,
+		     old[0] ? old : strerror(-err)) < 0)
+		errmsg[0] = '\0';
 	return err;
 }

@@ -2,6 +2,8 @@
 #ifndef FERRY_ERROR_INTERNAL_H
 #define FERRY_ERROR_INTERNAL_H
 
+#include <errno.h>
+
 #include "ferry/error.h"
 
 /*
