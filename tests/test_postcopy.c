@@ -28,7 +28,7 @@ struct sim {
 	enum kind *sent;
 	int req_pipe[2];
 	atomic_int error;
-	atomic_bool push_done;
+	atomic_bool first_touch_done;	/* vCPU 0 faulted on pages 0 and 4 */
 };
 
 static uint8_t byte_of(size_t page, unsigned int version)
@@ -83,6 +83,9 @@ static void *pusher_main(void *arg)
 {
 	struct sim *s = arg;
 
+	/* Leave page 0 (stale) and 4 (never sent) to demand faults. */
+	while (!atomic_load(&s->first_touch_done))
+		usleep(100);
 	for (size_t i = 0; i < s->nr; i++) {
 		size_t p = s->nr - 1 - i;
 
@@ -95,7 +98,6 @@ static void *pusher_main(void *arg)
 			break;
 		}
 	}
-	atomic_store(&s->push_done, true);
 	return NULL;
 }
 
@@ -121,6 +123,14 @@ static void *vcpu_main(void *arg)
 	struct sim *s = v->sim;
 
 	v->bad_page = s->nr;
+	if (v->seed == 7) {	/* vCPU 0: a minor and a missing fault first */
+		if (!page_ok(s, 0) || !page_ok(s, 4)) {
+			v->bad_page = page_ok(s, 0) ? 4 : 0;
+			atomic_store(&s->first_touch_done, true);
+			return NULL;
+		}
+		atomic_store(&s->first_touch_done, true);
+	}
 	for (size_t i = 0; i < s->nr; i++) {
 		size_t p = (size_t)rand_r(&v->seed) % s->nr;
 
