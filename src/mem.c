@@ -404,3 +404,71 @@ int ferry_region_pmd_mapped(const struct ferry_region *r, uint64_t *bytes)
 		*bytes = smaps_field(entry, "ShmemPmdMapped:");
 	return 0;
 }
+
+static size_t set_bits(uint64_t *bitmap, size_t first, size_t count)
+{
+	for (size_t p = first; p < first + count; p++)
+		bitmap[p / 64] |= 1ULL << (p % 64);
+	return count;
+}
+
+static ssize_t populated_seek(const struct ferry_region *r, uint64_t *bitmap)
+{
+	off_t size = (off_t)r->size, data, hole = 0;
+	size_t n = 0;
+
+	for (;;) {
+		data = lseek(r->memfd, hole, SEEK_DATA);
+		if (data < 0 && errno == ENXIO)
+			break;		/* no data after `hole` */
+		if (data < 0)
+			return ferry_fail(-errno, "SEEK_DATA: %s",
+					  strerror(errno));
+		if (data >= size)
+			break;
+		hole = lseek(r->memfd, data, SEEK_HOLE);
+		if (hole < 0)
+			return ferry_fail(-errno, "SEEK_HOLE: %s",
+					  strerror(errno));
+		if (hole > size)
+			hole = size;
+		n += set_bits(bitmap, (size_t)data / r->page_size,
+			      (size_t)(hole - data + (off_t)r->page_size - 1) /
+			      r->page_size);
+	}
+	return (ssize_t)n;
+}
+
+/* hugetlbfs: mincore reports one byte per 4 KiB of the mapping. */
+static ssize_t populated_mincore(const struct ferry_region *r,
+				 uint64_t *bitmap)
+{
+	size_t per_page = r->page_size / 4096, chunk = 64, n = 0;
+	unsigned char vec[64 * 512];
+
+	for (size_t p = 0; p < r->nr_pages; p += chunk) {
+		size_t count = r->nr_pages - p < chunk ? r->nr_pages - p : chunk;
+		size_t len = count * r->page_size;
+
+		for (int view = 0; view < 2; view++) {
+			uint8_t *base = view ? r->alias : r->guest;
+
+			if (mincore(base + p * r->page_size, len, vec))
+				return ferry_fail(-errno, "mincore: %s",
+						  strerror(errno));
+			for (size_t i = 0; i < count; i++)
+				if ((vec[i * per_page] & 1) &&
+				    !(bitmap[(p + i) / 64] >> ((p + i) % 64) & 1))
+					n += set_bits(bitmap, p + i, 1);
+		}
+	}
+	return (ssize_t)n;
+}
+
+ssize_t ferry_region_populated(const struct ferry_region *r,
+			       uint64_t *bitmap)
+{
+	if (r->backing == FERRY_BACKING_HUGETLB)
+		return populated_mincore(r, bitmap);
+	return populated_seek(r, bitmap);
+}

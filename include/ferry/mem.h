@@ -103,6 +103,16 @@ int ferry_region_punch(struct ferry_region *region, size_t offset,
 		       size_t len);
 
 /*
+ * Set a bit in `bitmap` (one per region page) for every page the memfd
+ * holds, without reading or allocating any: SEEK_DATA / SEEK_HOLE on
+ * shmem (reading a shmem hole would allocate it); on hugetlbfs, which
+ * reports every page as data, the pages mapped in either view (mincore).
+ * Returns how many pages are populated, or -errno.
+ */
+ssize_t ferry_region_populated(const struct ferry_region *region,
+			       uint64_t *bitmap);
+
+/*
  * Give a THP region its huge mappings back: MADV_COLLAPSE over the guest
  * view (works whatever shmem_enabled says).  -EOPNOTSUPP before Linux 6.1;
  * other backings are a no-op.
