@@ -389,14 +389,24 @@ int ferry_uffd_writeprotect(struct ferry_uffd *uffd, void *addr, size_t len,
 			 UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0),
 	};
 
-	return sys_ioctl(uffd->fd, UFFDIO_WRITEPROTECT, &req);
+	int ret = sys_ioctl(uffd->fd, UFFDIO_WRITEPROTECT, &req);
+
+	if (ret)
+		return ferry_fail(ret, "%s %zu bytes at %p: %s",
+				  wp ? "write-protecting" : "un-protecting",
+				  len, addr, strerror(-ret));
+	return 0;
 }
 
 int ferry_uffd_wake(struct ferry_uffd *uffd, void *addr, size_t len)
 {
 	struct uffdio_range range = { .start = (uintptr_t)addr, .len = len };
+	int ret = sys_ioctl(uffd->fd, UFFDIO_WAKE, &range);
 
-	return sys_ioctl(uffd->fd, UFFDIO_WAKE, &range);
+	if (ret)
+		return ferry_fail(ret, "waking %zu bytes at %p: %s", len, addr,
+				  strerror(-ret));
+	return 0;
 }
 
 ssize_t ferry_uffd_read(struct ferry_uffd *uffd, struct uffd_msg *msgs,
