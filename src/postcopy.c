@@ -160,25 +160,21 @@ int postcopy_store(struct postcopy *pc, unsigned int region, uint64_t page,
 	return ret;
 }
 
-int postcopy_mark_stale(struct postcopy *pc, unsigned int region,
-			const uint64_t *bitmap)
+int postcopy_switchover(struct postcopy *pc, unsigned int region,
+			const uint64_t *stale)
 {
 	struct pagestate *ps;
 
 	if (region >= pc->mem->nr_regions)
 		return ferry_fail(-EINVAL, "no region %u", region);
 	ps = &pc->states[region];
-	for (size_t w = 0; w < bitmap_words(ps->nr_pages); w++) {
-		uint64_t bits = bitmap[w];
+	for (size_t page = 0; page < ps->nr_pages; page++) {
+		bool is_stale = bitmap_test(stale, page);
 
-		while (bits) {
-			size_t page = w * 64 + (size_t)__builtin_ctzll(bits);
-
-			bits &= bits - 1;
-			if (page < ps->nr_pages &&
-			    pagestate_claim(ps, page, PAGE_PRESENT))
-				pagestate_release(ps, page, PAGE_STALE);
-		}
+		if (is_stale && pagestate_claim(ps, page, PAGE_PRESENT))
+			pagestate_release(ps, page, PAGE_STALE);
+		else if (!is_stale && pagestate_claim(ps, page, PAGE_MISSING))
+			pagestate_release(ps, page, PAGE_PRESENT);
 	}
 	return 0;
 }

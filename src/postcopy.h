@@ -95,9 +95,15 @@ void postcopy_destroy(struct postcopy *pc);
 int postcopy_store(struct postcopy *pc, unsigned int region, uint64_t page,
 		   const void *data);
 
-/* At switchover: PRESENT -> STALE for every set bit of `bitmap`. */
-int postcopy_mark_stale(struct postcopy *pc, unsigned int region,
-			const uint64_t *bitmap);
+/*
+ * At switchover, with the source's stale bitmap (pages written since they
+ * were last sent, or never sent but written): a PRESENT page in it becomes
+ * STALE; a MISSING page in it stays MISSING (owed); a MISSING page not in
+ * it was never sent because it is a hole on the source, so it is final as
+ * it is: PRESENT (a hole here too).
+ */
+int postcopy_switchover(struct postcopy *pc, unsigned int region,
+			const uint64_t *stale);
 
 /* Register the guest views and start the fault and mapper threads. */
 int postcopy_start(struct postcopy *pc, const struct postcopy_ops *ops,

@@ -89,7 +89,7 @@ static void *pusher_main(void *arg)
 	for (size_t i = 0; i < s->nr; i++) {
 		size_t p = s->nr - 1 - i;
 
-		if (s->sent[p] != K_NONE && !bitmap_test(s->stale, p))
+		if (!bitmap_test(s->stale, p))
 			continue;
 		if (i % 8 == 0)
 			usleep(50);	/* let the vCPUs fault first */
@@ -161,10 +161,12 @@ static int sim_precopy(struct sim *s)
 			ret = postcopy_store(s->pc, 0, p, page);
 		else if (s->sent[p] == K_ZERO)
 			ret = postcopy_store(s->pc, 0, p, NULL);
-		if (p % 3 == 0 && s->sent[p] != K_NONE)
-			bitmap_set(s->stale, p);	/* dirtied since */
 		if (p % 3 == 0 || s->sent[p] == K_NONE)
 			memset(page, p % 7 == 3 ? 0 : byte_of(p, 1), ps);
+		/* Dirtied since sent, or never sent but no longer a hole. */
+		if ((p % 3 == 0 && s->sent[p] != K_NONE) ||
+		    (s->sent[p] == K_NONE && page[0]))
+			bitmap_set(s->stale, p);
 	}
 	return ret;
 }
@@ -190,7 +192,7 @@ static enum test_result postcopy_serves_all(struct test_ctx *ctx)
 	CHECK_EQ(ctx, pipe(s.req_pipe), 0);
 	CHECK_OK(ctx, postcopy_create(mem, &s.pc));
 	CHECK_OK(ctx, sim_precopy(&s));
-	CHECK_OK(ctx, postcopy_mark_stale(s.pc, 0, s.stale));
+	CHECK_OK(ctx, postcopy_switchover(s.pc, 0, s.stale));
 	CHECK_OK(ctx, postcopy_start(s.pc, &sim_ops, &s));
 	pthread_create(&source, NULL, source_main, &s);
 	for (int i = 0; i < 2; i++) {
