@@ -752,10 +752,12 @@ static void *urgent_main(void *arg)
 	struct sender *u = calloc(1, sizeof(*u));
 	void *buf = aligned_alloc(4096, FERRY_WIRE_BUF_SIZE);
 
-	if (!u || !buf)
+	if (!u || !buf) {
 		src->urgent_err = -ENOMEM;
-	else
+	} else {
+		u->src = src;
 		src->urgent_err = serve_urgent(src, u, buf);
+	}
 	if (src->urgent_err)	/* wake the pushers: the session is over */
 		ferry_net_session_shutdown(src->session);
 	free(buf);
@@ -818,6 +820,14 @@ static int postcopy_push(struct source *src)
 		ret = src->urgent_err;
 	if (!ret)
 		ret = send_complete(src);
+	if (!ret) {	/* and on the urgent channel, which ends it too */
+		struct sender *s0 = &src->senders[0];
+		struct ferry_wire_complete c = { 0 };
+
+		ret = ferry_wire_enc_complete(&s0->frame, &c);
+		if (!ret)
+			ret = send_frame(src, &src->urgent_writer, &s0->frame);
+	}
 	return ret;
 }
 

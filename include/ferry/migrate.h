@@ -111,7 +111,8 @@ struct ferry_migrate_stats {
 	uint64_t fault_latency_p99_ns;
 	uint64_t fault_latency_max_ns;
 	uint64_t install_page_faults;	/* destination receive threads */
-	double faults_per_installed_page;
+	double faults_per_installed_page;	/* per 4 KiB installed, so
+						 * backings compare */
 	uint64_t pmd_mapped_bytes;	/* THP: after collapse */
 	uint64_t guest_bytes;
 };
