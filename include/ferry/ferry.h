@@ -10,7 +10,9 @@
 #include "ferry/error.h"
 #include "ferry/faults.h"
 #include "ferry/mem.h"
+#include "ferry/net.h"
 #include "ferry/uffd.h"
+#include "ferry/wire.h"
 #include "ferry/caps.h"
 
 #define FERRY_VERSION "0.1.0"

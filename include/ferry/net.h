@@ -1,0 +1,188 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef FERRY_NET_H
+#define FERRY_NET_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+/*
+ * net: channels, and sessions of channels between two hosts.
+ *
+ * A channel is a reliable byte stream behind a small ops table.  Everything
+ * above it (the wire records, migration, snapshots) does its I/O through
+ * these ops and never through a descriptor, so a later layer can wrap a
+ * channel (authentication, encryption) without anyone above noticing.
+ *
+ * A session is what one migration uses: N bulk channels (pre-copy and
+ * background push) and one urgent channel (post-copy page requests and
+ * their replies, so a faulting vCPU never waits behind bulk data).  The
+ * connecting side opens every channel and starts each with a hello naming
+ * the session; the listening side groups what it accepts into sessions.
+ * docs/wire.md gives the hello's layout.
+ *
+ * Addresses: "HOST:PORT" (TCP; an IPv6 literal in brackets, "[::1]:4000";
+ * HOST may be empty when listening: all addresses) and "unix:/path" (a Unix
+ * stream socket; "unix:@name" for the abstract namespace).
+ *
+ * A broken peer is an error (-EPIPE, -ECONNRESET, -ETIMEDOUT) with a
+ * reason, never a hang or a SIGPIPE.
+ */
+
+enum ferry_chan_role {
+	FERRY_CHAN_BULK = 1,
+	FERRY_CHAN_URGENT = 2,
+};
+
+struct ferry_chan;
+
+struct ferry_chan_ops {
+	/* Send every byte of the iovec, or fail: bytes sent, or -errno. */
+	ssize_t (*sendv)(struct ferry_chan *chan, const struct iovec *iov,
+			 int iovcnt);
+	/*
+	 * Receive exactly len bytes: len, fewer when the stream ends first
+	 * (how many arrived), or -errno.
+	 */
+	ssize_t (*recv)(struct ferry_chan *chan, void *buf, size_t len);
+	/*
+	 * Make every blocked and later send and recv return (recv: end of
+	 * stream; send: -EPIPE).  Safe from any thread, for stopping threads
+	 * that sit in I/O.  Returns 0 or -errno.
+	 */
+	int (*shutdown)(struct ferry_chan *chan);
+	/*
+	 * A descriptor to poll for POLLIN: readable when recv can make
+	 * progress.  For poll sets only; never read or write it.
+	 */
+	int (*poll_fd)(struct ferry_chan *chan);
+	/* Release everything.  Not while another thread uses the channel. */
+	void (*close)(struct ferry_chan *chan);
+};
+
+#define FERRY_CHAN_NAME_MAX	160
+
+/*
+ * A channel.  Implementations embed it first in their own struct.  `name`
+ * says which channel and which peer ("bulk 2 to 127.0.0.1:4000"); reasons
+ * recorded by the ops start with it.
+ */
+struct ferry_chan {
+	const struct ferry_chan_ops *ops;
+	enum ferry_chan_role role;
+	unsigned int index;		/* bulk: 0..nr_bulk-1; urgent: 0 */
+	char name[FERRY_CHAN_NAME_MAX];
+};
+
+static inline ssize_t ferry_chan_sendv(struct ferry_chan *chan,
+				       const struct iovec *iov, int iovcnt)
+{
+	return chan->ops->sendv(chan, iov, iovcnt);
+}
+
+static inline ssize_t ferry_chan_recv(struct ferry_chan *chan, void *buf,
+				      size_t len)
+{
+	return chan->ops->recv(chan, buf, len);
+}
+
+static inline int ferry_chan_shutdown(struct ferry_chan *chan)
+{
+	return chan->ops->shutdown(chan);
+}
+
+static inline int ferry_chan_poll_fd(struct ferry_chan *chan)
+{
+	return chan->ops->poll_fd(chan);
+}
+
+/* NULL is fine. */
+static inline void ferry_chan_close(struct ferry_chan *chan)
+{
+	if (chan)
+		chan->ops->close(chan);
+}
+
+/*
+ * A channel over a descriptor ferry takes over (closed with the channel): a
+ * connected stream socket (sent with MSG_NOSIGNAL), a pipe or a file.
+ * `name` names it in reasons.
+ */
+int ferry_chan_fd_open(int fd, const char *name, struct ferry_chan **out);
+
+/* Options for connect and listen; NULL, or zero fields, for defaults. */
+struct ferry_net_opts {
+	/*
+	 * Connecting: the whole of connect, hellos and answers.  Listening:
+	 * how long an accepted connection has to say hello.  0: 5000 ms.
+	 */
+	int connect_timeout_ms;
+	/*
+	 * A send or recv that makes no progress for this long fails with
+	 * -ETIMEDOUT.  0: no limit (TCP keepalive still finds a dead peer).
+	 */
+	int io_timeout_ms;
+	/* SO_SNDBUF and SO_RCVBUF in bytes; 0: ferry's choice. */
+	int sock_buf;
+};
+
+#define FERRY_NET_MAX_BULK	32
+#define FERRY_NET_ADDR_MAX	128
+
+struct ferry_session {
+	uint64_t id;		/* random, chosen by the connecting side */
+	unsigned int nr_bulk;
+	struct ferry_chan *bulk[FERRY_NET_MAX_BULK];
+	struct ferry_chan *urgent;
+	char peer[FERRY_NET_ADDR_MAX];
+};
+
+/*
+ * Open a session to addr: nr_bulk (1 to FERRY_NET_MAX_BULK) bulk channels
+ * and the urgent one, each connected, introduced by a hello and accepted
+ * by the listener, within the connect timeout.  Errors: -ECONNREFUSED
+ * (nobody listens), -ETIMEDOUT (no answer), -EPROTO (the listener speaks
+ * another format version), -EINVAL (a bad address), each with a reason.
+ */
+int ferry_net_connect(const char *addr, unsigned int nr_bulk,
+		      const struct ferry_net_opts *opts,
+		      struct ferry_session **out);
+
+/* Shut every channel down (see the shutdown op): wakes blocked threads. */
+void ferry_net_session_shutdown(struct ferry_session *session);
+
+/* Close every channel and free the session.  NULL is fine. */
+void ferry_net_session_close(struct ferry_session *session);
+
+struct ferry_listener;
+
+/*
+ * Listen on addr.  Port 0 picks a free port: read the address back with
+ * ferry_net_listener_addr().  A unix socket path is created here and
+ * removed on close; a stale socket left at the path is replaced.
+ */
+int ferry_net_listener_open(const char *addr,
+			    const struct ferry_net_opts *opts,
+			    struct ferry_listener **out);
+
+/* The address a peer can connect to ("127.0.0.1:40123", "unix:/x"). */
+const char *ferry_net_listener_addr(const struct ferry_listener *listener);
+
+/* The bound TCP port, or 0 for a unix socket. */
+int ferry_net_listener_port(const struct ferry_listener *listener);
+
+/*
+ * Wait up to timeout_ms (< 0: no limit) for a whole session.  Connections
+ * whose hello is garbage, or never comes, are refused and closed, and the
+ * wait goes on: a stray client does not end it.  A hello of another format
+ * version ends it with -EPROTO (that peer is the one we were waiting for).
+ * -ETIMEDOUT when time runs out; its reason says what was refused.
+ * Channels of other sessions stay with the listener for a later call.
+ */
+int ferry_net_accept(struct ferry_listener *listener, int timeout_ms,
+		     struct ferry_session **out);
+
+/* Close, refusing sessions still incomplete.  NULL is fine. */
+void ferry_net_listener_close(struct ferry_listener *listener);
+
+#endif
