@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "ferry/mem.h"
@@ -330,19 +331,47 @@ int ferry_region_punch(struct ferry_region *r, size_t off, size_t len)
 	return 0;
 }
 
+/*
+ * Collapse one 2 MiB range.  -EAGAIN is the kernel finding a page busy
+ * (a vCPU writing it, a racing fault): a moment later it usually works.
+ */
+static int collapse_range(uint8_t *addr)
+{
+	int ret = -EAGAIN;
+
+	for (int tries = 0; tries < 20 && ret == -EAGAIN; tries++) {
+		ret = sys_madvise(addr, FERRY_HUGE_PAGE_SIZE, MADV_COLLAPSE);
+		if (ret == -EAGAIN)
+			usleep(1000);
+	}
+	return ret;
+}
+
 int ferry_region_collapse(struct ferry_region *r)
 {
-	int ret;
+	size_t busy = 0;
 
 	if (r->backing != FERRY_BACKING_THP)
 		return 0;
-	ret = sys_madvise(r->guest, r->size, MADV_COLLAPSE);
-	if (ret == -EINVAL)
-		return ferry_fail(-EOPNOTSUPP, "MADV_COLLAPSE is not supported "
-				  "(Linux 6.1 brought it for shmem)");
-	if (ret)
-		return ferry_fail(ret, "MADV_COLLAPSE of %zu MiB: %s",
-				  r->size >> 20, strerror(-ret));
+	for (size_t off = 0; off < r->size; off += FERRY_HUGE_PAGE_SIZE) {
+		int ret = collapse_range(r->guest + off);
+
+		if (ret == -EINVAL)
+			return ferry_fail(-EOPNOTSUPP, "MADV_COLLAPSE is not "
+					  "supported (Linux 6.1 brought it for "
+					  "shmem)");
+		if (ret == -EAGAIN) {
+			busy++;
+			continue;
+		}
+		if (ret)
+			return ferry_fail(ret, "MADV_COLLAPSE at %zu MiB: %s",
+					  off >> 20, strerror(-ret));
+	}
+	if (busy)
+		return ferry_fail(-EAGAIN, "%zu of %zu huge pages stayed busy "
+				  "and were not collapsed", busy,
+				  r->size / FERRY_HUGE_PAGE_SIZE);
 	return 0;
 }
 

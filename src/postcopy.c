@@ -424,6 +424,14 @@ static int map_run(struct postcopy *pc, unsigned int idx, size_t page,
 			pages = 1;
 		for (size_t i = 0; i < pages; i++)
 			page_mapped(pc, idx, page + done + i);
+		/*
+		 * A vCPU that faulted on the hole while we held it BUSY was
+		 * left asleep for us to wake (the fault thread saw BUSY and
+		 * did nothing); CONTINUE failed there, so it woke no one.
+		 * Woken, it faults again and gets a zero page.
+		 */
+		if (n < 0)
+			ferry_uffd_wake(&pc->uffd, addr, r->page_size);
 		atomic_fetch_add_explicit(&pc->bulk_mapped, pages,
 					  memory_order_relaxed);
 		done += pages;
@@ -561,9 +569,17 @@ int postcopy_finish(struct postcopy *pc)
 	}
 	ferry_uffd_close(&pc->uffd);
 	pc->started = false;
-	for (unsigned int i = 0; i < pc->mem->nr_regions && !ret; i++)
-		if (region_of(pc, i)->backing == FERRY_BACKING_THP)
-			ret = ferry_region_collapse(region_of(pc, i));
+	/*
+	 * Huge mappings back, best effort: a page the guest keeps busy stays
+	 * 4 KiB-mapped (khugepaged may take it later); the guest is whole
+	 * either way, and the PMD-mapped share is reported.
+	 */
+	for (unsigned int i = 0; i < pc->mem->nr_regions; i++) {
+		int err = ferry_region_collapse(region_of(pc, i));
+
+		if (err && err != -EAGAIN && !ret)
+			ret = err;
+	}
 	return ret;
 }
 
