@@ -204,6 +204,180 @@ static enum test_result postcopy_both_kinds(struct test_ctx *ctx)
 	return TEST_PASS;
 }
 
+/* A destination that reads a few records and then drops the session. */
+static void *crashing_dest_main(void *arg)
+{
+	struct mig *m = arg;
+	struct ferry_session *s = NULL;
+	struct ferry_wire_reader r;
+	struct ferry_wire_rec rec;
+	void *buf = aligned_alloc(4096, FERRY_WIRE_BUF_SIZE);
+
+	m->dst_ret = ferry_net_accept(m->listener, 20000, &s);
+	if (!m->dst_ret && buf) {
+		ferry_wire_reader_init(&r, s->bulk[0]);
+		for (int i = 0; i < 3; i++)
+			ferry_wire_recv(&r, buf, FERRY_WIRE_BUF_SIZE, &rec);
+	}
+	ferry_net_session_close(s);
+	free(buf);
+	return NULL;
+}
+
+/*
+ * The connection breaks before switchover: the source reports it, and its
+ * VM keeps running, untouched: it makes progress and verifies.
+ */
+static enum test_result broken_before_switchover(struct test_ctx *ctx)
+{
+	struct mig m = { .mode = FERRY_MODE_HYBRID, .workload = DIRTYING,
+			 .vcpus = 3, .channels = 2, .mem = 32 << 20 };
+	struct ferry_verify_report before, after;
+	struct ferry_guest_config cfg;
+	struct ferry_guest_vm *src;
+	pthread_t dest;
+	int ret;
+
+	config(&m, &cfg);
+	CHECK_OK(ctx, ferry_guest_vm_create(&cfg, ctx->backing, m.mem, &src));
+	CHECK_OK(ctx, ferry_guest_start(src->guest));
+	usleep(50000);
+	CHECK_OK(ctx, ferry_net_listener_open("127.0.0.1:0", NULL,
+					      &m.listener));
+	CHECK_EQ(ctx, pthread_create(&dest, NULL, crashing_dest_main, &m), 0);
+	ret = connect_and_send(&m, src, NULL);
+	pthread_join(dest, NULL);
+	ferry_net_listener_close(m.listener);
+	CHECK(ctx, ret == -EPIPE || ret == -ECONNRESET,
+	      "send returned %d (%s), want a broken connection", ret,
+	      ferry_errmsg());
+	/* Still running: steps go on. */
+	CHECK_OK(ctx, ferry_guest_pause(src->guest));
+	CHECK_OK(ctx, ferry_guest_verify(src->guest, &before));
+	CHECK_OK(ctx, ferry_guest_resume(src->guest));
+	usleep(100000);
+	CHECK_OK(ctx, ferry_guest_stop(src->guest));
+	CHECK_OK(ctx, ferry_guest_verify(src->guest, &after));
+	CHECK(ctx, after.ok, "source VM fails verification after the break: "
+	      "%llu lost, %llu torn", (unsigned long long)after.lost,
+	      (unsigned long long)after.torn);
+	CHECK(ctx, after.vcpu[0].steps > before.vcpu[0].steps,
+	      "the source VM stopped making progress");
+	CHECK_EQ(ctx, after.vcpu[2].mp_state, FERRY_MP_STOPPED);
+	ferry_guest_vm_destroy(src);
+	return TEST_PASS;
+}
+
+/* Raw bytes for the destination: a real HEADER, then `tail`. */
+struct bad_stream {
+	struct mig *m;
+	const void *tail;
+	size_t tail_len;
+	bool corrupt_next;	/* flip a byte in a real PAGES record */
+};
+
+static int send_header(struct ferry_session *s, struct ferry_guest_vm *gv,
+		       struct ferry_wire_stream *st,
+		       struct ferry_wire_writer *w, struct ferry_wire_frame *f)
+{
+	int ret = ferry_wire_stream_init(st, gv->mem, FERRY_WIRE_MIGRATION,
+			gv->vm.ops->nr_vcpus(gv->guest), gv->desc,
+			gv->vm.desc_len);
+
+	ferry_wire_writer_init(w, s->bulk[0]);
+	if (!ret)
+		ret = ferry_wire_enc_header(f, st);
+	if (!ret)
+		ret = (int)ferry_wire_send(w, f);
+	return ret < 0 ? ret : 0;
+}
+
+/* A PAGES record of page 0 with one byte of its data flipped on the way. */
+static int send_corrupt_pages(struct ferry_guest_vm *gv,
+			      struct ferry_wire_stream *st,
+			      struct ferry_wire_writer *w,
+			      struct ferry_wire_frame *f)
+{
+	static uint8_t page[4 << 20];
+	uint32_t index = 0;
+	struct ferry_wire_batch b = { .region = 0, .count = 1,
+				      .index = &index, .base = page };
+	int ret = ferry_wire_enc_pages(f, st, &b);
+
+	(void)gv;
+	page[100] ^= 0x40;	/* after the checksum was taken */
+	if (!ret)
+		ret = (int)ferry_wire_send(w, f);
+	return ret < 0 ? ret : 0;
+}
+
+static enum test_result refuse_stream(struct test_ctx *ctx,
+				      struct bad_stream *bs, int want_err,
+				      const char *want_reason)
+{
+	struct mig m = { .vcpus = 2, .workload = "random", .channels = 1,
+			 .mem = 8 << 20 };
+	static struct ferry_wire_frame f;
+	struct ferry_guest_config cfg;
+	struct ferry_wire_stream st;
+	struct ferry_wire_writer w;
+	struct ferry_guest_vm *src;
+	struct ferry_session *s;
+	pthread_t dest;
+
+	bs->m = &m;
+	m.dd = (struct ferry_guest_dest){ .keep_backing = true };
+	config(&m, &cfg);
+	CHECK_OK(ctx, ferry_guest_vm_create(&cfg, ctx->backing, m.mem, &src));
+	CHECK_OK(ctx, ferry_net_listener_open("127.0.0.1:0", NULL,
+					      &m.listener));
+	CHECK_EQ(ctx, pthread_create(&dest, NULL, dest_main, &m), 0);
+	CHECK_OK(ctx, ferry_net_connect(ferry_net_listener_addr(m.listener),
+					1, NULL, &s));
+	CHECK_OK(ctx, send_header(s, src, &st, &w, &f));
+	if (bs->corrupt_next)
+		CHECK_OK(ctx, send_corrupt_pages(src, &st, &w, &f));
+	if (bs->tail_len) {
+		struct iovec iov = { (void *)bs->tail, bs->tail_len };
+
+		ferry_chan_sendv(s->bulk[0], &iov, 1);
+	}
+	ferry_net_session_close(s);	/* the stream ends here */
+	pthread_join(dest, NULL);
+	ferry_net_listener_close(m.listener);
+	CHECK_EQ(ctx, m.dst_ret, want_err);
+	CHECK(ctx, strstr(m.dst_reason, want_reason), "reason '%s' does not "
+	      "say '%s'", m.dst_reason, want_reason);
+	CHECK(ctx, m.dd.gv == NULL, "the destination kept a half VM");
+	ferry_guest_vm_destroy(src);
+	return TEST_PASS;
+}
+
+static enum test_result corrupt_stream(struct test_ctx *ctx)
+{
+	struct bad_stream bs = { .corrupt_next = true };
+
+	return refuse_stream(ctx, &bs, -EBADMSG, "checksum");
+}
+
+static enum test_result truncated_stream(struct test_ctx *ctx)
+{
+	static const uint8_t half_header[20] = { 0x46, 0x52, 2 };
+	struct bad_stream bs = { .tail = half_header,
+				 .tail_len = sizeof(half_header) };
+
+	return refuse_stream(ctx, &bs, -EPIPE, "ended");
+}
+
+static enum test_result garbage_stream(struct test_ctx *ctx)
+{
+	static uint8_t junk[4096];
+	struct bad_stream bs = { .tail = junk, .tail_len = sizeof(junk) };
+
+	memset(junk, 0xa5, sizeof(junk));
+	return refuse_stream(ctx, &bs, -EBADMSG, "record");
+}
+
 static const struct test_case cases[] = {
 	{ "migrate_precopy", precopy, B_ALL, FERRY_UFFD_F_WP_ASYNC,
 	  NEED_UFFD_WP | NEED_PAGEMAP_SCAN, 64, 60 },
@@ -216,6 +390,14 @@ static const struct test_case cases[] = {
 	{ "migrate_postcopy_minor_and_missing", postcopy_both_kinds, B_ALL,
 	  FERRY_UFFD_F_WP_ASYNC, NEED_UFFD_WP | NEED_PAGEMAP_SCAN |
 	  NEED_UFFD_MINOR | NEED_UFFD_MISSING, 96, 60 },
+	{ "migrate_broken_before_switchover_source_runs_on",
+	  broken_before_switchover, B_SHMEM | B_HUGETLB, FERRY_UFFD_F_WP_ASYNC,
+	  NEED_UFFD_WP | NEED_PAGEMAP_SCAN, 64, 60 },
+	{ "migrate_refuses_corrupt_page", corrupt_stream, B_SHMEM, 0, 0, 0,
+	  30 },
+	{ "migrate_refuses_truncated_stream", truncated_stream, B_SHMEM, 0, 0,
+	  0, 30 },
+	{ "migrate_refuses_garbage", garbage_stream, B_SHMEM, 0, 0, 0, 30 },
 };
 
 TEST_SUITE(migrate, cases)
