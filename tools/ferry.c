@@ -15,6 +15,7 @@ struct command {
 static const struct command commands[] = {
 	{ "doctor", cmd_doctor,
 	  "what this machine's kernel offers ferry, and what to change" },
+	{ "run", cmd_run, "run the built-in workload VM and verify its memory" },
 };
 
 static void usage(FILE *out)

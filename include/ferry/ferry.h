@@ -9,9 +9,11 @@
  */
 #include "ferry/error.h"
 #include "ferry/faults.h"
+#include "ferry/guest.h"
 #include "ferry/mem.h"
 #include "ferry/net.h"
 #include "ferry/uffd.h"
+#include "ferry/vcpu.h"
 #include "ferry/wire.h"
 #include "ferry/caps.h"
 

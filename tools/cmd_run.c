@@ -1,0 +1,336 @@
+// SPDX-License-Identifier: MIT
+/*
+ * ferry run: run the built-in workload VM for a while, say how fast it
+ * went and, with --verify, whether its memory holds every write.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "ferry/ferry.h"
+
+struct run_opts {
+	uint64_t mem_size;
+	unsigned long vcpus;
+	const char *workload;
+	enum ferry_backing backing;
+	double seconds;
+	unsigned long seed;
+	unsigned long boot_off;
+	bool boot_off_set;
+	bool verify;
+};
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: ferry run [--mem SIZE] [--vcpus N] [--workload SPEC]\n"
+		"                 [--backing shmem|thp|hugetlb] [--seconds S]\n"
+		"                 [--seed N] [--boot-off MASK] [--verify]\n\n"
+		"Runs ferry's own workload VM: one thread per vCPU, writing "
+		"self-verifying\n4 KiB cells of guest memory.  Prints steps/s, "
+		"writes/s and dirty MB/s; with\n--verify, checks every cell "
+		"against the vCPUs' registers and exits 1 if\nany write was "
+		"lost, torn or duplicated.\n\n"
+		"  --mem SIZE       guest memory (default 256M)\n"
+		"  --vcpus N        vCPUs, 1 to %d (default 2)\n"
+		"  --workload SPEC  NAME[,option=value...] (default random)\n"
+		"  --backing B      shmem, thp or hugetlb (default shmem); "
+		"hugetlb grows\n"
+		"                   vm.nr_hugepages as needed, and puts it\n"
+		"                   back\n"
+		"  --seconds S      how long to run (default 5; Ctrl-C ends "
+		"early)\n"
+		"  --seed N         seed of every PRNG (default 1)\n"
+		"  --boot-off MASK  vCPUs powered off at boot, a bit mask "
+		"(default: all\n"
+		"                   but vCPU 0, which powers the others on)\n"
+		"  --verify         check memory at the end\n\n%s",
+		FERRY_GUEST_MAX_VCPUS, ferry_guest_workload_help());
+}
+
+static int bad_value(const char *opt, const char *text, const char *want)
+{
+	fprintf(stderr, "ferry run: %s '%s': %s\n", opt, text, want);
+	return 2;
+}
+
+static int parse_one(int opt, const char *arg, struct run_opts *o)
+{
+	switch (opt) {
+	case 'm':
+		if (cli_parse_size(arg, &o->mem_size) || !o->mem_size)
+			return bad_value("--mem", arg,
+					 "want a size such as 256M");
+		return 0;
+	case 'n':
+		if (cli_parse_uint(arg, &o->vcpus) || !o->vcpus ||
+		    o->vcpus > FERRY_GUEST_MAX_VCPUS)
+			return bad_value("--vcpus", arg, "want 1 to 64");
+		return 0;
+	case 'w':
+		o->workload = arg;
+		return 0;
+	case 'b':
+		if (ferry_backing_parse(arg, &o->backing))
+			return bad_value("--backing", arg,
+					 "want shmem, thp or hugetlb");
+		return 0;
+	case 's':
+		if (cli_parse_seconds(arg, &o->seconds) || o->seconds <= 0)
+			return bad_value("--seconds", arg, "want seconds > 0");
+		return 0;
+	case 'S':
+		return cli_parse_uint(arg, &o->seed) ?
+		       bad_value("--seed", arg, "want a number") : 0;
+	case 'o':
+		o->boot_off_set = true;
+		return cli_parse_uint(arg, &o->boot_off) ?
+		       bad_value("--boot-off", arg, "want a bit mask") : 0;
+	case 'v':
+		o->verify = true;
+		return 0;
+	default:
+		usage(stderr);
+		return 2;
+	}
+}
+
+/* 0 to run, 1 when --help was asked (and answered), 2 for a usage error. */
+static int parse_args(int argc, char **argv, struct run_opts *o)
+{
+	static const struct option longopts[] = {
+		{ "mem", required_argument, NULL, 'm' },
+		{ "vcpus", required_argument, NULL, 'n' },
+		{ "workload", required_argument, NULL, 'w' },
+		{ "backing", required_argument, NULL, 'b' },
+		{ "seconds", required_argument, NULL, 's' },
+		{ "seed", required_argument, NULL, 'S' },
+		{ "boot-off", required_argument, NULL, 'o' },
+		{ "verify", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int opt, ret;
+
+	*o = (struct run_opts){ .mem_size = 256ULL << 20, .vcpus = 2,
+		.workload = "random", .seconds = 5, .seed = 1 };
+	while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+		if (opt == 'h') {
+			usage(stdout);
+			return 1;
+		}
+		ret = parse_one(opt, optarg, o);
+		if (ret)
+			return ret;
+	}
+	if (optind < argc)
+		return bad_value("run", argv[optind], "unexpected argument");
+	return 0;
+}
+
+static int make_config(const struct run_opts *o,
+		       struct ferry_guest_config *cfg)
+{
+	ferry_guest_config_init(cfg);
+	cfg->nr_vcpus = (unsigned int)o->vcpus;
+	cfg->seed = o->seed;
+	if (o->boot_off_set)
+		cfg->boot_off_mask = o->boot_off;
+	if (ferry_guest_config_set_workload(cfg, o->workload)) {
+		cli_error("--workload", -ENAMETOOLONG);
+		return 2;
+	}
+	return 0;
+}
+
+/* ---- the run ------------------------------------------------------------ */
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/*
+ * Sleep for the run, or until SIGINT / SIGTERM (blocked in every thread,
+ * so they arrive here).  True if interrupted.
+ */
+static bool wait_run(const sigset_t *sigs, double seconds)
+{
+	struct timespec ts = {
+		.tv_sec = (time_t)seconds,
+		.tv_nsec = (long)((seconds - (double)(time_t)seconds) * 1e9),
+	};
+
+	return sigtimedwait(sigs, NULL, &ts) > 0;
+}
+
+static void print_vcpus(const struct ferry_guest_stats *st)
+{
+	for (unsigned int i = 0; i < st->nr_vcpus; i++) {
+		const struct ferry_guest_vcpu_stats *v = &st->vcpu[i];
+
+		printf("  vcpu %-2u %-9s %12llu steps %12llu writes %12llu "
+		       "reads\n", i, ferry_mp_state_name(v->mp_state),
+		       (unsigned long long)v->steps,
+		       (unsigned long long)v->writes,
+		       (unsigned long long)v->reads);
+	}
+}
+
+static void print_stats(struct ferry_guest *g, double secs, bool stopped)
+{
+	struct ferry_guest_stats st;
+	char bytes[32];
+
+	ferry_guest_stats(g, &st);
+	printf("ran %.2f s%s: %llu steps (%.0f steps/s), %llu writes "
+	       "(%.0f writes/s), %llu reads\n", secs,
+	       stopped ? " (interrupted)" : "",
+	       (unsigned long long)st.steps, (double)st.steps / secs,
+	       (unsigned long long)st.writes, (double)st.writes / secs,
+	       (unsigned long long)st.reads);
+	printf("dirtied %s: %.1f MB/s\n",
+	       cli_bytes(st.bytes_dirtied, bytes, sizeof(bytes)),
+	       (double)st.bytes_dirtied / 1e6 / secs);
+	print_vcpus(&st);
+}
+
+static void print_bad(const struct ferry_verify_report *rep)
+{
+	for (unsigned int i = 0; i < rep->nr_bad; i++) {
+		const struct ferry_verify_bad *b = &rep->bad[i];
+
+		printf("  %-10s cell %llu (gpa %#llx) vcpu %d: expected "
+		       "version %llu, found %llu\n",
+		       ferry_verify_kind_name(b->kind),
+		       (unsigned long long)b->cell,
+		       (unsigned long long)b->cell * FERRY_CELL_SIZE, b->vcpu,
+		       (unsigned long long)b->expected,
+		       (unsigned long long)b->found);
+	}
+}
+
+/* 0 when memory holds every write, 1 when not, -errno if it cannot say. */
+static int verify(struct ferry_guest *g)
+{
+	struct ferry_verify_report rep;
+	int ret = ferry_guest_verify(g, &rep);
+
+	if (ret) {
+		cli_error("verify", ret);
+		return ret;
+	}
+	printf("verify: %s: %llu cells, %llu written; %llu lost, %llu torn, "
+	       "%llu duplicated writes, %llu read errors (scan %.0f ms, "
+	       "replay %.0f ms)\n", rep.ok ? "OK" : "FAILED",
+	       (unsigned long long)rep.cells,
+	       (unsigned long long)rep.cells_written,
+	       (unsigned long long)rep.lost, (unsigned long long)rep.torn,
+	       (unsigned long long)rep.duplicated,
+	       (unsigned long long)rep.read_errors, rep.scan_ns / 1e6,
+	       rep.replay_ns / 1e6);
+	print_bad(&rep);
+	return rep.ok ? 0 : 1;
+}
+
+static int run_guest(struct ferry_guest *g, const struct run_opts *o)
+{
+	double start, secs;
+	bool stopped;
+	sigset_t sigs;
+	int ret;
+
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	start = now_s();
+	ret = ferry_guest_start(g);
+	if (ret) {
+		cli_error("starting the vCPUs", ret);
+		return 1;
+	}
+	stopped = wait_run(&sigs, o->seconds);
+	ferry_guest_pause(g);
+	secs = now_s() - start;
+	print_stats(g, secs, stopped);
+	ret = o->verify ? verify(g) : 0;
+	ferry_guest_stop(g);
+	return ret ? 1 : 0;
+}
+
+static int run_on(struct ferry_mem *mem, const struct run_opts *o)
+{
+	struct ferry_guest_config cfg;
+	struct ferry_guest *g;
+	char size[32];
+	int ret = make_config(o, &cfg);
+
+	if (ret)
+		return ret;
+	ret = ferry_guest_create(mem, &cfg, &g);
+	if (ret) {
+		cli_error("building the VM (ferry run --help lists the "
+			  "workloads)", ret);
+		return 2;
+	}
+	printf("ferry run: %s %s, %u vCPUs, workload %s, seed %llu\n",
+	       cli_bytes(mem->total_size, size, sizeof(size)),
+	       ferry_backing_name(o->backing), cfg.nr_vcpus, cfg.workload,
+	       (unsigned long long)cfg.seed);
+	fflush(stdout);
+	ret = run_guest(g, o);
+	ferry_guest_destroy(g);
+	return ret;
+}
+
+static int run_with_memory(const struct run_opts *o)
+{
+	struct ferry_mem *mem = NULL;
+	int ret = ferry_mem_create(&mem);
+
+	if (!ret)
+		ret = ferry_mem_add_region(mem, o->backing, o->mem_size, NULL);
+	if (ret) {
+		cli_error("allocating guest memory", ret);
+		ferry_mem_destroy(mem);
+		return 1;
+	}
+	ret = run_on(mem, o);
+	ferry_mem_destroy(mem);
+	return ret;
+}
+
+int cmd_run(int argc, char **argv)
+{
+	struct ferry_hugetlb_resv resv = { .saved_nr_hugepages = -1 };
+	size_t huge = FERRY_HUGE_PAGE_SIZE;
+	struct run_opts o;
+	int ret = parse_args(argc, argv, &o);
+
+	if (ret)
+		return ret == 1 ? 0 : ret;
+	if (o.backing == FERRY_BACKING_HUGETLB) {
+		ret = ferry_hugetlb_reserve((o.mem_size + huge - 1) / huge,
+					    &resv);
+		if (ret) {
+			cli_error("reserving huge pages", ret);
+			return 1;
+		}
+	}
+	ret = run_with_memory(&o);
+	if (ferry_hugetlb_restore(&resv)) {
+		cli_error("putting vm.nr_hugepages back", -EIO);
+		ret = ret ? ret : 1;
+	}
+	return ret;
+}
