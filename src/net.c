@@ -53,11 +53,12 @@
 #define KEEPALIVE_CNT		5
 
 /*
- * Socket buffers for unix sockets: their default (about 200 KiB) caps a
- * 1 MiB record at several wake-ups.  TCP is left to the kernel's
- * autotuning, which setting SO_SNDBUF/SO_RCVBUF would switch off.
+ * Socket buffers are the kernel's unless the caller sets sock_buf: TCP
+ * autotuning grows them to net.ipv4.tcp_wmem's maximum (and setting
+ * SO_SNDBUF would switch it off), and on unix sockets 200 KiB, 1 MiB and
+ * 4 MiB measured the same for 1 MiB records here (the smaller ones keep
+ * the data in cache between the two copies).
  */
-#define UNIX_SOCK_BUF		(4 << 20)
 
 /* ---- hello and its answer (docs/wire.md, "Session hello") ---- */
 
@@ -295,25 +296,32 @@ static int split_port(const char *spec, const char *colon, bool passive)
 	return 0;
 }
 
+/* Where the host ends and its colon is, in "host:port" or "[v6]:port". */
+static int find_colon(const char *spec, const char **start,
+		      const char **end, const char **colon)
+{
+	*start = spec;
+	if (spec[0] == '[') {
+		*start = spec + 1;
+		*end = strchr(*start, ']');
+		*colon = *end && (*end)[1] == ':' ? *end + 1 : NULL;
+		return 0;
+	}
+	*end = *colon = strrchr(spec, ':');
+	if (*colon && memchr(spec, ':', (size_t)(*colon - spec)))
+		return ferry_fail(-EINVAL, "address '%s': an IPv6 address goes "
+				  "in brackets, [::1]:4000", spec);
+	return 0;
+}
+
 /* "host:port" or "[v6]:port" into host and the text after the colon. */
 static int split_host(const char *spec, char *host, size_t len,
 		      const char **port, bool passive)
 {
-	const char *start = spec, *end, *colon;
+	const char *start, *end, *colon;
 
-	if (spec[0] == '[') {
-		start = spec + 1;
-		end = strchr(start, ']');
-		colon = end && end[1] == ':' ? end + 1 : NULL;
-	} else {
-		colon = strrchr(spec, ':');
-		end = colon;
-		if (colon && memchr(spec, ':', (size_t)(colon - spec)))
-			return ferry_fail(-EINVAL, "address '%s': an IPv6 "
-					  "address goes in brackets, "
-					  "[::1]:4000", spec);
-	}
-	if (split_port(spec, colon, passive))
+	if (find_colon(spec, &start, &end, &colon) ||
+	    split_port(spec, colon, passive))
 		return -EINVAL;
 	if ((size_t)(end - start) >= len || (end == start && !passive))
 		return ferry_fail(-EINVAL, "address '%s': bad host", spec);
@@ -364,23 +372,15 @@ static void v6_first(struct net_addr *a, int n)
  * Up to MAX_CANDIDATES addresses for spec.  Listening on an empty host
  * takes the IPv6 wildcard first: it is made dual-stack.
  */
-static int addr_resolve(const char *spec, bool passive, struct net_addr *out)
+static int addr_lookup(const char *spec, const char *host, const char *port,
+		       bool passive, struct net_addr *out)
 {
 	struct addrinfo hints = {
 		.ai_socktype = SOCK_STREAM,
 		.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0),
 	}, *res, *ai;
-	char host[256];
-	const char *port = NULL;
-	int n = 0, err;
+	int n = 0, err = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
 
-	if (!strncmp(spec, "unix:", 5)) {
-		err = addr_unix(spec + 5, out);
-		return err ? err : 1;
-	}
-	if (split_host(spec, host, sizeof(host), &port, passive))
-		return -EINVAL;
-	err = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
 	if (err)
 		return gai_fail(spec, err);
 	for (ai = res; ai && n < MAX_CANDIDATES; ai = ai->ai_next) {
@@ -389,9 +389,25 @@ static int addr_resolve(const char *spec, bool passive, struct net_addr *out)
 		addr_format(&out[n++]);
 	}
 	freeaddrinfo(res);
-	if (!host[0])
-		v6_first(out, n);
 	return n ? n : ferry_fail(-ENOENT, "address '%s': nothing", spec);
+}
+
+static int addr_resolve(const char *spec, bool passive, struct net_addr *out)
+{
+	const char *port = NULL;
+	char host[256];
+	int n;
+
+	if (!strncmp(spec, "unix:", 5)) {
+		n = addr_unix(spec + 5, out);
+		return n ? n : 1;
+	}
+	if (split_host(spec, host, sizeof(host), &port, passive))
+		return -EINVAL;
+	n = addr_lookup(spec, host, port, passive, out);
+	if (n > 0 && !host[0])
+		v6_first(out, n);
+	return n;
 }
 
 /* ---- socket set-up ---- */
@@ -436,14 +452,12 @@ static int tune(int fd, const struct ferry_net_opts *o)
 {
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
-	bool is_unix;
 	int ret = sys_ret(getsockname(fd, (struct sockaddr *)&ss, &len));
 
-	is_unix = ss.ss_family == AF_UNIX;
-	if (!ret && !is_unix)
+	if (!ret && ss.ss_family != AF_UNIX)
 		ret = tune_tcp(fd);
-	if (!ret && (o->sock_buf || is_unix))
-		ret = tune_bufs(fd, o->sock_buf ? o->sock_buf : UNIX_SOCK_BUF);
+	if (!ret && o->sock_buf)
+		ret = tune_bufs(fd, o->sock_buf);
 	if (!ret && o->io_timeout_ms)
 		ret = set_timeo(fd, SO_RCVTIMEO, o->io_timeout_ms);
 	if (!ret && o->io_timeout_ms)
@@ -674,6 +688,18 @@ static struct ferry_chan **session_slot(struct ferry_session *s,
 	return i < s->nr_bulk ? &s->bulk[i] : &s->urgent;
 }
 
+/* "bulk 2 to 127.0.0.1:4000", "urgent from [::1]:50123" */
+static void chan_name(char *name, const struct ferry_session *s,
+		      unsigned int i, const char *dir)
+{
+	if (i < s->nr_bulk)
+		snprintf(name, FERRY_CHAN_NAME_MAX, "bulk %u %s %s", i, dir,
+			 s->peer);
+	else
+		snprintf(name, FERRY_CHAN_NAME_MAX, "urgent %s %s", dir,
+			 s->peer);
+}
+
 /* Turn the handshaken descriptors into the session's channels. */
 static int session_fill(struct ferry_session *s, int *fds,
 			const struct ferry_net_opts *o, const char *dir)
@@ -682,12 +708,7 @@ static int session_fill(struct ferry_session *s, int *fds,
 	int ret;
 
 	for (unsigned int i = 0; i <= s->nr_bulk; i++) {
-		if (i < s->nr_bulk)
-			snprintf(name, sizeof(name), "bulk %u %s %s", i, dir,
-				 s->peer);
-		else
-			snprintf(name, sizeof(name), "urgent %s %s", dir,
-				 s->peer);
+		chan_name(name, s, i, dir);
 		ret = tune(fds[i], o);
 		if (ret)
 			return ferry_fail(ret, "%s: socket options: %s", name,
@@ -712,6 +733,25 @@ static int session_id(uint64_t *id)
 	return 0;
 }
 
+/* Connect channel i (the first finds an address that answers), say hello. */
+static int connect_hello(const struct ferry_session *s, unsigned int i,
+			 struct net_addr *cand, int nr_cand, int64_t deadline,
+			 int timeout_ms)
+{
+	struct hello h = make_hello(s, i);
+	int fd = connect_first(cand, i ? 1 : nr_cand, deadline, timeout_ms);
+	int ret;
+
+	if (fd < 0)
+		return fd;
+	ret = xfer(fd, &h, sizeof(h), true, deadline);
+	if (!ret)
+		return fd;
+	close(fd);
+	return ferry_fail(ret, "%s: sending hello: %s", cand[0].text,
+			  strerror(-ret));
+}
+
 /* Connect every channel and send its hello; then read every answer. */
 static int connect_all(struct ferry_session *s, struct net_addr *cand,
 		       int nr_cand, int *fds, const struct ferry_net_opts *o)
@@ -720,22 +760,31 @@ static int connect_all(struct ferry_session *s, struct net_addr *cand,
 	int ret = 0;
 
 	for (unsigned int i = 0; i <= s->nr_bulk && !ret; i++) {
-		struct hello h = make_hello(s, i);
-
-		fds[i] = i ? connect_one(&cand[0], deadline,
-					 o->connect_timeout_ms) :
-			     connect_first(cand, nr_cand, deadline,
-					   o->connect_timeout_ms);
-		if (fds[i] < 0)
-			return fds[i];
-		ret = xfer(fds[i], &h, sizeof(h), true, deadline);
-		if (ret)
-			ret = ferry_fail(ret, "%s: sending hello: %s",
-					 cand[0].text, strerror(-ret));
+		fds[i] = connect_hello(s, i, cand, nr_cand, deadline,
+				       o->connect_timeout_ms);
+		ret = fds[i] < 0 ? fds[i] : 0;
 	}
 	for (unsigned int i = 0; i <= s->nr_bulk && !ret; i++)
 		ret = read_ack(fds[i], cand[0].text, deadline,
 			       o->connect_timeout_ms);
+	return ret;
+}
+
+/* Handshake every channel of s, then make them channels. */
+static int connect_session(struct ferry_session *s, struct net_addr *cand,
+			   int nr_cand, const struct ferry_net_opts *o)
+{
+	int fds[MAX_CHANS], ret;
+
+	memset(fds, -1, sizeof(fds));
+	ret = session_id(&s->id);
+	if (!ret)
+		ret = connect_all(s, cand, nr_cand, fds, o);
+	if (!ret)
+		snprintf(s->peer, sizeof(s->peer), "%s", cand[0].text);
+	if (!ret)
+		ret = session_fill(s, fds, o, "to");
+	close_fds(fds, MAX_CHANS);
 	return ret;
 }
 
@@ -745,29 +794,19 @@ int ferry_net_connect(const char *addr, unsigned int nr_bulk,
 {
 	struct ferry_net_opts o = opts_or_default(opts);
 	struct net_addr cand[MAX_CANDIDATES];
-	struct ferry_session *s;
-	int fds[MAX_CHANS], nr_cand, ret;
+	struct ferry_session *s = NULL;
+	int nr_cand, ret;
 
-	memset(fds, -1, sizeof(fds));
 	nr_cand = addr_resolve(addr, false, cand);
 	if (nr_cand < 0)
 		return nr_cand;
 	ret = session_alloc(nr_bulk, cand[0].text, &s);
-	if (ret)
-		return ret;
-	ret = session_id(&s->id);
 	if (!ret)
-		ret = connect_all(s, cand, nr_cand, fds, &o);
+		ret = connect_session(s, cand, nr_cand, &o);
 	if (!ret)
-		snprintf(s->peer, sizeof(s->peer), "%s", cand[0].text);
-	if (!ret)
-		ret = session_fill(s, fds, &o, "to");
-	if (!ret) {
 		*out = s;
-		return 0;
-	}
-	close_fds(fds, MAX_CHANS);
-	ferry_net_session_close(s);
+	else
+		ferry_net_session_close(s);
 	return ret;
 }
 
@@ -802,6 +841,7 @@ struct group {
 	uint64_t id;
 	unsigned int nr_bulk;
 	unsigned int have;
+	int64_t deadline;	/* complete by then, or be dropped */
 	int fds[MAX_CHANS];
 	char peer[FERRY_NET_ADDR_MAX];
 };
@@ -892,6 +932,21 @@ static void listener_name(struct ferry_listener *l)
 		addr_format(&l->addr);
 }
 
+/* The first candidate address that can be listened on. */
+static int listen_first(struct ferry_listener *l, struct net_addr *cand,
+			int nr)
+{
+	l->fd = -ENOENT;
+	for (int i = 0; i < nr && l->fd < 0; i++) {
+		l->addr = cand[i];
+		l->fd = listen_socket(&l->addr);
+	}
+	if (l->fd >= 0)
+		return 0;
+	return ferry_fail(l->fd, "listen on %s: %s", l->addr.text,
+			  strerror(-l->fd));
+}
+
 int ferry_net_listener_open(const char *addr,
 			    const struct ferry_net_opts *opts,
 			    struct ferry_listener **out)
@@ -906,14 +961,8 @@ int ferry_net_listener_open(const char *addr,
 	if (!l)
 		return ferry_fail(-ENOMEM, "listener: out of memory");
 	l->opts = opts_or_default(opts);
-	l->fd = -ENOENT;
-	for (int i = 0; i < ret && l->fd < 0; i++) {
-		l->addr = cand[i];
-		l->fd = listen_socket(&l->addr);
-	}
-	if (l->fd < 0) {
-		ret = ferry_fail(l->fd, "listen on %s: %s", l->addr.text,
-				 strerror(-l->fd));
+	ret = listen_first(l, cand, ret);
+	if (ret) {
 		free(l);
 		return ret;
 	}
@@ -1061,9 +1110,35 @@ static struct group *group_find(struct ferry_listener *l,
 	if (l->nr_groups == MAX_GROUPS)
 		return NULL;
 	g = &l->groups[l->nr_groups++];
-	*g = (struct group){ .id = h->session_id, .nr_bulk = h->nr_bulk };
+	*g = (struct group){
+		.id = h->session_id,
+		.nr_bulk = h->nr_bulk,
+		.deadline = now_ms() + l->opts.connect_timeout_ms,
+	};
 	memset(g->fds, -1, sizeof(g->fds));
 	return g;
+}
+
+/* Connection i's slot in group g, or -1 after refusing it. */
+static int group_slot(struct ferry_listener *l, unsigned int i,
+		      const struct group *g)
+{
+	const struct hello *h = &l->pending[i].hello;
+	int fd = l->pending[i].fd;
+	unsigned int slot;
+
+	if (!g || g->nr_bulk != h->nr_bulk) {
+		send_ack(fd, h->session_id, g ? EBADMSG : EBUSY);
+		refuse(l, i, "%s", g ? "disagrees on the bulk channel count" :
+		       "would start one session too many");
+		return -1;
+	}
+	slot = h->role == FERRY_CHAN_URGENT ? g->nr_bulk : h->index;
+	if (g->fds[slot] < 0)
+		return (int)slot;
+	send_ack(fd, h->session_id, EEXIST);
+	refuse(l, i, "opened channel %u of its session twice", slot);
+	return -1;
 }
 
 /* Put a good hello's channel in its session's group. */
@@ -1072,20 +1147,10 @@ static void group_add(struct ferry_listener *l, unsigned int i)
 	struct pending *p = &l->pending[i];
 	const struct hello *h = &p->hello;
 	struct group *g = group_find(l, h);
-	unsigned int slot;
+	int slot = group_slot(l, i, g);
 
-	if (!g || g->nr_bulk != h->nr_bulk) {
-		send_ack(p->fd, h->session_id, g ? EBADMSG : EBUSY);
-		refuse(l, i, "%s", g ? "disagrees on the bulk channel count" :
-		       "would start one session too many");
+	if (slot < 0)
 		return;
-	}
-	slot = h->role == FERRY_CHAN_URGENT ? g->nr_bulk : h->index;
-	if (g->fds[slot] >= 0) {
-		send_ack(p->fd, h->session_id, EEXIST);
-		refuse(l, i, "opened channel %u of its session twice", slot);
-		return;
-	}
 	send_ack(p->fd, h->session_id, 0);
 	g->fds[slot] = p->fd;
 	g->have++;
@@ -1114,6 +1179,18 @@ static int hello_done(struct ferry_listener *l, unsigned int i)
 			  l->refused, FERRY_WIRE_VERSION);
 }
 
+static void group_drop(struct ferry_listener *l, unsigned int i)
+{
+	struct group *g = &l->groups[i];
+
+	snprintf(l->refused, sizeof(l->refused), "%s opened %u of the %u "
+		 "channels of its session within %d ms", g->peer, g->have,
+		 g->nr_bulk + 1, l->opts.connect_timeout_ms);
+	l->nr_refused++;
+	group_close(g);
+	*g = l->groups[--l->nr_groups];
+}
+
 /* Read what has come of connection i's hello. */
 static int pending_read(struct ferry_listener *l, unsigned int i)
 {
@@ -1131,6 +1208,10 @@ static int pending_read(struct ferry_listener *l, unsigned int i)
 	return p->got == sizeof(p->hello) ? hello_done(l, i) : 0;
 }
 
+/*
+ * Connections that said no hello in time, and sessions whose peer never
+ * opened all their channels (it died halfway): their slots are wanted.
+ */
 static void pending_expire(struct ferry_listener *l)
 {
 	int64_t now = now_ms();
@@ -1139,9 +1220,12 @@ static void pending_expire(struct ferry_listener *l)
 		if (now >= l->pending[i].deadline)
 			refuse(l, i, "sent no hello within %d ms",
 			       l->opts.connect_timeout_ms);
+	for (unsigned int i = l->nr_groups; i-- > 0;)
+		if (now >= l->groups[i].deadline)
+			group_drop(l, i);
 }
 
-/* Poll until the deadline or the first pending hello deadline. */
+/* Poll until the deadline, or the first connection or session to expire. */
 static int poll_wait(const struct ferry_listener *l, int64_t deadline)
 {
 	int64_t soonest = deadline;
@@ -1149,6 +1233,9 @@ static int poll_wait(const struct ferry_listener *l, int64_t deadline)
 	for (unsigned int i = 0; i < l->nr_pending; i++)
 		if (soonest < 0 || l->pending[i].deadline < soonest)
 			soonest = l->pending[i].deadline;
+	for (unsigned int i = 0; i < l->nr_groups; i++)
+		if (soonest < 0 || l->groups[i].deadline < soonest)
+			soonest = l->groups[i].deadline;
 	return ms_left(soonest);
 }
 

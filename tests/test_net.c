@@ -611,6 +611,30 @@ static enum test_result stranger_refused(struct test_ctx *ctx)
 	return TEST_PASS;
 }
 
+/* A peer that opens one of its channels and dies: its session expires. */
+static enum test_result half_session(struct test_ctx *ctx)
+{
+	struct ferry_net_opts o = { .connect_timeout_ms = 200 };
+	struct ferry_session *s;
+	struct ferry_listener *l;
+	uint8_t hello[32];
+	int fd;
+
+	CHECK_OK(ctx, ferry_net_listener_open("127.0.0.1:0", &o, &l));
+	fd = raw_connect(l);
+	CHECK(ctx, fd >= 0, "connect");
+	hello_bytes(hello, FERRY_WIRE_VERSION, FERRY_CHAN_BULK, 0, 1, 42);
+	CHECK_EQ(ctx, send(fd, hello, 32, 0), 32);
+	CHECK_EQ(ctx, ferry_net_accept(l, 500, &s), -ETIMEDOUT);
+	CHECK(ctx, strstr(ferry_errmsg(), "opened 1 of the 2 channels of its "
+			  "session within 200 ms"), "reason: %s",
+	      ferry_errmsg());
+	CHECK_EQ(ctx, ack_status(fd), 0);
+	close(fd);
+	ferry_net_listener_close(l);
+	return TEST_PASS;
+}
+
 /* A peer of another format version ends the wait, clearly, both ways. */
 static enum test_result version_mismatch(struct test_ctx *ctx)
 {
@@ -794,6 +818,7 @@ static const struct test_case cases[] = {
 	{ "net_io_timeout", io_timeout, 0, 0, 0, 0, 0 },
 	{ "net_shutdown_wakes", shutdown_wakes, 0, 0, 0, 0, 0 },
 	{ "net_stranger_refused", stranger_refused, 0, 0, 0, 0, 0 },
+	{ "net_half_session", half_session, 0, 0, 0, 0, 0 },
 	{ "net_version_mismatch", version_mismatch, 0, 0, 0, 0, 0 },
 	{ "net_listener_too_new", listener_too_new, 0, 0, 0, 0, 0 },
 	{ "net_nobody_listens", nobody_listens, 0, 0, 0, 0, 0 },

@@ -122,7 +122,10 @@ struct ferry_net_opts {
 	 * -ETIMEDOUT.  0: no limit (TCP keepalive still finds a dead peer).
 	 */
 	int io_timeout_ms;
-	/* SO_SNDBUF and SO_RCVBUF in bytes; 0: ferry's choice. */
+	/*
+	 * SO_SNDBUF and SO_RCVBUF in bytes; 0: the kernel's (TCP autotuning,
+	 * which a fixed size switches off).
+	 */
 	int sock_buf;
 };
 
