@@ -107,39 +107,76 @@ static int misplaced(struct receiver *rv, const struct ferry_wire_rec *rec)
 
 /* ---- records ------------------------------------------------------------ */
 
+/* How many pages from i on are consecutive and whole (not torn). */
+static uint32_t run_length(const struct ferry_wire_pages *p, uint32_t i)
+{
+	uint32_t n = 1;
+
+	if (p->data && ferry_wire_page_torn(p, i))
+		return 0;
+	while (i + n < p->count && p->index[i + n] == p->index[i] + n &&
+	       !(p->data && ferry_wire_page_torn(p, i + n)))
+		n++;
+	return n;
+}
+
+/* Before switchover: runs of consecutive pages, one write each. */
+static int store_runs(struct receiver *rv, const struct ferry_wire_pages *p)
+{
+	uint32_t i = 0;
+	int ret = 0;
+
+	while (i < p->count && !ret) {
+		uint32_t n = run_length(p, i);
+
+		if (!n) {	/* torn: comes again, it was dirtied */
+			i++;
+			continue;
+		}
+		ret = postcopy_store(rv->d->pc, p->region, p->index[i], n,
+				     p->data ? p->data + i * p->page_size :
+					       NULL);
+		rv->installed += n;
+		rv->installed_bytes += (uint64_t)n * p->page_size;
+		i += n;
+	}
+	return ret;
+}
+
+/* After switchover: page by page, each into the guest view. */
+static int install_each(struct receiver *rv, const struct ferry_wire_pages *p)
+{
+	int ret = 0;
+
+	for (uint32_t i = 0; i < p->count && ret >= 0; i++) {
+		if (p->data && ferry_wire_page_torn(p, i))
+			return ferry_fail(-EBADMSG, "a page changed while "
+					  "the paused source sent it");
+		ret = postcopy_install(rv->d->pc, p->region, p->index[i],
+				       p->data ? p->data + i * p->page_size :
+						 NULL);
+		rv->installed += ret > 0;
+		rv->installed_bytes += ret > 0 ? p->page_size : 0;
+	}
+	return ret < 0 ? ret : 0;
+}
+
 static int store_pages(struct receiver *rv, const struct ferry_wire_rec *rec)
 {
 	struct dest *d = rv->d;
 	struct ferry_wire_pages p;
-	size_t ps;
 	int ret = ferry_wire_dec_pages(&d->stream, rec, &p);
 
 	if (ret)
 		return ret;
-	ps = p.page_size;
-	for (uint32_t i = 0; i < p.count && !ret; i++) {
-		const void *data = p.data ? p.data + i * ps : NULL;
-
-		if (p.data && ferry_wire_page_torn(&p, i))
-			continue;	/* comes again: it was dirtied */
-		if (rv->switched || rv->urgent) {
-			ret = postcopy_install(d->pc, p.region, p.index[i],
-					       data);
-			rv->installed += ret > 0;
-			rv->installed_bytes += ret > 0 ? ps : 0;
-			ret = ret < 0 ? ret : 0;
-		} else {
-			ret = postcopy_store(d->pc, p.region, p.index[i], data);
-			rv->installed++;
-			rv->installed_bytes += ps;
-		}
-	}
 	if (p.nr_torn) {
 		pthread_mutex_lock(&d->lock);
 		d->stats->torn_pages += p.nr_torn;
 		pthread_mutex_unlock(&d->lock);
 	}
-	return ret;
+	if (rv->switched || rv->urgent)
+		return install_each(rv, &p);
+	return store_runs(rv, &p);
 }
 
 static int take_bitmap(struct receiver *rv, const struct ferry_wire_rec *rec)

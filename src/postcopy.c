@@ -106,57 +106,114 @@ static int check_page(struct postcopy *pc, unsigned int region,
 }
 
 /*
- * Write a page's contents without faulting: pwrite into the memfd for
- * shmem; hugetlbfs has no write(), so a copy through the alias there (one
- * fault per 2 MiB page at most).
+ * Write pages' contents without faulting: pwrite into the memfd for shmem;
+ * hugetlbfs has no write(), so a copy through the alias there (one fault
+ * per 2 MiB page at most).  data NULL: zeroes, one page.
  */
-static int write_page(struct postcopy *pc, struct ferry_region *r,
-		      uint64_t page, const void *data)
+static int write_pages(struct postcopy *pc, struct ferry_region *r,
+		       uint64_t first, uint64_t count, const void *data)
 {
-	size_t off = (size_t)page * r->page_size, done = 0;
+	size_t off = (size_t)first * r->page_size, done = 0;
+	size_t len = (size_t)count * r->page_size;
 	const uint8_t *src = data ? data : pc->zero_page;
 
 	if (r->backing == FERRY_BACKING_HUGETLB) {
-		memcpy(r->alias + off, src, r->page_size);
+		memcpy(r->alias + off, src, len);
 		return 0;
 	}
-	while (done < r->page_size) {
-		ssize_t n = sys_pwrite(r->memfd, src + done,
-				       r->page_size - done, (off_t)(off + done));
+	while (done < len) {
+		ssize_t n = sys_pwrite(r->memfd, src + done, len - done,
+				       (off_t)(off + done));
 
 		if (n == -EINTR)
 			continue;
 		if (n <= 0)
 			return ferry_fail(n ? (int)n : -EIO, "writing page %llu "
 					  "into the memfd: %s",
-					  (unsigned long long)page,
+					  (unsigned long long)first,
 					  strerror(n ? (int)-n : EIO));
 		done += (size_t)n;
 	}
 	return 0;
 }
 
-int postcopy_store(struct postcopy *pc, unsigned int region, uint64_t page,
-		   const void *data)
+static int write_page(struct postcopy *pc, struct ferry_region *r,
+		      uint64_t page, const void *data)
 {
-	struct ferry_region *r;
-	enum page_state was;
-	int ret = check_page(pc, region, page);
+	return write_pages(pc, r, page, 1, data);
+}
 
+static int check_run(struct postcopy *pc, unsigned int region,
+		     uint64_t first, uint64_t count)
+{
+	int ret = check_page(pc, region, first);
+
+	if (!ret && (count == 0 ||
+		     count > region_of(pc, region)->nr_pages - first))
+		ret = ferry_fail(-EINVAL, "pages %llu+%llu of region %u are "
+				 "outside guest memory",
+				 (unsigned long long)first,
+				 (unsigned long long)count, region);
+	return ret;
+}
+
+/* Claim every page of a run before switchover; undo on a busy one. */
+static int claim_store_run(struct postcopy *pc, unsigned int region,
+			   uint64_t first, uint64_t count,
+			   enum page_state *was)
+{
+	for (uint64_t i = 0; i < count; i++) {
+		if (pagestate_claim_writable(&pc->states[region], first + i,
+					     &was[i]))
+			continue;
+		while (i--)
+			pagestate_release(&pc->states[region], first + i,
+					  was[i]);
+		return ferry_fail(-EINVAL, "page %llu is busy or mapped: "
+				  "stored after switchover",
+				  (unsigned long long)(first + i));
+	}
+	return 0;
+}
+
+/*
+ * A zero page punches the page out of the memfd if it had data, so a
+ * sparse guest stays sparse.
+ */
+static int store_zero(struct ferry_region *r,
+		      uint64_t first, uint64_t count, const enum page_state *was)
+{
+	int ret = 0;
+
+	for (uint64_t i = 0; i < count && !ret; i++)
+		if (was[i] != PAGE_MISSING)
+			ret = ferry_region_punch(r, (size_t)(first + i) *
+						 r->page_size, r->page_size);
+	return ret;
+}
+
+#define STORE_RUN_MAX 512
+
+int postcopy_store(struct postcopy *pc, unsigned int region, uint64_t first,
+		   uint64_t count, const void *data)
+{
+	enum page_state was[STORE_RUN_MAX];
+	struct ferry_region *r;
+	int ret = check_run(pc, region, first, count);
+
+	if (!ret && count > STORE_RUN_MAX)
+		ret = ferry_fail(-EINVAL, "a run of %llu pages: at most %d",
+				 (unsigned long long)count, STORE_RUN_MAX);
+	if (!ret)
+		ret = claim_store_run(pc, region, first, count, was);
 	if (ret)
 		return ret;
 	r = region_of(pc, region);
-	if (!pagestate_claim_writable(&pc->states[region], page, &was))
-		return ferry_fail(-EINVAL, "page %llu is %s: stored after "
-				  "switchover", (unsigned long long)page,
-				  "busy or mapped");
-	if (data)
-		ret = write_page(pc, r, page, data);
-	else if (was != PAGE_MISSING)	/* had data: make it a hole again */
-		ret = ferry_region_punch(r, (size_t)page * r->page_size,
-					 r->page_size);
-	pagestate_release(&pc->states[region], page,
-			  ret ? was : PAGE_PRESENT);
+	ret = data ? write_pages(pc, r, first, count, data) :
+		     store_zero(r, first, count, was);
+	for (uint64_t i = 0; i < count; i++)
+		pagestate_release(&pc->states[region], first + i,
+				  ret ? was[i] : PAGE_PRESENT);
 	return ret;
 }
 

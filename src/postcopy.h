@@ -88,12 +88,13 @@ int postcopy_create(struct ferry_mem *mem, struct postcopy **out);
 void postcopy_destroy(struct postcopy *pc);
 
 /*
- * Before switchover: store a received page (data NULL: a zero page) and
- * mark it PRESENT.  A zero page punches the page out of the memfd, so a
- * sparse guest stays sparse.  Single receiver thread per page at a time.
+ * Before switchover: store `count` received pages from `first` (data:
+ * count pages back to back; NULL: zero pages) with one write, and mark
+ * them PRESENT.  A zero page punches the page out of the memfd, so a
+ * sparse guest stays sparse.  At most 512 pages a call.
  */
-int postcopy_store(struct postcopy *pc, unsigned int region, uint64_t page,
-		   const void *data);
+int postcopy_store(struct postcopy *pc, unsigned int region, uint64_t first,
+		   uint64_t count, const void *data);
 
 /*
  * At switchover, with the source's stale bitmap (pages written since they

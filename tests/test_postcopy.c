@@ -158,9 +158,9 @@ static int sim_precopy(struct sim *s)
 		s->sent[p] = p % 5 == 4 ? K_NONE : p % 11 == 2 ? K_ZERO : K_DATA;
 		memset(page, s->sent[p] == K_ZERO ? 0 : byte_of(p, 0), ps);
 		if (s->sent[p] == K_DATA)
-			ret = postcopy_store(s->pc, 0, p, page);
+			ret = postcopy_store(s->pc, 0, p, 1, page);
 		else if (s->sent[p] == K_ZERO)
-			ret = postcopy_store(s->pc, 0, p, NULL);
+			ret = postcopy_store(s->pc, 0, p, 1, NULL);
 		if (p % 3 == 0 || s->sent[p] == K_NONE)
 			memset(page, p % 7 == 3 ? 0 : byte_of(p, 1), ps);
 		/* Dirtied since sent, or never sent but no longer a hole. */
@@ -253,8 +253,10 @@ static enum test_result postcopy_refuses_bad_pages(struct test_ctx *ctx)
 	CHECK_OK(ctx, ferry_mem_add_region(mem, FERRY_BACKING_SHMEM, 1 << 20,
 					   &r));
 	CHECK_OK(ctx, postcopy_create(mem, &pc));
-	CHECK_EQ(ctx, postcopy_store(pc, 0, r->nr_pages, page), -EINVAL);
-	CHECK_EQ(ctx, postcopy_store(pc, 1, 0, page), -EINVAL);
+	CHECK_EQ(ctx, postcopy_store(pc, 0, r->nr_pages, 1, page), -EINVAL);
+	CHECK_EQ(ctx, postcopy_store(pc, 0, r->nr_pages - 1, 2, page),
+		 -EINVAL);
+	CHECK_EQ(ctx, postcopy_store(pc, 1, 0, 1, page), -EINVAL);
 	CHECK_EQ(ctx, postcopy_install(pc, 0, UINT64_MAX, page), -EINVAL);
 	CHECK(ctx, strstr(ferry_errmsg(), "outside guest memory"),
 	      "reason: %s", ferry_errmsg());

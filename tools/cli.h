@@ -14,6 +14,8 @@
 int cmd_doctor(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_send(int argc, char **argv);
+int cmd_recv(int argc, char **argv);
 
 /* Print "ferry: <what>: <errmsg or strerror>" on stderr. */
 void cli_error(const char *what, int err);
