@@ -149,6 +149,7 @@ void ferry_guest_get_config(const struct ferry_guest *g,
 	*cfg = g->cfg;
 	pthread_mutex_lock(&mut->lock);
 	cfg->step_limit = g->step_limit;
+	cfg->boot_off_mask = g->boot_off_mask;
 	pthread_mutex_unlock(&mut->lock);
 }
 

@@ -23,16 +23,16 @@
  *                                   last one: broadcast(quiesce)
  *   wakes: nr_quiescent == n        wait(unpause) until PAUSE clears
  *
+ * so pause takes one step of the slowest vCPU plus a wake-up, and a vCPU
+ * stuck in a page fault simply delays it.  Nobody spins: waits are on
+ * condition variables, and the only thing read on the hot path is the
+ * vCPU's own request word.
+ *
  * Paused vCPUs all wait on one condition variable, so resume makes them
  * all runnable with one broadcast: on an oversubscribed host the resumer
  * may lose its CPU to the first vCPU it wakes, and must not leave the
  * others asleep meanwhile.  Any other wait is on the vCPU's own condition
  * variable, which kicks signal.
- *
- * so pause takes one step of the slowest vCPU plus a wake-up, and a vCPU
- * stuck in a page fault simply delays it.  Nobody spins: waits are on
- * condition variables, and the only thing read on the hot path is the
- * vCPU's own request word.
  */
 #include <errno.h>
 #include <signal.h>

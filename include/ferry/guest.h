@@ -58,10 +58,10 @@ struct ferry_guest_config {
 	uint64_t seed;			/* every PRNG derives from it */
 	/*
 	 * Bit i set: vCPU i is powered off at boot (and after every
-	 * SYSTEM_RESET).  Bits at and above nr_vcpus must be clear, and at
-	 * least one vCPU must boot powered on; the lowest such vCPU is the
-	 * boot vCPU, whose program powers the others on.  Default: every
-	 * vCPU but vCPU 0.
+	 * SYSTEM_RESET).  Bits at and above nr_vcpus are ignored (encode
+	 * drops them), and at least one vCPU must boot powered on; the
+	 * lowest such vCPU is the boot vCPU, whose program powers the
+	 * others on.  Default: every vCPU but vCPU 0.
 	 */
 	uint64_t boot_off_mask;
 	/*
@@ -142,7 +142,10 @@ int ferry_guest_create(struct ferry_mem *mem,
 /* Stops the threads if they run, frees the VM.  NULL is fine. */
 void ferry_guest_destroy(struct ferry_guest *g);
 
-/* The config in use, with mem_size filled in and the current step limit. */
+/*
+ * The config in use: mem_size filled in, the current step limit, and the
+ * boot-off mask as loaded vCPU states have left it.
+ */
 void ferry_guest_get_config(const struct ferry_guest *g,
 			    struct ferry_guest_config *cfg);
 
