@@ -16,6 +16,10 @@ static const struct command commands[] = {
 	{ "doctor", cmd_doctor,
 	  "what this machine's kernel offers ferry, and what to change" },
 	{ "run", cmd_run, "run the built-in workload VM and verify its memory" },
+	{ "send", cmd_send, "run a VM and live-migrate it to a 'ferry recv'" },
+	{ "recv", cmd_recv, "receive a live migration, run the VM on, verify" },
+	{ "demo", cmd_demo,
+	  "live-migrate a VM between two processes here, and verify it" },
 };
 
 static void usage(FILE *out)
