@@ -13,7 +13,10 @@
  *                                                CPU on a 2-CPU machine
  *   pause_steps_per_s, ...                       how busy the vCPUs were
  *   resume_us_p50 / ...                          until ferry_guest_resume
- *                                                returns (8 vCPUs)
+ *                                                returns (8 vCPUs): the
+ *                                                vCPUs it woke may take
+ *                                                its CPU first, so the
+ *                                                tail is the scheduler's
  *
  * With more busy vCPUs than CPUs, a vCPU that has lost its CPU must get
  * it back before it can stop, so the tail follows the scheduler (and

@@ -346,8 +346,8 @@ struct ferry_verify_report {
  *
  * Cost: one XXH3 pass over memory (holes are skipped) plus the replay,
  * a few nanoseconds per write made (seqdirty: closed form), and 16 bytes
- * of working memory per cell.  Returns 0 when the check ran (rep->ok is
- * the verdict), -errno when it could not.
+ * of working memory per cell of the largest vCPU slice.  Returns 0 when
+ * the check ran (rep->ok is the verdict), -errno when it could not.
  *
  * SYSTEM_RESET does not touch memory or the write accounting: a reset
  * machine keeps its RAM, and each vCPU's write stream carries on where it
