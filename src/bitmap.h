@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "sys.h"
+
 /* Plain (non-atomic) bitmaps of 64-bit words. */
 
 static inline size_t bitmap_words(size_t bits)
@@ -14,10 +16,10 @@ static inline size_t bitmap_words(size_t bits)
 	return (bits + 63) / 64;
 }
 
+/* Zeroed and faulted in (see sys_zalloc). */
 static inline uint64_t *bitmap_alloc(size_t bits)
 {
-	return calloc(bitmap_words(bits) ? bitmap_words(bits) : 1,
-		      sizeof(uint64_t));
+	return sys_zalloc((bitmap_words(bits) + 1) * sizeof(uint64_t));
 }
 
 static inline bool bitmap_test(const uint64_t *map, size_t bit)

@@ -28,6 +28,7 @@
 #include "ferry/stats.h"
 #include "migrate.h"
 #include "postcopy.h"
+#include "sys.h"
 
 struct dest;
 
@@ -333,28 +334,30 @@ static void *receiver_main(void *arg)
  */
 static uint8_t *recv_buf_alloc(void)
 {
-	uint8_t *buf = aligned_alloc(4096, FERRY_WIRE_BUF_SIZE);
-
-	if (buf)
-		memset(buf, 0, FERRY_WIRE_BUF_SIZE);
-	return buf;
+	return sys_zalloc_aligned(4096, FERRY_WIRE_BUF_SIZE);
 }
 
-static int start_receiver(struct dest *d, struct receiver *rv,
-			  struct ferry_chan *chan, bool urgent)
+/*
+ * Ready a receiver before anything is timed: its buffer's first touch
+ * costs a fault per 4 KiB, which must not land in the downtime.
+ */
+static int prepare_receiver(struct dest *d, struct receiver *rv,
+			    struct ferry_chan *chan, bool urgent)
 {
-	int ret;
-
 	rv->d = d;
 	rv->chan = chan;
 	rv->urgent = urgent;
-	if (!rv->buf) {		/* channel 0 has been reading its HEADER */
-		ferry_wire_reader_init(&rv->reader, chan);
-		rv->buf = recv_buf_alloc();
-		if (!rv->buf)
-			return ferry_fail(-ENOMEM, "out of memory");
-	}
-	ret = -pthread_create(&rv->thread, NULL, receiver_main, rv);
+	ferry_wire_reader_init(&rv->reader, chan);
+	rv->buf = recv_buf_alloc();
+	if (!rv->buf)
+		return ferry_fail(-ENOMEM, "out of memory");
+	return 0;
+}
+
+static int start_receiver(struct receiver *rv)
+{
+	int ret = -pthread_create(&rv->thread, NULL, receiver_main, rv);
+
 	if (ret)
 		return ferry_fail(ret, "starting a receiver: %s",
 				  strerror(-ret));
@@ -485,7 +488,7 @@ static int start_postcopy(struct dest *d)
 	if (!ret)
 		ret = postcopy_start(d->pc, &request_ops, d);
 	if (!ret)
-		ret = start_receiver(d, &d->urgent, d->session->urgent, true);
+		ret = start_receiver(&d->urgent);
 	return ret;
 }
 
@@ -560,7 +563,6 @@ static int read_header(struct dest *d, struct receiver *rv0)
 	ssize_t n;
 	int ret;
 
-	ferry_wire_reader_init(&rv0->reader, d->session->bulk[0]);
 	n = ferry_wire_recv(&rv0->reader, rv0->buf, FERRY_WIRE_BUF_SIZE, &rec);
 	if (n == 0)
 		return ferry_fail(-EPIPE, "the source closed the stream "
@@ -627,15 +629,24 @@ static int check_vm(struct dest *d)
 	return 0;
 }
 
+static int prepare_all(struct dest *d)
+{
+	int ret = 0;
+
+	for (unsigned int i = 0; i < d->nr_receivers && !ret; i++)
+		ret = prepare_receiver(d, &d->receivers[i], d->session->bulk[i],
+				       false);
+	if (!ret)
+		ret = prepare_receiver(d, &d->urgent, d->session->urgent, true);
+	return ret;
+}
+
 static int setup(struct dest *d)
 {
-	struct receiver *rv0 = &d->receivers[0];
-	int ret;
+	int ret = prepare_all(d);
 
-	rv0->buf = recv_buf_alloc();
-	if (!rv0->buf)
-		return ferry_fail(-ENOMEM, "out of memory");
-	ret = read_header(d, rv0);
+	if (!ret)
+		ret = read_header(d, &d->receivers[0]);
 	if (!ret)
 		ret = alloc_tables(d);
 	if (!ret)
@@ -654,8 +665,7 @@ static int start_all(struct dest *d)
 	int ret = 0;
 
 	for (unsigned int i = 0; i < d->nr_receivers && !ret; i++)
-		ret = start_receiver(d, &d->receivers[i], d->session->bulk[i],
-				     false);
+		ret = start_receiver(&d->receivers[i]);
 	return ret;
 }
 

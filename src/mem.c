@@ -349,29 +349,31 @@ static int collapse_range(uint8_t *addr)
 
 int ferry_region_collapse(struct ferry_region *r)
 {
-	size_t busy = 0;
+	size_t busy = 0, refused = 0;
+	int last = 0;
 
 	if (r->backing != FERRY_BACKING_THP)
 		return 0;
 	for (size_t off = 0; off < r->size; off += FERRY_HUGE_PAGE_SIZE) {
 		int ret = collapse_range(r->guest + off);
 
-		if (ret == -EINVAL)
-			return ferry_fail(-EOPNOTSUPP, "MADV_COLLAPSE is not "
-					  "supported (Linux 6.1 brought it for "
-					  "shmem)");
-		if (ret == -EAGAIN) {
+		if (ret == -EAGAIN)
 			busy++;
-			continue;
-		}
+		else if (ret)
+			refused++;
 		if (ret)
-			return ferry_fail(ret, "MADV_COLLAPSE at %zu MiB: %s",
-					  off >> 20, strerror(-ret));
+			last = ret;
 	}
-	if (busy)
-		return ferry_fail(-EAGAIN, "%zu of %zu huge pages stayed busy "
-				  "and were not collapsed", busy,
-				  r->size / FERRY_HUGE_PAGE_SIZE);
+	if (busy + refused == r->size / FERRY_HUGE_PAGE_SIZE &&
+	    last == -EINVAL)
+		return ferry_fail(-EOPNOTSUPP, "MADV_COLLAPSE refused every "
+				  "huge page (Linux 6.1 brought it for shmem)");
+	if (busy || refused)
+		return ferry_fail(-EAGAIN, "%zu of %zu huge pages were not "
+				  "collapsed (%zu busy, %zu refused: %s)",
+				  busy + refused,
+				  r->size / FERRY_HUGE_PAGE_SIZE, busy, refused,
+				  strerror(-last));
 	return 0;
 }
 

@@ -4,10 +4,11 @@
 
 #include "error.h"
 #include "pagestate.h"
+#include "sys.h"
 
 int pagestate_init(struct pagestate *ps, size_t nr_pages)
 {
-	ps->state = calloc(nr_pages ? nr_pages : 1, sizeof(*ps->state));
+	ps->state = sys_zalloc(nr_pages * sizeof(*ps->state));
 	if (!ps->state)
 		return ferry_fail(-ENOMEM, "page state map for %zu pages",
 				  nr_pages);

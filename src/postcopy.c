@@ -29,20 +29,22 @@ static int alloc_tables(struct postcopy *pc)
 	unsigned int n = pc->mem->nr_regions;
 
 	pc->states = calloc(n ? n : 1, sizeof(*pc->states));
+	pc->owed = calloc(n ? n : 1, sizeof(*pc->owed));
 	pc->requested = calloc(n ? n : 1, sizeof(*pc->requested));
 	pc->fault_us = calloc(n ? n : 1, sizeof(*pc->fault_us));
-	if (!pc->states || !pc->requested || !pc->fault_us)
+	if (!pc->states || !pc->owed || !pc->requested || !pc->fault_us)
 		return -ENOMEM;
 	for (unsigned int i = 0; i < n; i++) {
 		size_t pages = region_of(pc, i)->nr_pages;
 
 		if (pagestate_init(&pc->states[i], pages))
 			return -ENOMEM;
-		pc->requested[i] = calloc(bitmap_words(pages) + 1,
-					  sizeof(*pc->requested[i]));
-		pc->fault_us[i] = calloc(pages ? pages : 1,
-					 sizeof(*pc->fault_us[i]));
-		if (!pc->requested[i] || !pc->fault_us[i])
+		pc->owed[i] = bitmap_alloc(pages);
+		pc->requested[i] = sys_zalloc((bitmap_words(pages) + 1) *
+					      sizeof(*pc->requested[i]));
+		pc->fault_us[i] = sys_zalloc(pages *
+					     sizeof(*pc->fault_us[i]));
+		if (!pc->owed[i] || !pc->requested[i] || !pc->fault_us[i])
 			return -ENOMEM;
 	}
 	return 0;
@@ -58,7 +60,7 @@ int postcopy_create(struct ferry_mem *mem, struct postcopy **out)
 	pc->uffd.fd = -1;
 	pc->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	pc->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	pc->zero_page = calloc(1, FERRY_HUGE_PAGE_SIZE);
+	pc->zero_page = sys_zalloc_aligned(4096, FERRY_HUGE_PAGE_SIZE);
 	atomic_init(&pc->unmapped, total_pages(mem));
 	ferry_hist_init(&pc->fault_latency);
 	if (pc->stop_fd < 0 || pc->done_fd < 0 || !pc->zero_page ||
@@ -78,12 +80,15 @@ void postcopy_destroy(struct postcopy *pc)
 	postcopy_finish(pc);
 	for (unsigned int i = 0; pc->states && i < pc->mem->nr_regions; i++) {
 		pagestate_fini(&pc->states[i]);
+		if (pc->owed)
+			free(pc->owed[i]);
 		if (pc->requested)
 			free(pc->requested[i]);
 		if (pc->fault_us)
 			free(pc->fault_us[i]);
 	}
 	free(pc->states);
+	free(pc->owed);
 	free(pc->requested);
 	free(pc->fault_us);
 	free(pc->zero_page);
@@ -217,6 +222,12 @@ int postcopy_store(struct postcopy *pc, unsigned int region, uint64_t first,
 	return ret;
 }
 
+/*
+ * In the downtime: the work is proportional to the stale set (and a scan
+ * of its words), never to guest memory.  A MISSING page that is not owed
+ * is a hole on the source too; nothing is done for it now: the fault
+ * thread and the mapper treat it as final (see is_hole).
+ */
 int postcopy_switchover(struct postcopy *pc, unsigned int region,
 			const uint64_t *stale)
 {
@@ -225,15 +236,28 @@ int postcopy_switchover(struct postcopy *pc, unsigned int region,
 	if (region >= pc->mem->nr_regions)
 		return ferry_fail(-EINVAL, "no region %u", region);
 	ps = &pc->states[region];
-	for (size_t page = 0; page < ps->nr_pages; page++) {
-		bool is_stale = bitmap_test(stale, page);
+	for (size_t w = 0; w < bitmap_words(ps->nr_pages); w++) {
+		uint64_t bits = stale[w];
 
-		if (is_stale && pagestate_claim(ps, page, PAGE_PRESENT))
-			pagestate_release(ps, page, PAGE_STALE);
-		else if (!is_stale && pagestate_claim(ps, page, PAGE_MISSING))
-			pagestate_release(ps, page, PAGE_PRESENT);
+		if (w == bitmap_words(ps->nr_pages) - 1 && ps->nr_pages % 64)
+			bits &= (1ULL << (ps->nr_pages % 64)) - 1;
+		pc->owed[region][w] |= bits;
+		while (bits) {
+			size_t page = w * 64 + (size_t)__builtin_ctzll(bits);
+
+			bits &= bits - 1;
+			if (pagestate_claim(ps, page, PAGE_PRESENT))
+				pagestate_release(ps, page, PAGE_STALE);
+		}
 	}
 	return 0;
+}
+
+/* A never-received page the source does not owe: a hole, final as is. */
+static bool is_hole(const struct postcopy *pc, unsigned int region,
+		    uint64_t page)
+{
+	return !bitmap_test(pc->owed[region], page);
 }
 
 static void page_mapped(struct postcopy *pc, unsigned int region,
@@ -380,7 +404,20 @@ static int handle_fault(struct postcopy *pc, const struct uffd_msg *msg)
 			return map_page(pc, r, page, missing);
 		case PAGE_BUSY:		/* its owner's CONTINUE wakes us */
 			return 0;
-		default:		/* MISSING or STALE */
+		case PAGE_MISSING:
+			if (!is_hole(pc, idx, page))
+				return request_once(pc, idx, page);
+			if (!pagestate_claim(&pc->states[idx], page,
+					     PAGE_MISSING))
+				continue;
+			if (map_page(pc, r, page, true)) {
+				pagestate_release(&pc->states[idx], page,
+						  PAGE_MISSING);
+				return -EIO;
+			}
+			page_mapped(pc, idx, page);
+			return 0;
+		default:		/* STALE */
 			return request_once(pc, idx, page);
 		}
 	}
@@ -458,6 +495,29 @@ static size_t claim_run(struct pagestate *ps, size_t page, size_t max)
 }
 
 /*
+ * Holes (MISSING, not owed) from `page` become MAPPED with nothing mapped
+ * and nothing allocated: a sparse guest stays sparse.  A vCPU that faulted
+ * on one meanwhile saw it MISSING and got a zero page, or saw it BUSY and
+ * waits for the wake below; either way it retries and finds it final.
+ */
+static size_t map_holes(struct postcopy *pc, unsigned int idx, size_t page)
+{
+	struct pagestate *ps = &pc->states[idx];
+	struct ferry_region *r = region_of(pc, idx);
+	size_t n = 0;
+
+	while (page + n < ps->nr_pages && is_hole(pc, idx, page + n) &&
+	       pagestate_claim(ps, page + n, PAGE_MISSING)) {
+		page_mapped(pc, idx, page + n);
+		n++;
+	}
+	if (n)
+		ferry_uffd_wake(&pc->uffd, r->guest + page * r->page_size,
+				n * r->page_size);
+	return n;
+}
+
+/*
  * CONTINUE a claimed run.  A page the memfd does not hold (a zero page,
  * kept a hole) stops the kernel with -EFAULT: it is final as it is, so it
  * becomes MAPPED unmapped, and a later touch gets a zero page.
@@ -509,8 +569,11 @@ static void *mapper_main(void *arg)
 			size_t n = claim_run(ps, page, MAPPER_RUN);
 			int ret;
 
-			if (!n)
+			if (!n) {
+				n = map_holes(pc, idx, page);
+				page += n ? n - 1 : 0;
 				continue;
+			}
 			ret = map_run(pc, idx, page, n);
 			if (ret) {
 				set_error(pc, ret);
@@ -634,7 +697,7 @@ int postcopy_finish(struct postcopy *pc)
 	for (unsigned int i = 0; i < pc->mem->nr_regions; i++) {
 		int err = ferry_region_collapse(region_of(pc, i));
 
-		if (err && err != -EAGAIN && !ret)
+		if (err && err != -EAGAIN && err != -EOPNOTSUPP && !ret)
 			ret = err;
 	}
 	return ret;
@@ -655,6 +718,10 @@ size_t postcopy_owed(const struct postcopy *pc, unsigned int region)
 {
 	const struct pagestate *ps = &pc->states[region];
 
-	return pagestate_count(ps, PAGE_MISSING) +
-	       pagestate_count(ps, PAGE_STALE);
+	size_t owed = pagestate_count(ps, PAGE_STALE);
+
+	for (size_t p = 0; p < ps->nr_pages; p++)
+		owed += pagestate_get(ps, p) == PAGE_MISSING &&
+			!is_hole(pc, region, p);
+	return owed;
 }

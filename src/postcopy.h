@@ -61,6 +61,9 @@ struct postcopy_stats {
 struct postcopy {
 	struct ferry_mem *mem;
 	struct pagestate *states;	/* one per region */
+	uint64_t **owed;		/* per region: the stale bitmap, what
+					 * the source still owes; written at
+					 * switchover, read-only after */
 	_Atomic uint64_t **requested;	/* bitmaps, one per region: the
 					 * fault thread sets, any reads */
 	_Atomic uint32_t **fault_us;	/* request time, us since start;
@@ -101,7 +104,7 @@ int postcopy_store(struct postcopy *pc, unsigned int region, uint64_t first,
  * were last sent, or never sent but written): a PRESENT page in it becomes
  * STALE; a MISSING page in it stays MISSING (owed); a MISSING page not in
  * it was never sent because it is a hole on the source, so it is final as
- * it is: PRESENT (a hole here too).
+ * it is (a hole here too).  Work in proportion to the stale set.
  */
 int postcopy_switchover(struct postcopy *pc, unsigned int region,
 			const uint64_t *stale);

@@ -79,6 +79,9 @@ struct source {
 	struct ferry_wire_writer urgent_writer;
 	pthread_t urgent_thread;
 	bool urgent_started;
+	struct sender *urgent_sender;	/* the urgent thread's batches */
+	uint8_t *urgent_buf;		/* and its receive buffer, touched
+					 * before the pause */
 	int urgent_err;			/* urgent thread; read after join */
 	uint64_t start_ns;
 };
@@ -749,19 +752,11 @@ static int serve_urgent(struct source *src, struct sender *u, void *buf)
 static void *urgent_main(void *arg)
 {
 	struct source *src = arg;
-	struct sender *u = calloc(1, sizeof(*u));
-	void *buf = aligned_alloc(4096, FERRY_WIRE_BUF_SIZE);
 
-	if (!u || !buf) {
-		src->urgent_err = -ENOMEM;
-	} else {
-		u->src = src;
-		src->urgent_err = serve_urgent(src, u, buf);
-	}
+	src->urgent_err = serve_urgent(src, src->urgent_sender,
+				       src->urgent_buf);
 	if (src->urgent_err)	/* wake the pushers: the session is over */
 		ferry_net_session_shutdown(src->session);
-	free(buf);
-	free(u);
 	return NULL;
 }
 
@@ -836,7 +831,12 @@ static int source_alloc(struct source *src)
 	const struct ferry_mem *mem = src->vm->mem;
 
 	src->nr_senders = src->session->nr_bulk;
-	src->senders = calloc(src->nr_senders, sizeof(*src->senders));
+	src->senders = sys_zalloc(src->nr_senders * sizeof(*src->senders));
+	src->urgent_sender = sys_zalloc(sizeof(*src->urgent_sender));
+	src->urgent_buf = sys_zalloc_aligned(4096, FERRY_WIRE_BUF_SIZE);
+	if (!src->senders || !src->urgent_sender || !src->urgent_buf)
+		return -ENOMEM;
+	src->urgent_sender->src = src;
 	src->send_map = calloc(mem->nr_regions ? mem->nr_regions : 1,
 			       sizeof(*src->send_map));
 	if (!src->senders || !src->send_map)
@@ -856,6 +856,8 @@ static void source_free(struct source *src)
 		free(src->send_map[i]);
 	free(src->send_map);
 	free(src->senders);
+	free(src->urgent_sender);
+	free(src->urgent_buf);
 }
 
 static int send_header(struct source *src)
@@ -1001,7 +1003,7 @@ int ferry_migrate_send(const struct ferry_vm *vm,
 	}
 	memset(stats, 0, sizeof(*stats));
 	src = calloc(1, sizeof(*src));
-	buf = aligned_alloc(4096, FERRY_WIRE_BUF_SIZE);
+	buf = sys_zalloc_aligned(4096, FERRY_WIRE_BUF_SIZE);
 	if (!src || !buf) {
 		free(src);
 		free(buf);

@@ -6,6 +6,22 @@
 
 #include "sys.h"
 
+void *sys_zalloc_aligned(size_t align, size_t len)
+{
+	void *p;
+
+	len = len ? (len + align - 1) / align * align : align;
+	p = aligned_alloc(align, len);
+	if (p)
+		memset(p, 0, len);
+	return p;
+}
+
+void *sys_zalloc(size_t len)
+{
+	return sys_zalloc_aligned(64, len);
+}
+
 ssize_t sys_read_file(const char *path, char *buf, size_t len)
 {
 	ssize_t n = 0, total = 0;

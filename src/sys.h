@@ -98,6 +98,15 @@ static inline ssize_t sys_write(int fd, const void *buf, size_t len)
 	return sys_ssize(write(fd, buf, len));
 }
 
+/*
+ * Zeroed memory whose pages are already faulted in: calloc's large
+ * allocations come as untouched mappings, and their first use would take
+ * a page fault per 4 KiB (expensive on some hosts) on a hot path: the
+ * fault path, the downtime.  Free with free().
+ */
+void *sys_zalloc(size_t len);
+void *sys_zalloc_aligned(size_t align, size_t len);
+
 /* Read a whole small file (sysfs, procfs) into buf, NUL-terminated. */
 ssize_t sys_read_file(const char *path, char *buf, size_t len);
 

@@ -116,8 +116,9 @@ ssize_t ferry_region_populated(const struct ferry_region *region,
 /*
  * Give a THP region its huge mappings back: MADV_COLLAPSE over the guest
  * view (works whatever shmem_enabled says), 2 MiB at a time, retrying the
- * ones the kernel finds busy.  -EAGAIN if some stayed busy (the rest are
- * collapsed); -EOPNOTSUPP before Linux 6.1; other backings are a no-op.
+ * ones the kernel finds busy.  -EAGAIN if some stayed busy or were refused
+ * (the rest are collapsed); -EOPNOTSUPP when every one was refused as
+ * before Linux 6.1; other backings are a no-op.
  */
 int ferry_region_collapse(struct ferry_region *region);
 
