@@ -313,6 +313,7 @@ static void *receiver_main(void *arg)
 	int ret;
 
 	ferry_errmsg_clear();
+	sys_thread_boost();
 	ferry_faults_start(&rv->faults, FERRY_FAULTS_THREAD);
 	ret = receive(rv);
 	ferry_faults_stop(&rv->faults);

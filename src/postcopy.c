@@ -61,7 +61,7 @@ int postcopy_create(struct ferry_mem *mem, struct postcopy **out)
 	pc->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	pc->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	pc->zero_page = sys_zalloc_aligned(4096, FERRY_HUGE_PAGE_SIZE);
-	atomic_init(&pc->unmapped, total_pages(mem));
+	atomic_init(&pc->owed_left, 0);
 	ferry_hist_init(&pc->fault_latency);
 	if (pc->stop_fd < 0 || pc->done_fd < 0 || !pc->zero_page ||
 	    alloc_tables(pc)) {
@@ -241,6 +241,8 @@ int postcopy_switchover(struct postcopy *pc, unsigned int region,
 
 		if (w == bitmap_words(ps->nr_pages) - 1 && ps->nr_pages % 64)
 			bits &= (1ULL << (ps->nr_pages % 64)) - 1;
+		atomic_fetch_add(&pc->owed_left, (size_t)__builtin_popcountll(
+					 bits & ~pc->owed[region][w]));
 		pc->owed[region][w] |= bits;
 		while (bits) {
 			size_t page = w * 64 + (size_t)__builtin_ctzll(bits);
@@ -260,16 +262,31 @@ static bool is_hole(const struct postcopy *pc, unsigned int region,
 	return !bitmap_test(pc->owed[region], page);
 }
 
+static void signal_done(struct postcopy *pc)
+{
+	uint64_t one = 1;
+
+	if (write(pc->done_fd, &one, sizeof(one)) < 0)
+		abort();	/* an eventfd write cannot fail here */
+}
+
 static void page_mapped(struct postcopy *pc, unsigned int region,
 			uint64_t page)
 {
 	pagestate_release(&pc->states[region], page, PAGE_MAPPED);
-	if (atomic_fetch_sub(&pc->unmapped, 1) == 1) {
-		uint64_t one = 1;
+}
 
-		if (write(pc->done_fd, &one, sizeof(one)) < 0)
-			abort();	/* an eventfd write cannot fail here */
-	}
+/*
+ * An owed page is in place.  When the last one is, post-copy is done:
+ * every page left unmapped is PRESENT (its memfd page is right) or a hole,
+ * so the guest may fault on them without ferry.
+ */
+static void owed_mapped(struct postcopy *pc, unsigned int region,
+			uint64_t page)
+{
+	page_mapped(pc, region, page);
+	if (atomic_fetch_sub(&pc->owed_left, 1) == 1)
+		signal_done(pc);
 }
 
 /*
@@ -344,7 +361,11 @@ int postcopy_install(struct postcopy *pc, unsigned int region,
 		return ret;
 	}
 	record_latency(pc, region, page);
-	page_mapped(pc, region, page);
+	if (was == PAGE_STALE || (was == PAGE_MISSING &&
+				  !is_hole(pc, region, page)))
+		owed_mapped(pc, region, page);
+	else
+		page_mapped(pc, region, page);
 	if (hole)	/* a vCPU that faulted meanwhile retries, sees MAPPED */
 		ferry_uffd_wake(&pc->uffd, r->guest +
 				(size_t)page * r->page_size, r->page_size);
@@ -460,6 +481,7 @@ static void *fault_main(void *arg)
 		{ .fd = pc->stop_fd, .events = POLLIN },
 	};
 
+	sys_thread_boost();
 	for (;;) {
 		int ret = poll(pfd, 2, -1);
 
@@ -562,6 +584,7 @@ static void *mapper_main(void *arg)
 {
 	struct postcopy *pc = arg;
 
+	sys_thread_boost();
 	for (unsigned int idx = 0; idx < pc->mem->nr_regions; idx++) {
 		struct pagestate *ps = &pc->states[idx];
 
@@ -634,12 +657,8 @@ int postcopy_start(struct postcopy *pc, const struct postcopy_ops *ops,
 	if (ret)
 		goto err_stop_fault;
 	pc->started = true;
-	if (atomic_load(&pc->unmapped) == 0) {
-		uint64_t one = 1;
-
-		if (write(pc->done_fd, &one, sizeof(one)) < 0)
-			abort();
-	}
+	if (atomic_load(&pc->owed_left) == 0)
+		signal_done(pc);
 	return 0;
 
 err_stop_fault:
@@ -663,7 +682,7 @@ int postcopy_done_fd(const struct postcopy *pc)
 
 bool postcopy_done(const struct postcopy *pc)
 {
-	return atomic_load(&pc->unmapped) == 0;
+	return pc->started && atomic_load(&pc->owed_left) == 0;
 }
 
 int postcopy_error(const struct postcopy *pc)

@@ -21,8 +21,11 @@
  * Whoever first holds fresh data for a page (a reply to a request, or the
  * source's background push) calls postcopy_install(), which writes it
  * through the memfd, CONTINUEs (waking the vCPU) and marks it MAPPED.
- * Data for a MAPPED page is dropped.  When every page is MAPPED the done
- * eventfd fires; postcopy_finish() unregisters and collapses THP regions.
+ * Data for a MAPPED page is dropped.  When the last page the source owed
+ * is in place the done eventfd fires: every other page is final in the
+ * memfd (PRESENT) or a hole, so postcopy_finish() stops the threads,
+ * unregisters (the guest then faults on what is left as on any mapping)
+ * and collapses THP regions.
  *
  *   vCPU        fault thread        receiver            source
  *    |--fault-->|                     |                   |
@@ -79,7 +82,8 @@ struct postcopy {
 	bool started;
 	uint64_t start_ns;
 
-	atomic_size_t unmapped;		/* pages not MAPPED; any thread */
+	atomic_size_t owed_left;	/* owed pages not yet in place; set
+					 * at switchover, then any thread */
 	atomic_int error;		/* first fatal -errno; any thread */
 	/* Counters: written by the thread named in postcopy_stats, relaxed. */
 	atomic_uint_fast64_t minor_faults, missing_faults, requests,
@@ -121,7 +125,7 @@ int postcopy_start(struct postcopy *pc, const struct postcopy_ops *ops,
 int postcopy_install(struct postcopy *pc, unsigned int region,
 		     uint64_t page, const void *data);
 
-/* The eventfd that becomes readable when every page is MAPPED. */
+/* The eventfd that becomes readable when nothing is owed any more. */
 int postcopy_done_fd(const struct postcopy *pc);
 bool postcopy_done(const struct postcopy *pc);
 

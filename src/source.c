@@ -309,6 +309,8 @@ static void *sender_main(void *arg)
 	struct source *src = s->src;
 	unsigned int gen = 0;
 
+	sys_thread_boost();	/* a migration that converges beats one that
+				 * leaves the vCPUs a little more CPU */
 	pthread_mutex_lock(&src->lock);
 	for (;;) {
 		enum job job;
@@ -753,6 +755,7 @@ static void *urgent_main(void *arg)
 {
 	struct source *src = arg;
 
+	sys_thread_boost();
 	src->urgent_err = serve_urgent(src, src->urgent_sender,
 				       src->urgent_buf);
 	if (src->urgent_err)	/* wake the pushers: the session is over */

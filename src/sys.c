@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "sys.h"
 
@@ -20,6 +21,12 @@ void *sys_zalloc_aligned(size_t align, size_t len)
 void *sys_zalloc(size_t len)
 {
 	return sys_zalloc_aligned(64, len);
+}
+
+void sys_thread_boost(void)
+{
+	if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -10))
+		errno = 0;	/* not allowed: run at the default */
 }
 
 ssize_t sys_read_file(const char *path, char *buf, size_t len)

@@ -107,6 +107,14 @@ static inline ssize_t sys_write(int fd, const void *buf, size_t len)
 void *sys_zalloc(size_t len);
 void *sys_zalloc_aligned(size_t align, size_t len);
 
+/*
+ * Raise the calling thread's CPU priority (nice -10) when allowed
+ * (CAP_SYS_NICE): for the threads a waiting vCPU depends on, so that on a
+ * host short of CPUs a running vCPU does not delay the one that faulted.
+ * Best effort; nothing happens without the capability.
+ */
+void sys_thread_boost(void);
+
 /* Read a whole small file (sysfs, procfs) into buf, NUL-terminated. */
 ssize_t sys_read_file(const char *path, char *buf, size_t len);
 
