@@ -91,8 +91,8 @@ check: $(TESTS) $(TOOL)
 bench: $(BENCH_BIN) $(TOOL)
 	bench/run
 
-# Until live migration lands, the demo is the most complete real flow: the
-# workload VM on every backing, verified, after the machine's capabilities.
+# The main job on a built-in default: a live migration of the workload VM
+# between two processes here, run on and verified at the destination.
 demo: $(TOOL)
 	$(TOOL) demo
 
