@@ -453,6 +453,18 @@ static int confirm(struct dest *d, bool complete)
 	return ret;
 }
 
+/*
+ * Say why we give up, so the source can tell its user more than "broken
+ * pipe".  Best effort: the channel may be what broke.
+ */
+static void tell_source(struct dest *d, int err, const char *why)
+{
+	pthread_mutex_lock(&d->urgent_lock);
+	if (!ferry_wire_enc_error(&d->urgent_frame, err, why))
+		ferry_wire_send(&d->urgent_writer, &d->urgent_frame);
+	pthread_mutex_unlock(&d->urgent_lock);
+}
+
 /* ---- switchover --------------------------------------------------------- */
 
 static int load_vcpus(struct dest *d)
@@ -739,6 +751,7 @@ static int run(struct dest *d)
 
 		/* Stop every thread: they may sit in I/O or wait on pages. */
 		snprintf(why, sizeof(why), "%s", ferry_errmsg());
+		tell_source(d, ret, why);
 		ferry_net_session_shutdown(d->session);
 		stop_all(d);
 		postcopy_destroy(d->pc);

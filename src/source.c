@@ -358,6 +358,8 @@ static void report(struct source *src, enum ferry_phase phase,
 	if (now > *last_ns && *last_ns)
 		p.rate_bps = (double)(p.bytes_sent - *last_bytes) * 1e9 /
 			     (double)(now - *last_ns);
+	else if (phase == FERRY_PHASE_DONE && p.elapsed_ns)
+		p.rate_bps = (double)p.bytes_sent * 1e9 / (double)p.elapsed_ns;
 	if (p.rate_bps > 0)
 		p.eta_s = (double)remaining * 4096.0 / p.rate_bps;
 	*last_bytes = p.bytes_sent;
@@ -580,32 +582,53 @@ static int send_vcpus(struct source *src)
 	return ret;
 }
 
+/* Any bit set in [first, first + count)?  first is a multiple of 64. */
+static bool any_bit(const uint64_t *map, uint64_t first, uint64_t count)
+{
+	for (uint64_t w = first / 64; w < (first + count + 63) / 64; w++)
+		if (map[w])
+			return true;
+	return false;
+}
+
+/*
+ * The stale bitmap in windows of 32768 pages, leaving out those with
+ * nothing owed: what crosses the wire in the downtime grows with the stale
+ * set, not with guest memory.
+ */
+#define STALE_WINDOW	32768U
+
+static int send_stale_window(struct source *src, unsigned int region,
+			     uint64_t first, uint64_t pages)
+{
+	struct sender *s0 = &src->senders[0];
+	struct ferry_wire_bitmap b = {
+		.region = region, .kind = FERRY_WIRE_BITMAP_STALE,
+		.first_page = (uint32_t)first,
+		.nr_bits = (uint32_t)(pages - first < STALE_WINDOW ?
+				      pages - first : STALE_WINDOW),
+		.words = src->send_map[region] + first / 64,
+	};
+	int ret;
+
+	if (!any_bit(src->send_map[region], first, b.nr_bits))
+		return 0;
+	ret = ferry_wire_enc_bitmap(&s0->frame, &src->stream, &b);
+	if (!ret)
+		ret = send_frame(src, &s0->writer, &s0->frame);
+	return ret;
+}
+
 static int send_stale(struct source *src)
 {
 	const struct ferry_mem *mem = src->vm->mem;
-	struct sender *s0 = &src->senders[0];
 	int ret = 0;
 
-	for (unsigned int i = 0; i < mem->nr_regions && !ret; i++) {
-		uint64_t pages = mem->regions[i].nr_pages;
-
-		for (uint64_t first = 0; first < pages && !ret;
-		     first += FERRY_WIRE_MAX_BITS) {
-			struct ferry_wire_bitmap b = {
-				.region = i, .kind = FERRY_WIRE_BITMAP_STALE,
-				.first_page = (uint32_t)first,
-				.nr_bits = (uint32_t)(pages - first <
-					FERRY_WIRE_MAX_BITS ? pages - first :
-					FERRY_WIRE_MAX_BITS),
-				.words = src->send_map[i] + first / 64,
-			};
-
-			ret = ferry_wire_enc_bitmap(&s0->frame, &src->stream,
-						    &b);
-			if (!ret)
-				ret = send_frame(src, &s0->writer, &s0->frame);
-		}
-	}
+	for (unsigned int i = 0; i < mem->nr_regions && !ret; i++)
+		for (uint64_t first = 0; first < mem->regions[i].nr_pages &&
+		     !ret; first += STALE_WINDOW)
+			ret = send_stale_window(src, i, first,
+						mem->regions[i].nr_pages);
 	return ret;
 }
 
@@ -967,6 +990,30 @@ static int check_args(const struct ferry_vm *vm, struct ferry_session *s)
 	return 0;
 }
 
+/*
+ * The channels broke: if the destination said why on the urgent channel
+ * before it closed, that is the reason to give.
+ */
+static int peer_reason(struct source *src, void *buf, int err)
+{
+	struct pollfd pfd = {
+		.fd = ferry_chan_poll_fd(src->session->urgent), .events = POLLIN,
+	};
+	struct ferry_wire_error e;
+	struct ferry_wire_rec rec;
+	char ours[256];
+
+	if (err != -EPIPE && err != -ECONNRESET)
+		return err;
+	snprintf(ours, sizeof(ours), "%s", ferry_errmsg());
+	if (poll(&pfd, 1, 200) != 1 ||
+	    ferry_wire_recv(&src->urgent_reader, buf, FERRY_WIRE_BUF_SIZE,
+			    &rec) <= 0 ||
+	    rec.type != FERRY_WIRE_ERROR || ferry_wire_dec_error(&rec, &e))
+		return ferry_fail(err, "%s", ours);
+	return ferry_fail(err, "the destination gave up: %s", e.msg);
+}
+
 static int migrate(struct source *src, void *buf)
 {
 	enum ferry_mode mode = FERRY_MODE_PRECOPY;
@@ -979,6 +1026,8 @@ static int migrate(struct source *src, void *buf)
 		ret = arm_dirty(src);
 	if (!ret)
 		ret = precopy(src, &mode);
+	if (ret)
+		ret = peer_reason(src, buf, ret);
 	if (!ret)
 		ret = switchover(src, mode, buf);
 	if (ret)	/* wake senders blocked on a dead peer */
