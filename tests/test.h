@@ -99,6 +99,20 @@ enum test_result test_skip(struct test_ctx *ctx, const char *fmt, ...)
 			FAIL(ctx, "%s = %lld, want %lld", #got, _g, _w); \
 	} while (0)
 
+/*
+ * Under AddressSanitizer every first touch of a page also touches its
+ * shadow, so page-fault counts say nothing about ferry: cases that count
+ * faults skip there, with this reason.
+ */
+static inline const char *fault_counts_meaningless(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+	return "AddressSanitizer's shadow memory takes page faults of its own";
+#else
+	return NULL;
+#endif
+}
+
 /* Region size suited to a backing: some 4 KiB pages, or a few huge pages. */
 size_t test_region_size(enum ferry_backing backing, size_t pages_4k,
 			size_t pages_2m);

@@ -22,6 +22,8 @@ static enum test_result one_fault_per_first_write(struct test_ctx *ctx)
 	struct ferry_mem *mem;
 	double per_page;
 
+	if (fault_counts_meaningless())
+		SKIP(ctx, "%s", fault_counts_meaningless());
 	CHECK_OK(ctx, ferry_mem_create(&mem));
 	CHECK_OK(ctx, ferry_mem_add_region(mem, ctx->backing, 64 << 20, &r));
 	CHECK_OK(ctx, ferry_faults_start(&f, FERRY_FAULTS_THREAD));
@@ -48,6 +50,8 @@ static enum test_result pwrite_install(struct test_ctx *ctx)
 	uint8_t *buf;
 	double per_page;
 
+	if (fault_counts_meaningless())
+		SKIP(ctx, "%s", fault_counts_meaningless());
 	CHECK_OK(ctx, ferry_mem_create(&mem));
 	CHECK_OK(ctx, ferry_mem_add_region(mem, ctx->backing, 128 << 20, &r));
 	buf = malloc(chunk);

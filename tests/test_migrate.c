@@ -169,7 +169,8 @@ static enum test_result precopy(struct test_ctx *ctx)
 		return res;
 	CHECK_EQ(ctx, m.src_stats.mode, FERRY_MODE_PRECOPY);
 	CHECK(ctx, m.src_stats.rounds >= 2, "%u rounds", m.src_stats.rounds);
-	CHECK(ctx, m.dst_stats.faults_per_installed_page < 0.01,
+	CHECK(ctx, fault_counts_meaningless() ||
+	      m.dst_stats.faults_per_installed_page < 0.01,
 	      "%.4f faults per installed page on the receive path",
 	      m.dst_stats.faults_per_installed_page);
 	return TEST_PASS;
