@@ -313,7 +313,7 @@ static void *receiver_main(void *arg)
 	int ret;
 
 	ferry_errmsg_clear();
-	sys_thread_boost();
+	sys_thread_boost(rv->urgent ? SYS_BOOST_URGENT : SYS_BOOST_BULK);
 	ferry_faults_start(&rv->faults, FERRY_FAULTS_THREAD);
 	ret = receive(rv);
 	ferry_faults_stop(&rv->faults);

@@ -481,7 +481,7 @@ static void *fault_main(void *arg)
 		{ .fd = pc->stop_fd, .events = POLLIN },
 	};
 
-	sys_thread_boost();
+	sys_thread_boost(SYS_BOOST_URGENT);
 	for (;;) {
 		int ret = poll(pfd, 2, -1);
 
@@ -584,7 +584,7 @@ static void *mapper_main(void *arg)
 {
 	struct postcopy *pc = arg;
 
-	sys_thread_boost();
+	sys_thread_boost(SYS_BOOST_BULK);
 	for (unsigned int idx = 0; idx < pc->mem->nr_regions; idx++) {
 		struct pagestate *ps = &pc->states[idx];
 

@@ -309,8 +309,9 @@ static void *sender_main(void *arg)
 	struct source *src = s->src;
 	unsigned int gen = 0;
 
-	sys_thread_boost();	/* a migration that converges beats one that
-				 * leaves the vCPUs a little more CPU */
+	/* A migration that converges beats one that leaves the vCPUs a
+	 * little more CPU. */
+	sys_thread_boost(SYS_BOOST_BULK);
 	pthread_mutex_lock(&src->lock);
 	for (;;) {
 		enum job job;
@@ -778,7 +779,7 @@ static void *urgent_main(void *arg)
 {
 	struct source *src = arg;
 
-	sys_thread_boost();
+	sys_thread_boost(SYS_BOOST_URGENT);
 	src->urgent_err = serve_urgent(src, src->urgent_sender,
 				       src->urgent_buf);
 	if (src->urgent_err)	/* wake the pushers: the session is over */

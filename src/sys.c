@@ -23,9 +23,9 @@ void *sys_zalloc(size_t len)
 	return sys_zalloc_aligned(64, len);
 }
 
-void sys_thread_boost(void)
+void sys_thread_boost(enum sys_boost level)
 {
-	if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -10))
+	if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), (int)level))
 		errno = 0;	/* not allowed: run at the default */
 }
 

@@ -108,12 +108,16 @@ void *sys_zalloc(size_t len);
 void *sys_zalloc_aligned(size_t align, size_t len);
 
 /*
- * Raise the calling thread's CPU priority (nice -10) when allowed
- * (CAP_SYS_NICE): for the threads a waiting vCPU depends on, so that on a
- * host short of CPUs a running vCPU does not delay the one that faulted.
- * Best effort; nothing happens without the capability.
+ * Raise the calling thread's CPU priority when allowed (CAP_SYS_NICE), so
+ * that on a host short of CPUs a running vCPU does not delay the threads
+ * migration depends on.  Two levels: the urgent path a faulting vCPU
+ * waits on (fault service, page requests and replies) above the bulk
+ * path (rounds, pushes), both above vCPUs.  Best effort: nothing happens
+ * without the capability.
  */
-void sys_thread_boost(void);
+enum sys_boost { SYS_BOOST_BULK = -5, SYS_BOOST_URGENT = -15 };
+
+void sys_thread_boost(enum sys_boost level);
 
 /* Read a whole small file (sysfs, procfs) into buf, NUL-terminated. */
 ssize_t sys_read_file(const char *path, char *buf, size_t len);
