@@ -88,6 +88,45 @@ struct source {
 
 /* ---- sending pages ---------------------------------------------------- */
 
+/*
+ * Where the source reads guest memory: the guest view, not the alias.  The
+ * pages it sends exist and the guest has them mapped there already, while
+ * the alias is mapped by nobody yet: reading through it would take a page
+ * fault per 64 KiB (fault-around), which costs a third of the stream's
+ * throughput here.  Reads do not disturb dirty tracking: async
+ * write-protect only notes writes.
+ */
+static const uint8_t *source_view(const struct ferry_region *r)
+{
+	return r->guest;
+}
+
+/*
+ * The first round also sends pages the guest never touched here (received
+ * by an earlier migration, written by the VMM through its own mapping):
+ * map the chunk's runs of pages in bulk first, a hundred times cheaper on
+ * some hosts than a fault per page.  Only pages in the map: they exist, so
+ * nothing is allocated.  Best effort: a failure only costs the faults.
+ */
+static void map_runs(const struct ferry_region *r, const uint64_t *map,
+		     uint64_t first, uint64_t end)
+{
+	uint64_t p = first;
+
+	while (p < end) {
+		uint64_t run = 0;
+
+		while (p < end && !bitmap_test(map, p))
+			p++;
+		while (p + run < end && bitmap_test(map, p + run))
+			run++;
+		if (run)
+			sys_madvise((void *)(source_view(r) + p * r->page_size),
+				    run * r->page_size, MADV_POPULATE_READ);
+		p += run;
+	}
+}
+
 static int send_frame(struct source *src, struct ferry_wire_writer *w,
 		      struct ferry_wire_frame *f)
 {
@@ -111,7 +150,8 @@ static int flush_data(struct sender *s, bool live, uint64_t request_id,
 		return 0;
 	r = &s->src->vm->mem->regions[s->batch_region];
 	b = (struct ferry_wire_batch){ .region = s->batch_region,
-		.count = s->nr_data, .index = s->data_index, .base = r->alias,
+		.count = s->nr_data, .index = s->data_index,
+		.base = source_view(r),
 		.request_id = request_id, .live = live };
 	ret = ferry_wire_enc_pages(f, &s->src->stream, &b);
 	if (!ret)
@@ -170,7 +210,7 @@ static int add_page(struct sender *s, unsigned int region, uint64_t page,
 	if (ret)
 		return ret;
 	s->batch_region = region;
-	if (migrate_page_is_zero(r->alias + page * r->page_size,
+	if (migrate_page_is_zero(source_view(r) + page * r->page_size,
 				 r->page_size)) {
 		s->zero_index[s->nr_zero++] = (uint32_t)page;
 		if (s->nr_zero == FERRY_WIRE_MAX_ZERO)
@@ -195,6 +235,8 @@ static int send_chunk(struct sender *s, unsigned int region, uint64_t chunk,
 
 	if (end > r->nr_pages)
 		end = r->nr_pages;
+	if (s->src->round == 0)
+		map_runs(r, map, first, end);
 	for (uint64_t p = first; p < end && !ret; p++) {
 		if (take ? !migrate_bit_take(map, p) : !bitmap_test(map, p))
 			continue;
@@ -718,7 +760,7 @@ static int answer_request(struct source *src, struct sender *u,
 		uint64_t p = (uint64_t)req->page + i;
 
 		migrate_bit_take(src->send_map[req->region], p);
-		if (migrate_page_is_zero(r->alias + p * r->page_size,
+		if (migrate_page_is_zero(source_view(r) + p * r->page_size,
 					 r->page_size))
 			u->zero_index[u->nr_zero++] = (uint32_t)p;
 		else
