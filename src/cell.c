@@ -31,7 +31,11 @@ int cell_map_init(struct cell_map *map, const struct ferry_mem *mem)
 		r->nr = src->size >> CELL_SHIFT;
 		r->guest = src->guest;
 		r->alias = src->alias;
-		r->memfd = src->memfd;
+		/*
+		 * A private view's own copies are not in the file: its holes
+		 * say nothing, so no fd, and every cell is read.
+		 */
+		r->memfd = src->private_view ? -1 : src->memfd;
 	}
 	return 0;
 }

@@ -120,3 +120,50 @@ const struct ferry_dest_ops *ferry_guest_dest_ops(void)
 {
 	return &guest_dest_ops;
 }
+
+static int clone_create(void *arg, const struct ferry_wire_stream *stream,
+			struct ferry_mem *mem, struct ferry_vm *vm)
+{
+	struct ferry_guest_config cfg;
+	struct ferry_guest *g;
+	int ret;
+
+	(void)arg;
+	ret = ferry_guest_config_decode(stream->desc, stream->desc_len, &cfg);
+	if (ret)
+		return ferry_fail_ctx(ret, "the snapshot's machine description");
+	if (cfg.nr_vcpus != stream->nr_vcpus)
+		return ferry_fail(-EINVAL, "the machine description does not "
+				  "match the snapshot (%u vCPUs, %u)",
+				  cfg.nr_vcpus, stream->nr_vcpus);
+	ret = ferry_guest_create(mem, &cfg, &g);
+	if (ret)
+		return ret;
+	ret = ferry_guest_pause(g);
+	if (!ret)
+		ret = ferry_guest_start(g);
+	if (ret) {
+		ferry_guest_destroy(g);
+		return ret;
+	}
+	*vm = (struct ferry_vm){ .mem = mem, .ops = ferry_guest_vcpu_ops(),
+		.handle = g, .desc = stream->desc,
+		.desc_len = stream->desc_len };
+	return 0;
+}
+
+static void clone_destroy(void *arg, struct ferry_vm *vm)
+{
+	(void)arg;
+	ferry_guest_destroy(vm->handle);
+}
+
+static const struct ferry_clone_ops guest_clone_ops = {
+	.create = clone_create,
+	.destroy = clone_destroy,
+};
+
+const struct ferry_clone_ops *ferry_guest_clone_ops(void)
+{
+	return &guest_clone_ops;
+}

@@ -63,7 +63,7 @@ static void region_unmap(struct ferry_region *r)
 {
 	if (r->guest)
 		sys_munmap(r->guest, r->size);
-	if (r->alias)
+	if (r->alias && r->alias != r->guest)
 		sys_munmap(r->alias, r->size);
 	if (r->own_fd && r->memfd >= 0)
 		close(r->memfd);
@@ -84,7 +84,8 @@ void ferry_mem_destroy(struct ferry_mem *mem)
  * space, place the file at the first aligned address inside it, and give
  * back the slack on both sides.
  */
-static uint8_t *map_aligned(int fd, size_t size, size_t align, int *err)
+static uint8_t *map_aligned(int fd, size_t size, size_t align, int flags,
+			    int *err)
 {
 	size_t span = size + align;
 	uint8_t *base, *start, *p;
@@ -94,8 +95,8 @@ static uint8_t *map_aligned(int fd, size_t size, size_t align, int *err)
 	if (!base)
 		return NULL;
 	start = (uint8_t *)(((uintptr_t)base + align - 1) & ~(align - 1));
-	p = sys_mmap(start, size, PROT_READ | PROT_WRITE,
-		     MAP_SHARED | MAP_FIXED, fd, 0, err);
+	p = sys_mmap(start, size, PROT_READ | PROT_WRITE, flags | MAP_FIXED,
+		     fd, 0, err);
 	if (!p) {
 		sys_munmap(base, span);
 		return NULL;
@@ -119,15 +120,29 @@ static int map_failed(struct ferry_region *r, int err)
 			  strerror(-err));
 }
 
+/*
+ * A private guest view reserves nothing up front (MAP_NORESERVE): on
+ * hugetlbfs a private mapping would otherwise set aside a huge page for
+ * every page it might copy, which is the whole point of sharing undone.
+ */
+static int map_guest(struct ferry_region *r, size_t align, int *err)
+{
+	int flags = r->private_view ? MAP_PRIVATE | MAP_NORESERVE : MAP_SHARED;
+
+	r->guest = map_aligned(r->memfd, r->size, align, flags, err);
+	return r->guest ? 0 : -1;
+}
+
 static int region_map(struct ferry_region *r)
 {
 	size_t align = backing_align(r->backing);
 	int err;
 
-	r->guest = map_aligned(r->memfd, r->size, align, &err);
-	if (!r->guest)
+	if (map_guest(r, align, &err))
 		return map_failed(r, err);
-	r->alias = map_aligned(r->memfd, r->size, align, &err);
+	/* A private view's copies are seen only through the view itself. */
+	r->alias = r->private_view ? r->guest :
+		   map_aligned(r->memfd, r->size, align, MAP_SHARED, &err);
 	if (!r->alias) {
 		sys_munmap(r->guest, r->size);
 		r->guest = NULL;
@@ -136,7 +151,8 @@ static int region_map(struct ferry_region *r)
 	if (r->backing == FERRY_BACKING_THP) {
 		/* Asks for huge pages where shmem_enabled allows "advise". */
 		sys_madvise(r->guest, r->size, MADV_HUGEPAGE);
-		sys_madvise(r->alias, r->size, MADV_HUGEPAGE);
+		if (r->alias != r->guest)
+			sys_madvise(r->alias, r->size, MADV_HUGEPAGE);
 	}
 	return 0;
 }
@@ -232,11 +248,12 @@ static int check_fd_kind(int fd, enum ferry_backing backing, size_t size)
 	return 0;
 }
 
-int ferry_mem_add_region_fd(struct ferry_mem *mem, int memfd,
-			    enum ferry_backing backing, size_t size,
-			    struct ferry_region **out)
+static int add_fd_region(struct ferry_mem *mem, int memfd,
+			 enum ferry_backing backing, size_t size,
+			 bool private_view, struct ferry_region **out)
 {
-	struct ferry_region r = { .backing = backing, .own_fd = true };
+	struct ferry_region r = { .backing = backing, .own_fd = true,
+				  .private_view = private_view };
 	int ret;
 
 	if ((unsigned int)backing >= FERRY_BACKING_COUNT || size == 0)
@@ -258,6 +275,20 @@ int ferry_mem_add_region_fd(struct ferry_mem *mem, int memfd,
 	if (ret)
 		close(r.memfd);
 	return ret;
+}
+
+int ferry_mem_add_region_fd(struct ferry_mem *mem, int memfd,
+			    enum ferry_backing backing, size_t size,
+			    struct ferry_region **out)
+{
+	return add_fd_region(mem, memfd, backing, size, false, out);
+}
+
+int ferry_mem_add_region_private(struct ferry_mem *mem, int memfd,
+				 enum ferry_backing backing, size_t size,
+				 struct ferry_region **out)
+{
+	return add_fd_region(mem, memfd, backing, size, true, out);
 }
 
 static bool in_range(const uint8_t *base, size_t size, const void *addr)
@@ -324,6 +355,9 @@ int ferry_region_punch(struct ferry_region *r, size_t off, size_t len)
 
 	if (ret)
 		return ret;
+	if (r->private_view)
+		return ferry_fail(-EINVAL, "punching a hole in a private view "
+				  "would punch the file it shares");
 	ret = sys_fallocate(r->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 			    (off_t)off, (off_t)len);
 	if (ret)
@@ -499,7 +533,11 @@ static ssize_t populated_mincore(const struct ferry_region *r,
 ssize_t ferry_region_populated(const struct ferry_region *r,
 			       uint64_t *bitmap)
 {
-	if (r->backing == FERRY_BACKING_HUGETLB)
+	/*
+	 * A private view's own copies are not in the file: mincore sees
+	 * them, and the file's pages behind the view as well.
+	 */
+	if (r->backing == FERRY_BACKING_HUGETLB || r->private_view)
 		return populated_mincore(r, bitmap);
 	return populated_seek(r, bitmap);
 }

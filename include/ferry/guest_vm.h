@@ -4,6 +4,7 @@
 
 #include "ferry/guest.h"
 #include "ferry/migrate.h"
+#include "ferry/snapshot.h"
 
 /*
  * The built-in workload VM as a migration endpoint: its memory, its
@@ -43,5 +44,12 @@ struct ferry_guest_dest {
 };
 
 const struct ferry_dest_ops *ferry_guest_dest_ops(void);
+
+/*
+ * Clones (ferry_clone_create): the built-in VM on the memory ferry lays
+ * out for a clone, from the snapshot's machine description, started
+ * paused.  The ops take no argument (NULL).
+ */
+const struct ferry_clone_ops *ferry_guest_clone_ops(void);
 
 #endif

@@ -39,6 +39,7 @@ struct ferry_region {
 	uint8_t *alias;		/* ferry's view */
 	uint64_t guest_base;	/* guest-physical address of byte 0 */
 	bool own_fd;		/* close memfd on destroy */
+	bool private_view;	/* guest view is MAP_PRIVATE; alias == guest */
 };
 
 struct ferry_mem {
@@ -79,6 +80,21 @@ int ferry_mem_add_region_fd(struct ferry_mem *mem, int memfd,
 			    enum ferry_backing backing, size_t size,
 			    struct ferry_region **out);
 
+/*
+ * A region whose guest view is a private, copy-on-write mapping of a memfd
+ * that others share (a clone of a snapshot): reads see the file, a write
+ * copies that one page into this process.  There is no second view: the
+ * alias is the guest view itself, since another private mapping would not
+ * see the guest's copies.  So nothing may write through the alias while
+ * the view is registered with userfaultfd, and nothing ever writes the
+ * file through this region (ferry_region_punch refuses it).  Mapped with
+ * MAP_NORESERVE: on hugetlbfs a copy on write needs a free huge page in
+ * the pool when it happens.  The fd is duplicated, as above.
+ */
+int ferry_mem_add_region_private(struct ferry_mem *mem, int memfd,
+				 enum ferry_backing backing, size_t size,
+				 struct ferry_region **out);
+
 /* The region whose guest view (or alias) contains addr, or NULL. */
 struct ferry_region *ferry_mem_find(const struct ferry_mem *mem,
 				    const void *addr);
@@ -107,7 +123,8 @@ int ferry_region_punch(struct ferry_region *region, size_t offset,
  * Set a bit in `bitmap` (one per region page) for every page the memfd
  * holds, without reading or allocating any: SEEK_DATA / SEEK_HOLE on
  * shmem (reading a shmem hole would allocate it); on hugetlbfs, which
- * reports every page as data, the pages mapped in either view (mincore).
+ * reports every page as data, and on a private view (whose copies are not
+ * in the file), the pages mapped in either view (mincore).
  * Returns how many pages are populated, or -errno.
  */
 ssize_t ferry_region_populated(const struct ferry_region *region,
