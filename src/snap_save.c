@@ -230,12 +230,13 @@ static int handle_wp(void *arg, const struct uffd_msg *msg)
 	idx = (unsigned int)(r - sv->vm->mem->regions);
 	page = (uint64_t)((uint8_t *)addr - r->guest) / r->page_size;
 	e = snap_plan_find(&sv->plan, idx, page);
-	/*
-	 * Not ours to save (nothing was there at the pause), or claimed by
-	 * the sweep, whose un-protect wakes the writer: just make sure it
-	 * is awake.
-	 */
-	if (!e || !claim(sv, idx, page))
+	/* Not ours to save: nothing was there at the pause. */
+	if (!e)
+		return ferry_uffd_writeprotect(&sv->uffd, r->guest +
+					       page * r->page_size,
+					       r->page_size, false, 0);
+	/* Claimed by the sweep, whose un-protect wakes the writer. */
+	if (!claim(sv, idx, page))
 		return ferry_uffd_wake(&sv->uffd, r->guest + page * r->page_size,
 				       r->page_size);
 	ret = save_claimed(sv, e, page, 1, sv->fault_buf);
@@ -283,7 +284,12 @@ static uint64_t wp_features(const struct ferry_mem *mem)
 	return f;
 }
 
-/* Only what exists is protected: a page written later was a hole. */
+/*
+ * All of guest memory is protected, holes too, so that from here on no
+ * page can come into being without a write the fault thread sees: which
+ * pages exist can then be found after the vCPUs resume, and is still what
+ * existed at the pause.  A write to a hole, later, is simply let through.
+ */
 static int arm(struct saver *sv)
 {
 	struct ferry_mem *mem = sv->vm->mem;
@@ -291,20 +297,15 @@ static int arm(struct saver *sv)
 
 	if (ret)
 		return ferry_fail_ctx(ret, "live snapshot");
-	for (unsigned int i = 0; i < mem->nr_regions && !ret; i++)
-		ret = ferry_uffd_register(&sv->uffd, mem->regions[i].guest,
-					  mem->regions[i].size, FERRY_UFFD_WP,
-					  NULL);
 	sv->registered = true;
-	for (size_t i = 0; i < sv->plan.nr_extents && !ret; i++) {
-		struct snap_extent *e = &sv->plan.extents[i];
-		struct ferry_region *r = &mem->regions[e->region];
+	for (unsigned int i = 0; i < mem->nr_regions && !ret; i++) {
+		struct ferry_region *r = &mem->regions[i];
 
-		ret = ferry_uffd_writeprotect(&sv->uffd, r->guest +
-					      (size_t)e->first_page *
-					      r->page_size,
-					      (size_t)e->count * r->page_size,
-					      true, 0);
+		ret = ferry_uffd_register(&sv->uffd, r->guest, r->size,
+					  FERRY_UFFD_WP, NULL);
+		if (!ret)
+			ret = ferry_uffd_writeprotect(&sv->uffd, r->guest,
+						      r->size, true, 0);
 	}
 	return ret;
 }
@@ -399,8 +400,8 @@ static void free_tables(struct saver *sv)
 		close(sv->stop_fd);
 }
 
-/* What the vCPUs are paused for: their state and the page plan. */
-static int capture(struct saver *sv)
+/* What the vCPUs are paused for: their state. */
+static int capture_vcpus(struct saver *sv)
 {
 	const struct ferry_vm *vm = sv->vm;
 	int ret = ferry_wire_stream_init(&sv->stream, vm->mem,
@@ -408,9 +409,18 @@ static int capture(struct saver *sv)
 					 vm->ops->nr_vcpus(vm->handle),
 					 vm->desc, vm->desc_len);
 
-	if (!ret)
-		ret = snap_encode_head(vm, &sv->stream, &sv->head,
-				       &sv->head_len);
+	return ret ? ret : snap_encode_head(vm, &sv->stream, &sv->head,
+					    &sv->head_len);
+}
+
+static int size_file(struct saver *sv, uint64_t len);
+
+/* Which pages exist, where each goes in the file, a file that long. */
+static int capture_pages(struct saver *sv)
+{
+	const struct ferry_vm *vm = sv->vm;
+	int ret = 0;
+
 	for (unsigned int i = 0; !ret && i < vm->mem->nr_regions; i++) {
 		ssize_t n = ferry_region_populated(&vm->mem->regions[i],
 						   sv->populated[i]);
@@ -420,42 +430,50 @@ static int capture(struct saver *sv)
 	if (!ret)
 		ret = snap_plan_make(vm->mem, sv->populated, sv->head_len,
 				     &sv->plan);
-	return ret;
+	return ret ? ret : size_file(sv, sv->plan.file_size);
 }
 
-/* A fresh file of the planned length: all holes until pages land. */
-static int size_file(struct saver *sv)
+/*
+ * The file is emptied before the vCPUs pause (freeing a big file's
+ * blocks can take long: a discard, on some disks), then grown to the
+ * planned length: all holes until pages land.
+ */
+static int size_file(struct saver *sv, uint64_t len)
 {
-	int ret = sys_ftruncate(sv->fd, 0);
+	int ret = sys_ftruncate(sv->fd, (off_t)len);
 
-	if (!ret)
-		ret = sys_ftruncate(sv->fd, (off_t)sv->plan.file_size);
 	if (ret)
 		return ferry_fail(ret, "sizing the snapshot file: %s",
 				  strerror(-ret));
 	return 0;
 }
 
-/* Paused: pause to the end of the sweep; live: pause to armed. */
+/*
+ * Paused: from the pause to the end of the sweep.  Live: the pause is for
+ * the vCPU states and arming write protection; writes wait meanwhile
+ * while the pages are found and planned, then are served.
+ */
 static int save_pages(struct saver *sv, struct ferry_snapshot_stats *st)
 {
 	const struct ferry_vm *vm = sv->vm;
+	int ret = size_file(sv, 0), resumed, stopped;
 	uint64_t t0 = ferry_now_ns();
-	int ret = vm->ops->pause(vm->handle), resumed, stopped;
 
+	if (!ret)
+		ret = vm->ops->pause(vm->handle);
 	if (ret)
 		return ferry_fail_ctx(ret, "pausing the vCPUs");
-	ret = capture(sv);
+	ret = capture_vcpus(sv);
 	if (!ret)
-		ret = size_file(sv);
-	if (!ret && sv->live)
-		ret = arm(sv);
-	if (!ret && sv->live)
-		ret = start_fault_thread(sv);
-	if (!sv->live && !ret)
+		ret = sv->live ? arm(sv) : capture_pages(sv);
+	if (!ret && !sv->live)
 		ret = sweep(sv);
 	resumed = vm->ops->resume(vm->handle);
 	st->pause_ns = ferry_now_ns() - t0;
+	if (!ret && sv->live)
+		ret = capture_pages(sv);
+	if (!ret && sv->live)
+		ret = start_fault_thread(sv);
 	if (!ret && sv->live)
 		ret = sweep(sv);
 	stopped = stop_fault_thread(sv);

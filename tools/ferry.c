@@ -20,6 +20,9 @@ static const struct command commands[] = {
 	{ "recv", cmd_recv, "receive a live migration, run the VM on, verify" },
 	{ "demo", cmd_demo,
 	  "live-migrate a VM between two processes here, and verify it" },
+	{ "snapshot", cmd_snapshot, "run a VM and save it to a file" },
+	{ "restore", cmd_restore,
+	  "run a VM from a snapshot: eagerly, lazily, or as N clones" },
 };
 
 static void usage(FILE *out)
