@@ -91,6 +91,13 @@ check: $(TESTS) $(TOOL)
 bench: $(BENCH_BIN) $(TOOL)
 	bench/run
 
+# QEMU's own live migration of a guest of the same size, beside ferry's
+# figures: installs Debian's QEMU, nasm and gnuplot when they are missing,
+# runs bench/qemu_migrate and writes the report again (bench/out/report.md).
+bench-qemu:
+	bench/qemu/install
+	FERRY_BENCH_COMMAND="make bench-qemu" bench/run qemu_migrate
+
 # The main job on a built-in default: a live migration of the workload VM
 # between two processes here, run on and verified at the destination.
 demo: $(TOOL)
@@ -118,6 +125,6 @@ clean:
 	rm -rf $(O)
 
 FORCE:
-.PHONY: all deps check bench demo install clean FORCE
+.PHONY: all deps check bench bench-qemu demo install clean FORCE
 
 -include $(shell find $(O) -name '*.d' 2>/dev/null)
