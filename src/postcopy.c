@@ -223,13 +223,12 @@ int postcopy_store(struct postcopy *pc, unsigned int region, uint64_t first,
 }
 
 /*
- * In the downtime: the work is proportional to the stale set (and a scan
- * of its words), never to guest memory.  A MISSING page that is not owed
- * is a hole on the source too; nothing is done for it now: the fault
- * thread and the mapper treat it as final (see is_hole).
+ * Pages in `owed` are owed by the source.  With `stale`, those already
+ * PRESENT become STALE; without, none may be PRESENT, and no page state
+ * is looked at: work in proportion to the bitmap's words only.
  */
-int postcopy_switchover(struct postcopy *pc, unsigned int region,
-			const uint64_t *stale)
+static int owe(struct postcopy *pc, unsigned int region,
+	       const uint64_t *owed, bool stale)
 {
 	struct pagestate *ps;
 
@@ -237,14 +236,16 @@ int postcopy_switchover(struct postcopy *pc, unsigned int region,
 		return ferry_fail(-EINVAL, "no region %u", region);
 	ps = &pc->states[region];
 	for (size_t w = 0; w < bitmap_words(ps->nr_pages); w++) {
-		uint64_t bits = stale[w];
+		uint64_t bits = owed[w];
 
 		if (w == bitmap_words(ps->nr_pages) - 1 && ps->nr_pages % 64)
 			bits &= (1ULL << (ps->nr_pages % 64)) - 1;
+		if (!bits)
+			continue;
 		atomic_fetch_add(&pc->owed_left, (size_t)__builtin_popcountll(
 					 bits & ~pc->owed[region][w]));
 		pc->owed[region][w] |= bits;
-		while (bits) {
+		while (stale && bits) {
 			size_t page = w * 64 + (size_t)__builtin_ctzll(bits);
 
 			bits &= bits - 1;
@@ -253,6 +254,24 @@ int postcopy_switchover(struct postcopy *pc, unsigned int region,
 		}
 	}
 	return 0;
+}
+
+/*
+ * In the downtime: the work is proportional to the stale set (and a scan
+ * of its words), never to guest memory.  A MISSING page that is not owed
+ * is a hole on the source too; nothing is done for it now: the fault
+ * thread and the mapper treat it as final (see is_hole).
+ */
+int postcopy_switchover(struct postcopy *pc, unsigned int region,
+			const uint64_t *stale)
+{
+	return owe(pc, region, stale, true);
+}
+
+int postcopy_owe(struct postcopy *pc, unsigned int region,
+		 const uint64_t *owed)
+{
+	return owe(pc, region, owed, false);
 }
 
 /* A never-received page the source does not owe: a hole, final as is. */
@@ -589,9 +608,20 @@ static void *mapper_main(void *arg)
 		struct pagestate *ps = &pc->states[idx];
 
 		for (size_t page = 0; page < ps->nr_pages; page++) {
-			size_t n = claim_run(ps, page, MAPPER_RUN);
+			size_t n;
 			int ret;
 
+			/*
+			 * An owed page is neither PRESENT nor a hole: nothing
+			 * for the mapper.  Skip 64 at a time (owed is
+			 * read-only once started), so a restore owing a
+			 * whole guest does not cost a sweep of it.
+			 */
+			if (page % 64 == 0 && pc->owed[idx][page / 64] == ~0ULL) {
+				page += 63;
+				continue;
+			}
+			n = claim_run(ps, page, MAPPER_RUN);
 			if (!n) {
 				n = map_holes(pc, idx, page);
 				page += n ? n - 1 : 0;

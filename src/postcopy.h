@@ -113,6 +113,15 @@ int postcopy_store(struct postcopy *pc, unsigned int region, uint64_t first,
 int postcopy_switchover(struct postcopy *pc, unsigned int region,
 			const uint64_t *stale);
 
+/*
+ * Before start, instead of switchover, for pages nothing was stored into
+ * (a restore owes every page its file holds): they are owed and stay
+ * MISSING.  No page state is looked at, so a whole guest's worth costs a
+ * scan of the bitmap's words, not a step per page.
+ */
+int postcopy_owe(struct postcopy *pc, unsigned int region,
+		 const uint64_t *owed);
+
 /* Register the guest views and start the fault and mapper threads. */
 int postcopy_start(struct postcopy *pc, const struct postcopy_ops *ops,
 		   void *arg);

@@ -597,7 +597,10 @@ static int fill_ws(struct ferry_restore *rs)
 	return ret < 0 ? ret : 0;
 }
 
-/* Recording: first touches must come from the guest, so wait. */
+/*
+ * Until the restore says (at once), or, recording, until the caller says:
+ * first touches must come from the guest.
+ */
 static bool wait_fill(struct ferry_restore *rs)
 {
 	struct pollfd pfd[2] = {
@@ -617,7 +620,7 @@ static void *fill_main(void *arg)
 	int ret = 0;
 
 	sys_thread_boost(SYS_BOOST_BULK);
-	if (rs->opts.record_ws && !wait_fill(rs))
+	if (!wait_fill(rs))
 		return NULL;
 	if (rs->opts.prefetch_async)
 		ret = fill_ws(rs);
@@ -655,12 +658,13 @@ static void stop_readers(struct ferry_restore *rs)
 
 /* ---- the restore -------------------------------------------------------- */
 
+/* What was not stored before resume is owed (prefetched pages are not). */
 static int switchover(struct ferry_restore *rs)
 {
 	int ret = 0;
 
 	for (unsigned int i = 0; i < rs->file->stream.nr_regions && !ret; i++)
-		ret = postcopy_switchover(rs->pc, i, rs->owed[i]);
+		ret = postcopy_owe(rs->pc, i, rs->owed[i]);
 	return ret;
 }
 
@@ -701,6 +705,7 @@ static int start_readers(struct ferry_restore *rs)
 	return ret;
 }
 
+/* Everything that must be done before the vCPUs resume. */
 static int restore_lazy(struct ferry_restore *rs)
 {
 	uint64_t t0 = ferry_now_ns();
@@ -711,9 +716,9 @@ static int restore_lazy(struct ferry_restore *rs)
 	if (!ret)
 		ret = switchover(rs);
 	if (!ret)
-		ret = postcopy_start(rs->pc, &file_ops, rs);
+		ret = snap_load_vcpus(rs->file, &rs->vm);
 	if (!ret)
-		ret = start_readers(rs);
+		ret = postcopy_start(rs->pc, &file_ops, rs);
 	if (!ret && rs->nr_prefetch && !rs->opts.prefetch_async)
 		ret = wait_mapped(rs, atomic_load(&rs->stored));
 	rs->stats.prefetch_ns = rs->nr_prefetch ? ferry_now_ns() - t0 : 0;
@@ -736,21 +741,53 @@ static int load_ws(struct ferry_restore *rs)
 	return 0;
 }
 
-static int prepare(struct ferry_restore *rs, int fd)
+/* The extent records, read and checked while the VM is being built. */
+static void *rest_main(void *arg)
 {
-	int ret = snap_file_open(fd, &rs->file);
+	struct ferry_restore *rs = arg;
+	int ret = snap_file_open_rest(rs->file);
 
-	rs->stats.open_ns = ferry_now_ns() - rs->start_ns;
-	if (!ret)
-		ret = load_ws(rs);
-	if (!ret)
-		ret = rs->ops->create(rs->ops_arg, &rs->file->stream, &rs->vm);
 	if (ret)
-		return ret;
-	rs->vm_created = true;
-	ret = snap_check_vm(rs->file, &rs->vm);
+		set_error(rs, ret);
+	rs->stats.open_ns = ferry_now_ns() - rs->start_ns;
+	return NULL;
+}
+
+/*
+ * The VM needs only the HEADER and VCPU records: it is built (and its
+ * page state allocated) on this thread while another reads the extents,
+ * the bulk of the records for a big guest.  Without that thread, one
+ * after the other.
+ */
+static int build(struct ferry_restore *rs)
+{
+	pthread_t rest;
+	bool parallel = !pthread_create(&rest, NULL, rest_main, rs);
+	int ret;
+
+	if (!parallel)
+		rest_main(rs);
+	ret = rs->ops->create(rs->ops_arg, &rs->file->stream, &rs->vm);
+	rs->vm_created = !ret;
+	if (!ret)
+		ret = snap_check_vm(rs->file, &rs->vm);
 	if (!ret)
 		ret = postcopy_create(rs->vm.mem, &rs->pc);
+	if (parallel)
+		pthread_join(rest, NULL);
+	if (ret)
+		return ret;
+	return reader_error(rs);
+}
+
+static int prepare(struct ferry_restore *rs, int fd)
+{
+	int ret = snap_file_open_head(fd, &rs->file);
+
+	if (!ret)
+		ret = build(rs);
+	if (!ret)
+		ret = load_ws(rs);
 	if (!ret)
 		ret = alloc_owed(rs);
 	return ret;
@@ -758,16 +795,24 @@ static int prepare(struct ferry_restore *rs, int fd)
 
 static int run(struct ferry_restore *rs, int fd)
 {
+	bool lazy = rs->opts.mode == FERRY_RESTORE_LAZY;
 	int ret = prepare(rs, fd);
 
 	if (!ret)
-		ret = rs->opts.mode == FERRY_RESTORE_EAGER ? restore_eager(rs) :
-							     restore_lazy(rs);
-	if (!ret)
+		ret = lazy ? restore_lazy(rs) : restore_eager(rs);
+	if (!ret && !lazy)
 		ret = snap_load_vcpus(rs->file, &rs->vm);
 	if (!ret)
 		ret = rs->vm.ops->resume(rs->vm.handle);
 	rs->stats.resume_ns = ferry_now_ns() - rs->start_ns;
+	/*
+	 * The readers start once the vCPUs run: making threads takes a
+	 * while here, and a request made meanwhile waits in the queue.
+	 */
+	if (!ret && lazy)
+		ret = start_readers(rs);
+	if (!ret && lazy && !rs->opts.record_ws)
+		ret = ferry_restore_fill(rs);
 	return ret;
 }
 
@@ -884,7 +929,8 @@ int ferry_restore_wait(struct ferry_restore *rs, int timeout_ms)
 	return ret;
 }
 
-static void fill_stats(struct ferry_restore *rs, struct ferry_restore_stats *s)
+static void fill_stats(const struct ferry_restore *rs,
+		       struct ferry_restore_stats *s)
 {
 	struct postcopy_stats ps;
 
@@ -904,13 +950,19 @@ static void fill_stats(struct ferry_restore *rs, struct ferry_restore_stats *s)
 	s->fault_latency_max_ns = ferry_hist_max(&rs->pc->fault_latency);
 	s->ws_recorded = rs->nr_recorded;
 	s->guest_bytes = rs->vm.mem->total_size;
-	s->pmd_mapped_bytes = 0;
+}
+
+static uint64_t pmd_mapped(struct ferry_restore *rs)
+{
+	uint64_t bytes = 0;
+
 	for (unsigned int i = 0; i < rs->vm.mem->nr_regions; i++) {
 		uint64_t b = 0;
 
 		if (!ferry_region_pmd_mapped(&rs->vm.mem->regions[i], &b))
-			s->pmd_mapped_bytes += b;
+			bytes += b;
 	}
+	return bytes;
 }
 
 int ferry_restore_finish(struct ferry_restore *rs,
@@ -928,6 +980,7 @@ int ferry_restore_finish(struct ferry_restore *rs,
 		rs->stats.total_ns = rs->stats.resume_ns;
 	}
 	fill_stats(rs, &rs->stats);
+	rs->stats.pmd_mapped_bytes = pmd_mapped(rs);
 	if (stats)
 		*stats = rs->stats;
 	return rs->result;
@@ -953,11 +1006,17 @@ int ferry_restore_save_ws(struct ferry_restore *rs, const char *path)
 	return ret;
 }
 
+void ferry_restore_stats(const struct ferry_restore *rs,
+			 struct ferry_restore_stats *stats)
+{
+	*stats = rs->stats;
+	fill_stats(rs, stats);
+}
+
 void ferry_restore_destroy(struct ferry_restore *rs)
 {
 	if (!rs)
 		return;
-	if (!rs->finished)
-		ferry_restore_finish(rs, NULL);
+	stop_readers(rs);
 	free_restore(rs);
 }

@@ -194,8 +194,11 @@ static ssize_t next_record(struct snap_file *f, struct ferry_wire_reader *rd,
 
 enum parse_phase { P_HEADER, P_VCPUS, P_EXTENTS, P_DONE };
 
-struct parser {
+/* Where reading the records is; kept between the two halves of open. */
+struct snap_parser {
 	struct snap_file *f;
+	struct ferry_wire_reader rd;
+	uint64_t off;			/* of the next record */
 	enum parse_phase phase;
 	unsigned int vcpus_seen;
 	bool *seen;
@@ -204,6 +207,7 @@ struct parser {
 	uint64_t data_end;		/* end of the last extent's data */
 };
 
+
 static int misplaced(const struct ferry_wire_rec *rec)
 {
 	return ferry_fail(-EBADMSG, "snapshot record %llu: %s has no place "
@@ -211,7 +215,7 @@ static int misplaced(const struct ferry_wire_rec *rec)
 			  ferry_wire_type_name(rec->type));
 }
 
-static int take_header(struct parser *p, const struct ferry_wire_rec *rec)
+static int take_header(struct snap_parser *p, const struct ferry_wire_rec *rec)
 {
 	struct snap_file *f = p->f;
 	int ret;
@@ -234,7 +238,7 @@ static int take_header(struct parser *p, const struct ferry_wire_rec *rec)
 	return 0;
 }
 
-static int take_vcpu(struct parser *p, const struct ferry_wire_rec *rec)
+static int take_vcpu(struct snap_parser *p, const struct ferry_wire_rec *rec)
 {
 	struct ferry_wire_vcpu v;
 	int ret = ferry_wire_dec_vcpu(&p->f->stream, rec, &v);
@@ -263,7 +267,7 @@ static int take_vcpu(struct parser *p, const struct ferry_wire_rec *rec)
  * order, none overlapping another in either: a page has one place in the
  * file, and a file range holds one run of pages.
  */
-static int check_order(struct parser *p, const struct ferry_wire_rec *rec,
+static int check_order(struct snap_parser *p, const struct ferry_wire_rec *rec,
 		       const struct ferry_wire_extent *e)
 {
 	const struct snap_file *f = p->f;
@@ -295,7 +299,7 @@ static int check_order(struct parser *p, const struct ferry_wire_rec *rec,
 	return 0;
 }
 
-static int take_extent(struct parser *p, const struct ferry_wire_rec *rec)
+static int take_extent(struct snap_parser *p, const struct ferry_wire_rec *rec)
 {
 	struct snap_file *f = p->f;
 	struct ferry_wire_extent e;
@@ -324,7 +328,7 @@ static int take_extent(struct parser *p, const struct ferry_wire_rec *rec)
 	return 0;
 }
 
-static int take_complete(struct parser *p, const struct ferry_wire_rec *rec)
+static int take_complete(struct snap_parser *p, const struct ferry_wire_rec *rec)
 {
 	struct ferry_wire_complete c;
 	int ret = ferry_wire_dec_complete(rec, &c);
@@ -344,7 +348,7 @@ static int take_complete(struct parser *p, const struct ferry_wire_rec *rec)
 	return 0;
 }
 
-static int take(struct parser *p, const struct ferry_wire_rec *rec)
+static int take(struct snap_parser *p, const struct ferry_wire_rec *rec)
 {
 	switch (p->phase) {
 	case P_HEADER:
@@ -387,30 +391,31 @@ static int index_extents(struct snap_file *f)
 	return 0;
 }
 
-static int parse_records(struct snap_file *f)
+static int parse_until(struct snap_file *f, enum parse_phase until)
 {
-	struct parser p = { .f = f };
-	struct ferry_wire_reader rd;
-	uint64_t off = 0;
+	struct snap_parser *p = f->parser;
 	int ret = 0;
 
-	ferry_wire_reader_init(&rd, NULL);
-	while (!ret && p.phase != P_DONE) {
+	while (!ret && p->phase < until) {
 		struct ferry_wire_rec rec;
-		ssize_t n = next_record(f, &rd, off, &rec);
+		ssize_t n = next_record(f, &p->rd, p->off, &rec);
 
-		if (n < 0) {
-			ret = (int)n;
-			break;
-		}
-		f->id = XXH3_64bits_withSeed(f->records + off,
+		if (n < 0)
+			return (int)n;
+		f->id = XXH3_64bits_withSeed(f->records + p->off,
 					     FERRY_WIRE_HDR_SIZE, f->id);
-		off += (uint64_t)n;
-		ret = take(&p, &rec);
+		p->off += (uint64_t)n;
+		ret = take(p, &rec);
 	}
-	free(p.seen);
-	f->records_end = off;
-	return ret ? ret : index_extents(f);
+	return ret;
+}
+
+static void free_parser(struct snap_file *f)
+{
+	if (f->parser)
+		free(f->parser->seen);
+	free(f->parser);
+	f->parser = NULL;
 }
 
 static int file_size(struct snap_file *f)
@@ -427,7 +432,24 @@ static int file_size(struct snap_file *f)
 	return 0;
 }
 
-int snap_file_open(int fd, struct snap_file **out)
+static int open_file(struct snap_file *f)
+{
+	int ret = file_size(f);
+
+	if (ret)
+		return ret;
+	f->records_cap = (size_t)(f->file_size < SNAP_MAX_RECORDS ?
+				  f->file_size : SNAP_MAX_RECORDS);
+	f->records = snap_buf_alloc(f->records_cap);
+	f->parser = calloc(1, sizeof(*f->parser));
+	if (!f->records || !f->parser)
+		return ferry_fail(-ENOMEM, "out of memory");
+	f->parser->f = f;
+	ferry_wire_reader_init(&f->parser->rd, NULL);
+	return parse_until(f, P_EXTENTS);
+}
+
+int snap_file_open_head(int fd, struct snap_file **out)
 {
 	struct snap_file *f = calloc(1, sizeof(*f));
 	int ret;
@@ -437,16 +459,7 @@ int snap_file_open(int fd, struct snap_file **out)
 	f->fd = fd;
 	f->zero_sum[0] = snap_zero_sum(4096);
 	f->zero_sum[1] = snap_zero_sum(FERRY_HUGE_PAGE_SIZE);
-	ret = file_size(f);
-	if (!ret) {
-		f->records_cap = (size_t)(f->file_size < SNAP_MAX_RECORDS ?
-					  f->file_size : SNAP_MAX_RECORDS);
-		f->records = snap_buf_alloc(f->records_cap);
-		if (!f->records)
-			ret = ferry_fail(-ENOMEM, "out of memory");
-	}
-	if (!ret)
-		ret = parse_records(f);
+	ret = open_file(f);
 	if (ret) {
 		snap_file_close(f);
 		return ret;
@@ -455,10 +468,31 @@ int snap_file_open(int fd, struct snap_file **out)
 	return 0;
 }
 
+int snap_file_open_rest(struct snap_file *f)
+{
+	int ret = parse_until(f, P_DONE);
+
+	f->records_end = f->parser->off;
+	free_parser(f);
+	return ret ? ret : index_extents(f);
+}
+
+int snap_file_open(int fd, struct snap_file **out)
+{
+	int ret = snap_file_open_head(fd, out);
+
+	if (!ret && (ret = snap_file_open_rest(*out))) {
+		snap_file_close(*out);
+		*out = NULL;
+	}
+	return ret;
+}
+
 void snap_file_close(struct snap_file *f)
 {
 	if (!f)
 		return;
+	free_parser(f);
 	snap_buf_free(f->records, f->records_cap);
 	free(f->vcpus);
 	free(f->extents);

@@ -41,6 +41,8 @@ struct snap_vcpu {
 	const uint8_t *regs;	/* in records */
 };
 
+struct snap_parser;
+
 /* A snapshot opened for reading: every record has been checked. */
 struct snap_file {
 	int fd;
@@ -58,9 +60,19 @@ struct snap_file {
 	uint64_t data_pages, zero_pages;	/* from COMPLETE */
 	uint64_t id;			/* hash of every record header */
 	uint64_t zero_sum[2];		/* of a zero 4 KiB and 2 MiB page */
+	struct snap_parser *parser;	/* until the records are all read */
 };
 
 int snap_file_open(int fd, struct snap_file **out);
+
+/*
+ * The same in two halves: the HEADER and VCPU records (the stream and the
+ * vCPUs are then valid), and the rest (extents, COMPLETE), which another
+ * thread may read while the VM is built from the first half.  On failure
+ * of the rest, close the file.
+ */
+int snap_file_open_head(int fd, struct snap_file **out);
+int snap_file_open_rest(struct snap_file *f);
 void snap_file_close(struct snap_file *f);
 
 /* The extent holding a page, or NULL (the page is a hole). */

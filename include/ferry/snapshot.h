@@ -184,7 +184,17 @@ int ferry_restore_finish(struct ferry_restore *rs,
  */
 int ferry_restore_save_ws(struct ferry_restore *rs, const char *path);
 
-/* Finish if needed and free; the VM stays.  NULL is fine. */
+/* The figures so far; any time, from the thread that drives the restore. */
+void ferry_restore_stats(const struct ferry_restore *rs,
+			 struct ferry_restore_stats *stats);
+
+/*
+ * Free the restore; the VM stays the caller's, and must outlive this
+ * call (its memory is unregistered here).  Before finish this abandons
+ * the restore: the readers stop with pages still missing, so stop the
+ * vCPUs first (one may wait on a page only the readers bring), then
+ * destroy, then discard the VM.  NULL is fine.
+ */
 void ferry_restore_destroy(struct ferry_restore *rs);
 
 /* ---- clones ----------------------------------------------------------- */
