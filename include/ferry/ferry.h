@@ -7,15 +7,20 @@
  * machine's memory and vCPU state, on shared memory, with userfaultfd.
  * Include this one header, link with -lferry (pkg-config ferry).
  */
+#include "ferry/caps.h"
+#include "ferry/dirty.h"
 #include "ferry/error.h"
 #include "ferry/faults.h"
 #include "ferry/guest.h"
+#include "ferry/guest_vm.h"
 #include "ferry/mem.h"
+#include "ferry/migrate.h"
 #include "ferry/net.h"
+#include "ferry/snapshot.h"
+#include "ferry/stats.h"
 #include "ferry/uffd.h"
 #include "ferry/vcpu.h"
 #include "ferry/wire.h"
-#include "ferry/caps.h"
 
 #define FERRY_VERSION "0.1.0"
 
