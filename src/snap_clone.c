@@ -14,8 +14,9 @@
  *   - a touch of a hole is a missing fault: a zero page (hugetlbfs has
  *     none, so a private zeroed huge page), never a page of the shared
  *     file, which stays as the snapshot left it;
- *   - a mapper CONTINUEs the snapshot's pages in bulk meanwhile, so the
- *     clone soon takes no faults at all.
+ *   - a mapper maps the rest in bulk meanwhile (the snapshot's pages
+ *     CONTINUEd, holes as zero pages), so the clone soon takes no
+ *     faults at all.
  *
  * Clean pages are shared by every clone; what a clone writes is its own.
  */
@@ -226,21 +227,57 @@ static bool stop_requested(struct ferry_clone *c)
 	return poll(&pfd, 1, 0) > 0;
 }
 
-/* CONTINUE a run of the snapshot's pages; mapped ones are skipped. */
+/*
+ * Map a run in bulk: the snapshot's pages CONTINUEd, holes as zero pages
+ * (hugetlbfs has no zero page: its holes wait for a touch).  A page
+ * mapped already (a fault got there first) is skipped.
+ */
 static int map_run(struct ferry_clone *c, struct ferry_region *r,
-		   uint64_t page, uint64_t count)
+		   uint64_t page, uint64_t count, bool hole)
 {
 	uint64_t done = 0;
 
 	while (done < count) {
-		ssize_t n = ferry_uffd_continue(&c->uffd, r->guest +
-				(page + done) * r->page_size,
-				(count - done) * r->page_size, 0);
+		uint8_t *addr = r->guest + (page + done) * r->page_size;
+		size_t len = (count - done) * r->page_size;
+		ssize_t n = hole ? ferry_uffd_zeropage(&c->uffd, addr, len, 0) :
+				   ferry_uffd_continue(&c->uffd, addr, len, 0);
 
 		if (n < 0 && n != -EEXIST)
-			return ferry_fail((int)n, "clone: bulk CONTINUE: %s",
+			return ferry_fail((int)n, "clone: mapping in bulk: %s",
 					  strerror((int)-n));
 		done += n > 0 ? (uint64_t)n / r->page_size : 1;
+	}
+	return 0;
+}
+
+/* Pages from p on like p (data or hole), at most 512. */
+static uint64_t run_of(const uint64_t *map, uint64_t p, uint64_t nr)
+{
+	bool data = bitmap_test(map, p);
+	uint64_t n = 1;
+
+	while (p + n < nr && n < 512 && bitmap_test(map, p + n) == data)
+		n++;
+	return n;
+}
+
+static int map_region(struct ferry_clone *c, unsigned int i)
+{
+	struct ferry_region *r = &c->mem->regions[i];
+	const uint64_t *map = c->src->data[i];
+	bool zero_ok = r->backing != FERRY_BACKING_HUGETLB;
+
+	for (uint64_t p = 0; p < r->nr_pages;) {
+		uint64_t n = run_of(map, p, r->nr_pages);
+		bool hole = !bitmap_test(map, p);
+		int ret = hole && !zero_ok ? 0 : map_run(c, r, p, n, hole);
+
+		if (ret)
+			return ret;
+		if (stop_requested(c))
+			return -ECANCELED;
+		p += n;
 	}
 	return 0;
 }
@@ -248,33 +285,13 @@ static int map_run(struct ferry_clone *c, struct ferry_region *r,
 static void *mapper_main(void *arg)
 {
 	struct ferry_clone *c = arg;
+	int ret = 0;
 
 	sys_thread_boost(SYS_BOOST_BULK);
-	for (unsigned int i = 0; i < c->mem->nr_regions; i++) {
-		struct ferry_region *r = &c->mem->regions[i];
-		const uint64_t *map = c->src->data[i];
-
-		for (uint64_t p = 0; p < r->nr_pages;) {
-			uint64_t n = 0;
-			int ret;
-
-			while (p + n < r->nr_pages && n < 512 &&
-			       bitmap_test(map, p + n))
-				n++;
-			if (!n) {
-				p++;
-				continue;
-			}
-			ret = map_run(c, r, p, n);
-			if (ret) {
-				set_error(c, ret);
-				return NULL;
-			}
-			if (stop_requested(c))
-				return NULL;
-			p += n;
-		}
-	}
+	for (unsigned int i = 0; i < c->mem->nr_regions && !ret; i++)
+		ret = map_region(c, i);
+	if (ret && ret != -ECANCELED)
+		set_error(c, ret);
 	return NULL;
 }
 

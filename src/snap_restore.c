@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "bitmap.h"
@@ -60,7 +61,17 @@ struct ferry_restore {
 	bool finished;
 	int result;			/* of finish */
 
+	/* What the loaders store before resume: set before they start,
+	 * read-only after; next_span hands them out. */
+	struct span *spans;
+	size_t nr_spans, spans_cap;
+	atomic_size_t next_span;
+
 	struct snap_page *prefetch;	/* the working set given */
+	/* While it is stored: its pages, per region, and zeroes to store
+	 * for those of them that are zero pages.  Read-only meanwhile. */
+	uint64_t **ws_maps;
+	uint8_t *zero_buf;
 	size_t nr_prefetch;
 	/* First touches: the fault thread appends (request_page); read
 	 * after finish has joined it. */
@@ -117,22 +128,40 @@ static int reader_error(struct ferry_restore *rs)
 	return err;
 }
 
+/* Atomic: two loaders may clear bits of one word (load_all). */
 static void clear_owed(struct ferry_restore *rs, unsigned int region,
 		       uint64_t first, uint64_t count)
 {
 	for (uint64_t p = first; p < first + count; p++)
-		bitmap_clear(rs->owed[region], p);
+		__atomic_fetch_and(&rs->owed[region][p / 64],
+				   ~(1ULL << (p % 64)), __ATOMIC_RELAXED);
 }
 
 /*
- * Before resume: store pages (data NULL: zero pages, left holes), which
- * are then no longer owed.
+ * A zero page the working set says the guest touches first is stored
+ * as a page of zeroes, so it is mapped before the vCPUs run; left a hole
+ * it would cost a fault at the first touch.
+ */
+static const uint8_t *zero_data(struct ferry_restore *rs,
+				unsigned int region, uint64_t page)
+{
+	if (!rs->ws_maps || !bitmap_test(rs->ws_maps[region], page))
+		return NULL;
+	return rs->zero_buf;
+}
+
+/*
+ * Before resume: store pages (data NULL: zero pages, left holes unless
+ * the working set wants them), which are then no longer owed.
  */
 static int put_store(struct ferry_restore *rs, unsigned int region,
 		     uint64_t first, uint64_t count, const uint8_t *data)
 {
 	size_t ps = snap_page_size(rs->file, region);
 	int ret = 0;
+
+	if (!data && count == 1)
+		data = zero_data(rs, region, first);
 
 	for (uint64_t done = 0; data && done < count && !ret; done += 512) {
 		uint64_t n = count - done < 512 ? count - done : 512;
@@ -285,17 +314,97 @@ static int alloc_owed(struct ferry_restore *rs)
 	return 0;
 }
 
+/*
+ * Before resume, pages are stored by two loaders (this thread and one
+ * more: reading, checking and storing are all CPU work), taking spans
+ * from a shared list: every chunk of every extent (eager), or the
+ * working set's pages (prefetch).
+ */
+struct span {
+	const struct snap_extent *e;
+	uint64_t first;
+	uint64_t count;		/* at most READ_CHUNK */
+};
+
+struct loader {
+	struct ferry_restore *rs;
+	uint8_t *buf;
+	int err;
+	char reason[256];
+};
+
+static int add_span(struct ferry_restore *rs, const struct snap_extent *e,
+		    uint64_t first, uint64_t count)
+{
+	if (rs->nr_spans == rs->spans_cap) {
+		size_t cap = rs->spans_cap ? rs->spans_cap * 2 : 256;
+		struct span *x = realloc(rs->spans, cap * sizeof(*x));
+
+		if (!x)
+			return ferry_fail(-ENOMEM, "out of memory");
+		rs->spans = x;
+		rs->spans_cap = cap;
+	}
+	rs->spans[rs->nr_spans++] = (struct span){ .e = e, .first = first,
+						   .count = count };
+	return 0;
+}
+
+static void *loader_main(void *arg)
+{
+	struct loader *l = arg;
+	struct ferry_restore *rs = l->rs;
+
+	for (;;) {
+		size_t i = atomic_fetch_add(&rs->next_span, 1);
+		int ret;
+
+		if (i >= rs->nr_spans)
+			break;
+		ret = load_range(rs, rs->spans[i].e, rs->spans[i].first,
+				 rs->spans[i].count, l->buf, put_store);
+		if (ret < 0) {
+			l->err = ret;
+			snprintf(l->reason, sizeof(l->reason), "%s",
+				 ferry_errmsg());
+			/* The other loader runs out of spans at once. */
+			atomic_store(&rs->next_span, rs->nr_spans);
+			break;
+		}
+	}
+	return NULL;
+}
+
+static int load_spans(struct ferry_restore *rs)
+{
+	struct loader l[2] = { { .rs = rs, .buf = rs->fill_buf },
+			       { .rs = rs, .buf = rs->demand_buf } };
+	pthread_t helper;
+	bool two = rs->nr_spans > 1 &&
+		   !pthread_create(&helper, NULL, loader_main, &l[1]);
+
+	loader_main(&l[0]);
+	if (two)
+		pthread_join(helper, NULL);
+	for (int i = 0; i < 2; i++)
+		if (l[i].err)
+			return ferry_fail(l[i].err, "%s", l[i].reason);
+	return 0;
+}
+
 static int load_all(struct ferry_restore *rs)
 {
 	int ret = 0;
 
-	for (size_t i = 0; i < rs->file->nr_extents && ret >= 0; i++) {
+	for (size_t i = 0; i < rs->file->nr_extents && !ret; i++) {
 		const struct snap_extent *e = &rs->file->extents[i];
+		uint64_t per = READ_CHUNK / snap_page_size(rs->file, e->region);
+		uint64_t end = (uint64_t)e->first_page + e->count;
 
-		ret = load_span(rs, e, e->first_page, e->count, rs->fill_buf,
-				put_store);
+		for (uint64_t p = e->first_page; p < end && !ret; p += per)
+			ret = add_span(rs, e, p, end - p < per ? end - p : per);
 	}
-	return ret < 0 ? ret : 0;
+	return ret ? ret : load_spans(rs);
 }
 
 int snap_store_all(struct snap_file *f, struct ferry_mem *mem,
@@ -307,8 +416,10 @@ int snap_store_all(struct snap_file *f, struct ferry_mem *mem,
 	if (!ret) {
 		rs->file = f;
 		rs->fill_buf = snap_buf_alloc(READ_CHUNK);
-		ret = rs->fill_buf ? postcopy_create(mem, &rs->pc) :
-				     ferry_fail(-ENOMEM, "out of memory");
+		rs->demand_buf = snap_buf_alloc(READ_CHUNK);
+		ret = rs->fill_buf && rs->demand_buf ?
+		      postcopy_create(mem, &rs->pc) :
+		      ferry_fail(-ENOMEM, "out of memory");
 	}
 	if (!ret)
 		ret = load_all(rs);
@@ -316,6 +427,8 @@ int snap_store_all(struct snap_file *f, struct ferry_mem *mem,
 		*pages = atomic_load(&rs->stored);
 		postcopy_destroy(rs->pc);
 		snap_buf_free(rs->fill_buf, READ_CHUNK);
+		snap_buf_free(rs->demand_buf, READ_CHUNK);
+		free(rs->spans);
 	}
 	free(rs);
 	return ret;
@@ -340,23 +453,48 @@ static int ws_bitmaps(struct ferry_restore *rs, uint64_t ***maps)
 	return 0;
 }
 
-/* The working set's pages of extent e, run by run, in file order. */
-static int store_ws_extent(struct ferry_restore *rs,
-			   const struct snap_extent *e, const uint64_t *map)
+/*
+ * The working set's pages in one chunk of extent e: a dense stretch goes
+ * as one span (the pages between come along: one read and one write
+ * beat a call per page), a sparse one run by run.
+ */
+static int ws_chunk(struct ferry_restore *rs, const struct snap_extent *e,
+		    const uint64_t *map, uint64_t first, uint64_t end)
 {
+	uint64_t lo = end, hi = first, n = 0;
+	int ret = 0;
+
+	for (uint64_t p = first; p < end; p++) {
+		if (!bitmap_test(map, p))
+			continue;
+		lo = p < lo ? p : lo;
+		hi = p + 1;
+		n++;
+	}
+	if (!n || n * 4 >= hi - lo)
+		return n ? add_span(rs, e, lo, hi - lo) : 0;
+	for (uint64_t p = lo; p < hi && !ret;) {
+		uint64_t len = 0;
+
+		while (p + len < hi && bitmap_test(map, p + len))
+			len++;
+		if (len)
+			ret = add_span(rs, e, p, len);
+		p += len ? len : 1;
+	}
+	return ret;
+}
+
+static int ws_extent(struct ferry_restore *rs, const struct snap_extent *e,
+		     const uint64_t *map)
+{
+	uint64_t per = READ_CHUNK / snap_page_size(rs->file, e->region);
 	uint64_t end = (uint64_t)e->first_page + e->count;
 	int ret = 0;
 
-	for (uint64_t p = e->first_page; p < end && ret >= 0;) {
-		uint64_t n = 0;
-
-		while (p + n < end && bitmap_test(map, p + n))
-			n++;
-		if (n)
-			ret = load_span(rs, e, p, n, rs->fill_buf, put_store);
-		p += n ? n : 1;
-	}
-	return ret < 0 ? ret : 0;
+	for (uint64_t p = e->first_page; p < end && !ret; p += per)
+		ret = ws_chunk(rs, e, map, p, end - p < per ? end : p + per);
+	return ret;
 }
 
 static int store_ws(struct ferry_restore *rs)
@@ -368,8 +506,12 @@ static int store_ws(struct ferry_restore *rs)
 	for (size_t i = 0; !ret && i < rs->file->nr_extents; i++) {
 		const struct snap_extent *e = &rs->file->extents[i];
 
-		ret = store_ws_extent(rs, e, maps[e->region]);
+		ret = ws_extent(rs, e, maps[e->region]);
 	}
+	rs->ws_maps = maps;
+	if (!ret)
+		ret = load_spans(rs);
+	rs->ws_maps = NULL;
 	for (unsigned int i = 0; maps && i < nr; i++)
 		free(maps[i]);
 	free(maps);
@@ -576,25 +718,80 @@ static int fill_extent(struct ferry_restore *rs, const struct snap_extent *e)
 }
 
 /* The working set first (prefetch_async), in the order it was touched. */
-static int fill_ws(struct ferry_restore *rs)
+/* A working-set page that is zero is installed as one (see zero_data). */
+static int put_install_ws(struct ferry_restore *rs, unsigned int region,
+			  uint64_t first, uint64_t count, const uint8_t *data)
 {
-	uint64_t installed = 0;
-	int ret = 0;
+	return put_install(rs, region, first, count, data ? data :
+			   rs->zero_buf);
+}
 
-	for (size_t i = 0; i < rs->nr_prefetch && ret >= 0; i++) {
-		const struct snap_page *p = &rs->prefetch[i];
-		const struct snap_extent *e = snap_find(rs->file, p->region,
-							p->page);
+static int page_cmp(const void *a, const void *b)
+{
+	const struct snap_page *x = a, *y = b;
 
-		if (i % 64 == 0 && stopping(rs))
-			return -ECANCELED;
-		ret = e ? load_range(rs, e, p->page, 1, rs->fill_buf,
-				     put_install) : 0;
-		installed += ret > 0 ? (uint64_t)ret : 0;
+	if (x->region != y->region)
+		return x->region < y->region ? -1 : 1;
+	return (x->page > y->page) - (x->page < y->page);
+}
+
+/* Sorted pages from i on: how many are consecutive in one extent. */
+static size_t run_in(const struct snap_page *p, size_t i, size_t n,
+		     const struct snap_extent *e)
+{
+	size_t k = 1;
+
+	while (i + k < n && p[i + k].region == p[i].region &&
+	       p[i + k].page == p[i].page + k &&
+	       p[i + k].page < (uint64_t)e->first_page + e->count)
+		k++;
+	return k;
+}
+
+/* One batch of the working set, sorted: a read per run of pages. */
+static int fill_batch(struct ferry_restore *rs, struct snap_page *p,
+		      size_t n)
+{
+	int ret = 0, done = 0;
+
+	qsort(p, n, sizeof(*p), page_cmp);
+	for (size_t i = 0; i < n && ret >= 0;) {
+		const struct snap_extent *e = snap_find(rs->file, p[i].region,
+							p[i].page);
+		size_t k = e ? run_in(p, i, n, e) : 1;
+
+		if (e)
+			ret = load_span(rs, e, p[i].page, k, rs->fill_buf,
+					put_install_ws);
+		done += ret > 0 ? ret : 0;
+		i += k;
 	}
-	atomic_fetch_add_explicit(&rs->filled, installed,
+	atomic_fetch_add_explicit(&rs->filled, (uint64_t)done,
 				  memory_order_relaxed);
 	return ret < 0 ? ret : 0;
+}
+
+/*
+ * The working set first (prefetch_async): in the order it was touched,
+ * a batch at a time, each batch read in file order.
+ */
+#define WS_BATCH	256
+
+static int fill_ws(struct ferry_restore *rs)
+{
+	struct snap_page batch[WS_BATCH];
+	int ret = 0;
+
+	for (size_t i = 0; i < rs->nr_prefetch && !ret; i += WS_BATCH) {
+		size_t n = rs->nr_prefetch - i < WS_BATCH ?
+			   rs->nr_prefetch - i : WS_BATCH;
+
+		if (stopping(rs))
+			return -ECANCELED;
+		memcpy(batch, rs->prefetch + i, n * sizeof(*batch));
+		ret = fill_batch(rs, batch, n);
+	}
+	return ret;
 }
 
 /*
@@ -614,6 +811,19 @@ static bool wait_fill(struct ferry_restore *rs)
 	return !pfd[1].revents;
 }
 
+/*
+ * Below the vCPUs: once the working set is in, they have what they need
+ * for a while, and the rest must not take their CPU (a vCPU that does
+ * touch a page not in yet still has it read at once, on demand).
+ */
+#define FILL_NICE	10
+
+static void fill_below_vcpus(void)
+{
+	if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), FILL_NICE))
+		errno = 0;	/* best effort */
+}
+
 static void *fill_main(void *arg)
 {
 	struct ferry_restore *rs = arg;
@@ -624,6 +834,8 @@ static void *fill_main(void *arg)
 		return NULL;
 	if (rs->opts.prefetch_async)
 		ret = fill_ws(rs);
+	if (rs->nr_prefetch)
+		fill_below_vcpus();
 	for (size_t i = 0; !ret && i < rs->file->nr_extents; i++)
 		ret = fill_extent(rs, &rs->file->extents[i]);
 	if (ret && ret != -ECANCELED)
@@ -711,7 +923,11 @@ static int restore_lazy(struct ferry_restore *rs)
 	uint64_t t0 = ferry_now_ns();
 	int ret = 0;
 
-	if (rs->nr_prefetch && !rs->opts.prefetch_async)
+	if (rs->nr_prefetch) {
+		rs->zero_buf = snap_buf_alloc(READ_CHUNK);
+		ret = rs->zero_buf ? 0 : ferry_fail(-ENOMEM, "out of memory");
+	}
+	if (!ret && rs->nr_prefetch && !rs->opts.prefetch_async)
 		ret = store_ws(rs);
 	if (!ret)
 		ret = switchover(rs);
@@ -741,12 +957,17 @@ static int load_ws(struct ferry_restore *rs)
 	return 0;
 }
 
-/* The extent records, read and checked while the VM is being built. */
+/*
+ * The extent records, read and checked while the VM is being built, and
+ * what they make owed.
+ */
 static void *rest_main(void *arg)
 {
 	struct ferry_restore *rs = arg;
 	int ret = snap_file_open_rest(rs->file);
 
+	if (!ret)
+		ret = alloc_owed(rs);
 	if (ret)
 		set_error(rs, ret);
 	rs->stats.open_ns = ferry_now_ns() - rs->start_ns;
@@ -788,8 +1009,6 @@ static int prepare(struct ferry_restore *rs, int fd)
 		ret = build(rs);
 	if (!ret)
 		ret = load_ws(rs);
-	if (!ret)
-		ret = alloc_owed(rs);
 	return ret;
 }
 
@@ -843,6 +1062,8 @@ static void free_restore(struct ferry_restore *rs)
 	snap_buf_free(rs->demand_buf, READ_CHUNK);
 	snap_buf_free(rs->fill_buf, READ_CHUNK);
 	free(rs->prefetch);
+	snap_buf_free(rs->zero_buf, READ_CHUNK);
+	free(rs->spans);
 	free(rs->recorded);
 	free(rs->queue);
 	for (int *fd = &rs->demand_fd; fd <= &rs->stop_fd; fd++)

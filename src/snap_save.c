@@ -215,12 +215,32 @@ static int sweep(struct saver *sv)
 
 /* ---- the fault thread (live) -------------------------------------------- */
 
+/*
+ * A guest writing one page is likely to write the next ones soon (a
+ * sequential writer would otherwise wait once per page): the pages just
+ * after it are claimed along with it, up to 64 KiB, so one copy, one
+ * un-protect and one write of the file serve them all.
+ */
+#define SAVE_NEAR	(64U << 10)
+
+static uint64_t claim_after(struct saver *sv, const struct snap_extent *e,
+			    uint64_t page)
+{
+	size_t ps = sv->vm->mem->regions[e->region].page_size;
+	uint64_t end = (uint64_t)e->first_page + e->count, n = 0;
+
+	while (n + 1 < SAVE_NEAR / ps && page + 1 + n < end &&
+	       claim(sv, e->region, page + 1 + n))
+		n++;
+	return n;
+}
+
 static int handle_wp(void *arg, const struct uffd_msg *msg)
 {
 	struct saver *sv = arg;
 	void *addr = (void *)(uintptr_t)msg->arg.pagefault.address;
 	struct ferry_region *r = ferry_mem_find(sv->vm->mem, addr);
-	uint64_t t0 = ferry_now_ns(), page, held;
+	uint64_t t0 = ferry_now_ns(), page, held, n;
 	struct snap_extent *e;
 	unsigned int idx;
 	int ret;
@@ -239,13 +259,14 @@ static int handle_wp(void *arg, const struct uffd_msg *msg)
 	if (!claim(sv, idx, page))
 		return ferry_uffd_wake(&sv->uffd, r->guest + page * r->page_size,
 				       r->page_size);
-	ret = save_claimed(sv, e, page, 1, sv->fault_buf);
+	n = 1 + claim_after(sv, e, page);
+	ret = save_claimed(sv, e, page, n, sv->fault_buf);
 	held = ferry_now_ns() - t0;
 	ferry_hist_record(&sv->held, held);
 	atomic_fetch_add_explicit(&sv->held_writes, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&sv->held_total_ns, held,
 				  memory_order_relaxed);
-	atomic_fetch_add_explicit(&sv->saved_on_fault, 1,
+	atomic_fetch_add_explicit(&sv->saved_on_fault, n,
 				  memory_order_relaxed);
 	return ret;
 }
