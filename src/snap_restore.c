@@ -1219,9 +1219,11 @@ int ferry_restore_save_ws(struct ferry_restore *rs, const char *path)
 	all = malloc(n ? n * sizeof(*all) : 1);
 	if (!all)
 		return ferry_fail(-ENOMEM, "out of memory");
-	memcpy(all, rs->prefetch, rs->nr_prefetch * sizeof(*all));
-	memcpy(all + rs->nr_prefetch, rs->recorded,
-	       rs->nr_recorded * sizeof(*all));
+	if (rs->nr_prefetch)
+		memcpy(all, rs->prefetch, rs->nr_prefetch * sizeof(*all));
+	if (rs->nr_recorded)
+		memcpy(all + rs->nr_prefetch, rs->recorded,
+		       rs->nr_recorded * sizeof(*all));
 	ret = snap_ws_save(rs->file, path, all, n);
 	free(all);
 	return ret;
