@@ -55,7 +55,8 @@ struct ferry_clone {
 	pthread_t fault_thread, mapper_thread;
 	bool fault_started, mapper_started;
 	uint8_t *zero_page;		/* hugetlb holes are copies of it */
-	atomic_int error;		/* first failure of either thread */
+	atomic_int error;		/* first failure of either thread;
+					 * they set it, anyone reads */
 };
 
 /* ---- the source --------------------------------------------------------- */
@@ -469,6 +470,14 @@ int ferry_clone_memory(const struct ferry_clone *c, struct ferry_clone_mem *m)
 		ret = count_region(fd, &c->mem->regions[i], m);
 	close(fd);
 	return ret;
+}
+
+int ferry_clone_error(const struct ferry_clone *c)
+{
+	int err = atomic_load(&c->error);
+
+	return err ? ferry_fail(err, "clone fault service: %s",
+				strerror(-err)) : 0;
 }
 
 void ferry_clone_destroy(struct ferry_clone *c)

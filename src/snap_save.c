@@ -23,6 +23,7 @@
  * The records go in last, at offset 0: a save that fails leaves a file
  * that no restore accepts.
  */
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -40,6 +41,11 @@
 #include "sys.h"
 
 enum save_state { SAVE_UNSAVED = 0, SAVE_SAVING, SAVE_SAVED };
+
+struct early_write {
+	struct uffd_msg msg;
+	uint64_t t0;
+};
 
 /* Pages copied out in one go: 2 MiB, or one huge page. */
 #define SAVE_CHUNK	FERRY_HUGE_PAGE_SIZE
@@ -63,6 +69,11 @@ struct saver {
 	struct ferry_uffd uffd;
 	bool registered;
 	int stop_fd;			/* eventfd: stop the fault thread */
+	int plan_fd;			/* eventfd: the plan is made */
+	/* The fault thread's own: the plan seen, writes held before it. */
+	bool planned;
+	struct early_write *early;
+	size_t nr_early, early_cap;
 	pthread_t fault_thread;
 	bool fault_started;
 	/* The fault thread's failure: it writes both before it exits;
@@ -235,12 +246,12 @@ static uint64_t claim_after(struct saver *sv, const struct snap_extent *e,
 	return n;
 }
 
-static int handle_wp(void *arg, const struct uffd_msg *msg)
+/* One held write; t0: when the fault thread read it. */
+static int handle_wp(struct saver *sv, const struct uffd_msg *msg, uint64_t t0)
 {
-	struct saver *sv = arg;
 	void *addr = (void *)(uintptr_t)msg->arg.pagefault.address;
 	struct ferry_region *r = ferry_mem_find(sv->vm->mem, addr);
-	uint64_t t0 = ferry_now_ns(), page, held, n;
+	uint64_t page, held, n;
 	struct snap_extent *e;
 	unsigned int idx;
 	int ret;
@@ -271,11 +282,75 @@ static int handle_wp(void *arg, const struct uffd_msg *msg)
 	return ret;
 }
 
-static int drain(void *arg)
+/*
+ * Writes that came before the plan: kept, with the time each was read,
+ * so that their hold counts the wait for the plan too.
+ */
+static int keep(struct saver *sv, const struct uffd_msg *msg)
+{
+	if (sv->nr_early == sv->early_cap) {
+		size_t cap = sv->early_cap ? sv->early_cap * 2 : 64;
+		struct early_write *e = realloc(sv->early, cap * sizeof(*e));
+
+		if (!e)
+			return ferry_fail(-ENOMEM, "out of memory");
+		sv->early = e;
+		sv->early_cap = cap;
+	}
+	sv->early[sv->nr_early++] = (struct early_write){ .msg = *msg,
+		.t0 = ferry_now_ns() };
+	return 0;
+}
+
+static int on_fault(void *arg, const struct uffd_msg *msg)
 {
 	struct saver *sv = arg;
 
-	return snap_uffd_drain(&sv->uffd, handle_wp, sv);
+	return sv->planned ? handle_wp(sv, msg, ferry_now_ns()) :
+			     keep(sv, msg);
+}
+
+static int plan_ready(struct saver *sv)
+{
+	uint64_t v;
+	int ret = 0;
+
+	if (read(sv->plan_fd, &v, sizeof(v)) < 0)
+		return ferry_fail(-errno, "eventfd: %s", strerror(errno));
+	sv->planned = true;
+	for (size_t i = 0; i < sv->nr_early && !ret; i++)
+		ret = handle_wp(sv, &sv->early[i].msg, sv->early[i].t0);
+	sv->nr_early = 0;
+	return ret;
+}
+
+/*
+ * Reads held writes from the moment the vCPUs resume, and serves them
+ * once the plan says which pages are to be saved and where.
+ */
+static int serve_faults(struct saver *sv)
+{
+	struct pollfd pfd[3] = {
+		{ .fd = sv->uffd.fd, .events = POLLIN },
+		{ .fd = sv->plan_fd, .events = POLLIN },
+		{ .fd = sv->stop_fd, .events = POLLIN },
+	};
+	int ret = 0;
+
+	while (!ret) {
+		if (poll(pfd, 3, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			return ferry_fail(-errno, "poll: %s", strerror(errno));
+		}
+		if (pfd[2].revents)
+			break;
+		if (pfd[1].revents && !sv->planned)
+			ret = plan_ready(sv);
+		if (!ret && pfd[0].revents)
+			ret = snap_uffd_drain(&sv->uffd, on_fault, sv);
+	}
+	return ret;
 }
 
 static void *fault_main(void *arg)
@@ -284,7 +359,7 @@ static void *fault_main(void *arg)
 	int ret;
 
 	sys_thread_boost(SYS_BOOST_URGENT);
-	ret = snap_serve(sv->uffd.fd, sv->stop_fd, drain, sv);
+	ret = serve_faults(sv);
 	sv->fault_err = ret;
 	if (ret)
 		snprintf(sv->fault_reason, sizeof(sv->fault_reason), "%s",
@@ -336,13 +411,23 @@ static int start_fault_thread(struct saver *sv)
 	int ret;
 
 	sv->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (sv->stop_fd < 0)
+	sv->plan_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (sv->stop_fd < 0 || sv->plan_fd < 0)
 		return ferry_fail(-errno, "eventfd: %s", strerror(errno));
 	ret = -pthread_create(&sv->fault_thread, NULL, fault_main, sv);
 	if (ret)
 		return ferry_fail(ret, "starting the fault thread: %s",
 				  strerror(-ret));
 	sv->fault_started = true;
+	return 0;
+}
+
+static int plan_made(struct saver *sv)
+{
+	uint64_t one = 1;
+
+	if (write(sv->plan_fd, &one, sizeof(one)) < 0)
+		return ferry_fail(-errno, "eventfd: %s", strerror(errno));
 	return 0;
 }
 
@@ -419,6 +504,9 @@ static void free_tables(struct saver *sv)
 	free(sv->head);
 	if (sv->stop_fd >= 0)
 		close(sv->stop_fd);
+	if (sv->plan_fd >= 0)
+		close(sv->plan_fd);
+	free(sv->early);
 }
 
 /* What the vCPUs are paused for: their state. */
@@ -471,8 +559,8 @@ static int size_file(struct saver *sv, uint64_t len)
 
 /*
  * Paused: from the pause to the end of the sweep.  Live: the pause is for
- * the vCPU states and arming write protection; writes wait meanwhile
- * while the pages are found and planned, then are served.
+ * the vCPU states and arming write protection; writes that come while
+ * the pages are found and planned wait for the plan, then are served.
  */
 static int save_pages(struct saver *sv, struct ferry_snapshot_stats *st)
 {
@@ -492,9 +580,11 @@ static int save_pages(struct saver *sv, struct ferry_snapshot_stats *st)
 	resumed = vm->ops->resume(vm->handle);
 	st->pause_ns = ferry_now_ns() - t0;
 	if (!ret && sv->live)
+		ret = start_fault_thread(sv);
+	if (!ret && sv->live)
 		ret = capture_pages(sv);
 	if (!ret && sv->live)
-		ret = start_fault_thread(sv);
+		ret = plan_made(sv);
 	if (!ret && sv->live)
 		ret = sweep(sv);
 	stopped = stop_fault_thread(sv);
@@ -551,6 +641,7 @@ int ferry_snapshot_save(const struct ferry_vm *vm, int fd,
 	sv->live = opts && opts->live;
 	sv->uffd.fd = -1;
 	sv->stop_fd = -1;
+	sv->plan_fd = -1;
 	ferry_hist_init(&sv->held);
 	ret = ferry_vcpu_ops_check(vm->ops);
 	if (!ret)

@@ -574,8 +574,11 @@ static int measure_clones(struct clone_run *cr)
 	for (unsigned int i = 0; i < cr->nr; i++) {
 		int ret;
 
-		ferry_guest_pause(ferry_clone_vm(cr->clone[i])->handle);
-		ret = ferry_clone_memory(cr->clone[i], &cr->mem[i]);
+		ret = ferry_clone_error(cr->clone[i]);
+		if (!ret)
+			ferry_guest_pause(ferry_clone_vm(cr->clone[i])->handle);
+		if (!ret)
+			ret = ferry_clone_memory(cr->clone[i], &cr->mem[i]);
 		if (ret) {
 			cli_error("measuring a clone's memory", ret);
 			return 2;

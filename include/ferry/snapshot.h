@@ -259,6 +259,12 @@ struct ferry_clone_mem {
 int ferry_clone_memory(const struct ferry_clone *clone,
 		       struct ferry_clone_mem *mem);
 
+/*
+ * 0 while fault service runs well; else its error (a vCPU may then wait
+ * on a page forever: destroy the clone).
+ */
+int ferry_clone_error(const struct ferry_clone *clone);
+
 /* Stop fault service, destroy the VM (ops->destroy), unmap.  NULL ok. */
 void ferry_clone_destroy(struct ferry_clone *clone);
 
