@@ -54,7 +54,8 @@ struct snap_file {
 	size_t nr_extents;
 	/* The extents of region i are [region_first[i], region_first[i+1]). */
 	size_t region_first[FERRY_WIRE_MAX_REGIONS + 1];
-	uint8_t *records;		/* file bytes [0, records_have) */
+	uint8_t *records;		/* file bytes [0, records_have);
+					 * moves while the records are read */
 	size_t records_cap, records_have;
 	uint64_t records_end;
 	uint64_t data_pages, zero_pages;	/* from COMPLETE */

@@ -11,28 +11,13 @@
 /*
  * From this size on, whole 2 MiB pages that ask for THP: touching one
  * costs one fault instead of 512 (tens of microseconds each on some
- * hosts), so a 4 GiB guest's page tables come up in a millisecond, not
- * forty.  What the rounding wastes is under 2 MiB an allocation.
+ * hosts), so a 4 GiB guest's page state comes up in a millisecond, not
+ * forty.  The rounding wastes at most half of what it rounds.  Memory
+ * the allocator hands back again is already faulted in: zeroing it is
+ * all it costs.
  */
-#define ZALLOC_HUGE	(128UL << 10)
+#define ZALLOC_HUGE	(1UL << 20)
 #define ZALLOC_HUGE_PAGE (2UL << 20)
-
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23		/* Linux 5.14 */
-#endif
-
-/*
- * Zeroed by the kernel as it faults the pages in (once), rather than
- * faulted in and then zeroed again: drop whatever a reused heap chunk
- * held, then populate.  Older kernels: memset.
- */
-static void zero_huge(void *p, size_t len)
-{
-	madvise(p, len, MADV_HUGEPAGE);
-	if (madvise(p, len, MADV_DONTNEED) ||
-	    madvise(p, len, MADV_POPULATE_WRITE))
-		memset(p, 0, len);
-}
 
 void *sys_zalloc_aligned(size_t align, size_t len)
 {
@@ -44,8 +29,8 @@ void *sys_zalloc_aligned(size_t align, size_t len)
 	len = len ? (len + align - 1) / align * align : align;
 	p = aligned_alloc(align, len);
 	if (p && huge)
-		zero_huge(p, len);
-	else if (p)
+		madvise(p, len, MADV_HUGEPAGE);
+	if (p)
 		memset(p, 0, len);
 	return p;
 }

@@ -773,6 +773,41 @@ static enum test_result hostile(struct test_ctx *ctx, int good, int bad,
 	return TEST_PASS;
 }
 
+/*
+ * The same snapshot with its holes written out as zeroes (a copy by a
+ * tool that does not keep holes): the reader cannot learn the records'
+ * length from the first hole and grows its buffer; it restores the same.
+ */
+static enum test_result dense(struct test_ctx *ctx, int good, int bad,
+			      uint64_t digest)
+{
+	struct ferry_restore_opts o = { .mode = FERRY_RESTORE_EAGER };
+	struct ferry_guest_dest dd = { .keep_backing = true };
+	static uint8_t buf[1 << 16];
+	struct ferry_restore *rs;
+	struct stat st;
+	uint64_t d;
+
+	CHECK_OK(ctx, fstat(good, &st) ? -errno : 0);
+	CHECK_OK(ctx, ftruncate(bad, 0) ? -errno : 0);
+	for (off_t off = 0; off < st.st_size; off += (off_t)sizeof(buf)) {
+		ssize_t n = pread(good, buf, sizeof(buf), off);
+
+		CHECK(ctx, n > 0, "reading: %s", strerror(errno));
+		CHECK_EQ(ctx, pwrite(bad, buf, (size_t)n, off), n);
+	}
+	CHECK_EQ(ctx, lseek(bad, 0, SEEK_HOLE), st.st_size);
+	CHECK_OK(ctx, ferry_restore_start(bad, ferry_guest_dest_ops(), &dd, &o,
+					  &rs));
+	CHECK_OK(ctx, ferry_restore_finish(rs, NULL));
+	CHECK_OK(ctx, ferry_guest_pause(dd.gv->guest));
+	CHECK_OK(ctx, ferry_guest_digest(dd.gv->guest, &d));
+	CHECK(ctx, d == digest, "a dense copy restores other memory");
+	ferry_restore_destroy(rs);
+	ferry_guest_vm_destroy(dd.gv);
+	return TEST_PASS;
+}
+
 static enum test_result damaged(struct test_ctx *ctx)
 {
 	struct src s;
@@ -792,6 +827,7 @@ static enum test_result damaged(struct test_ctx *ctx)
 	TRY(flipped(ctx, good, bad));
 	TRY(bad_page(ctx, good, bad));
 	TRY(hostile(ctx, good, bad, s.t.mem->regions[0].nr_pages));
+	TRY(dense(ctx, good, bad, s.digest));
 	tvm_destroy(&s.t);
 	close(good);
 	close(bad);

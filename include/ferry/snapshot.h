@@ -103,9 +103,10 @@ struct ferry_restore_opts {
 	/*
 	 * A working set file (ferry_restore_save_ws) to load first, or
 	 * NULL.  Its pages are read in bulk, in file order, before the
-	 * vCPUs resume (and mapped, so the guest takes no fault on them),
-	 * or with prefetch_async while they run, ahead of everything else
-	 * the background reader fills.  Lazy mode only.
+	 * vCPUs resume, mapped (so the guest takes no fault on them) and
+	 * touched once (see docs/snapshot.md); or with prefetch_async
+	 * while they run, ahead of everything else the background reader
+	 * fills.  Lazy mode only.
 	 */
 	const char *prefetch_ws;
 	bool prefetch_async;
