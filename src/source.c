@@ -299,8 +299,13 @@ static uint64_t hint_chunk(struct sender *s, unsigned int *region)
 	return page / migrate_chunk_pages(&src->vm->mem->regions[*region]);
 }
 
+/*
+ * One pass over every chunk from (region, chunk).  With follow set, a newer
+ * request moves the pass to its chunk, so the pass may skip chunks: only a
+ * pass that does not follow covers them all.
+ */
 static int push_from(struct sender *s, unsigned int region, uint64_t chunk,
-		     uint64_t *seen_gen)
+		     uint64_t *seen_gen, bool follow)
 {
 	const struct ferry_mem *mem = s->src->vm->mem;
 	uint64_t total = 0, done = 0;
@@ -312,7 +317,7 @@ static int push_from(struct sender *s, unsigned int region, uint64_t chunk,
 		uint64_t gen = atomic_load_explicit(&s->src->hint_gen,
 						    memory_order_relaxed);
 
-		if (gen != *seen_gen) {		/* a newer fault: go there */
+		if (follow && gen != *seen_gen) {	/* a newer fault */
 			*seen_gen = gen;
 			ret = flush(s, false);
 			chunk = hint_chunk(s, &region);
@@ -336,10 +341,14 @@ static int do_push(struct sender *s)
 	uint64_t chunk = hint_chunk(s, &region);
 	int ret;
 
-	/* Twice round: what a jump skipped is picked up on the second. */
-	ret = push_from(s, region, chunk, &seen_gen);
+	/*
+	 * First near the faults, then a pass that ignores them, which is the
+	 * one that guarantees every owed page goes out: pages already taken
+	 * cost it only a bit test.
+	 */
+	ret = push_from(s, region, chunk, &seen_gen, true);
 	if (!ret)
-		ret = push_from(s, 0, 0, &seen_gen);
+		ret = push_from(s, 0, 0, &seen_gen, false);
 	if (!ret)
 		ret = flush(s, false);
 	return ret;
