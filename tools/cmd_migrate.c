@@ -152,13 +152,10 @@ static int write_json(const char *path, const struct ferry_migrate_stats *s,
 		      const struct dest_result *d)
 {
 	const struct ferry_migrate_stats *m = s ? s : &d->stats;
-	FILE *f = strcmp(path, "-") ? fopen(path, "w") : stdout;
+	FILE *f = cli_json_open(path);
 
-	if (!f) {
-		fprintf(stderr, "ferry: --json %s: %s\n", path,
-			strerror(errno));
-		return -errno;
-	}
+	if (!f)
+		return -EIO;
 	fprintf(f, "{\n  \"mode\": \"%s\",\n", ferry_mode_name(m->mode));
 	if (d && d->verified)
 		fprintf(f, "  \"verdict\": \"%s\",\n",
@@ -209,8 +206,7 @@ static int write_json(const char *path, const struct ferry_migrate_stats *s,
 	}
 	fprintf(f, "  \"guest_bytes\": %llu\n}\n",
 		(unsigned long long)m->guest_bytes);
-	if (f != stdout)
-		fclose(f);
+	cli_json_close(f);
 	return 0;
 }
 
@@ -274,32 +270,6 @@ static void usage_recv(FILE *out)
 		"2 error.\n");
 }
 
-static int bad(const char *cmd, const char *opt, const char *arg,
-	       const char *want)
-{
-	fprintf(stderr, "ferry %s: %s '%s': %s\n", cmd, opt, arg, want);
-	return 2;
-}
-
-static int parse_num(const char *cmd, const char *opt, const char *arg,
-		     unsigned long lo, unsigned long hi, unsigned long *v)
-{
-	if (cli_parse_uint(arg, v) || *v < lo || *v > hi) {
-		char want[64];
-
-		snprintf(want, sizeof(want), "want %lu to %lu", lo, hi);
-		return bad(cmd, opt, arg, want);
-	}
-	return 0;
-}
-
-static int parse_secs(const char *cmd, const char *opt, const char *arg,
-		      double *v)
-{
-	return cli_parse_seconds(arg, v) ? bad(cmd, opt, arg,
-					       "want seconds") : 0;
-}
-
 static int parse_one(const char *cmd, int opt, const char *arg,
 		     struct mig_opts *o)
 {
@@ -312,25 +282,25 @@ static int parse_one(const char *cmd, int opt, const char *arg,
 	case 'V': o->verify = true; return 0;
 	case 'm':
 		return cli_parse_size(arg, &o->mem_size) || !o->mem_size ?
-		       bad(cmd, "--mem", arg, "want a size such as 1G") : 0;
-	case 'n': return parse_num(cmd, "--vcpus", arg, 1,
+		       cli_bad(cmd, "--mem", arg, "want a size such as 1G") : 0;
+	case 'n': return cli_parse_num(cmd, "--vcpus", arg, 1,
 				   FERRY_GUEST_MAX_VCPUS, &o->vcpus);
-	case 'c': return parse_num(cmd, "--channels", arg, 1,
+	case 'c': return cli_parse_num(cmd, "--channels", arg, 1,
 				   FERRY_NET_MAX_BULK, &o->channels);
-	case 'D': return parse_num(cmd, "--max-downtime", arg, 1, 600000,
+	case 'D': return cli_parse_num(cmd, "--max-downtime", arg, 1, 600000,
 				   &o->max_downtime_ms);
-	case 'S': return parse_num(cmd, "--seed", arg, 0, ~0UL, &o->seed);
-	case 'W': return parse_secs(cmd, "--warmup", arg, &o->warmup_s);
-	case 'r': return parse_secs(cmd, "--run", arg, &o->run_s);
-	case 'T': return parse_secs(cmd, "--timeout", arg, &o->timeout_s);
+	case 'S': return cli_parse_num(cmd, "--seed", arg, 0, ~0UL, &o->seed);
+	case 'W': return cli_parse_secs(cmd, "--warmup", arg, &o->warmup_s);
+	case 'r': return cli_parse_secs(cmd, "--run", arg, &o->run_s);
+	case 'T': return cli_parse_secs(cmd, "--timeout", arg, &o->timeout_s);
 	case 'M':
 		return ferry_mode_parse(arg, &o->mode) ?
-		       bad(cmd, "--mode", arg, "want precopy, postcopy or "
+		       cli_bad(cmd, "--mode", arg, "want precopy, postcopy or "
 			   "hybrid") : 0;
 	case 'b':
 		o->backing_set = true;
 		return ferry_backing_parse(arg, &o->backing) ?
-		       bad(cmd, "--backing", arg, "want shmem, thp or "
+		       cli_bad(cmd, "--backing", arg, "want shmem, thp or "
 			   "hugetlb") : 0;
 	default:
 		return 2;
@@ -358,80 +328,37 @@ static const struct option longopts[] = {
 	{ NULL, 0, NULL, 0 },
 };
 
+struct parse_ctx {
+	const char *cmd;
+	struct mig_opts *o;
+};
+
+static int parse_ctx_one(void *ctx, int opt, const char *arg)
+{
+	struct parse_ctx *pc = ctx;
+
+	return parse_one(pc->cmd, opt, arg, pc->o);
+}
+
 /* `allowed`: the option letters this command takes. */
 static int parse_args(const char *cmd, const char *allowed, int argc,
 		      char **argv, struct mig_opts *o,
 		      void (*usage)(FILE *out))
 {
-	int opt, ret;
+	struct parse_ctx pc = { cmd, o };
+	int ret;
 
 	defaults(o);
-	while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-		if (opt == 'h') {
-			usage(stdout);
-			return 1;
-		}
-		if (opt == '?' || !strchr(allowed, opt)) {
-			if (opt != '?')
-				fprintf(stderr, "ferry %s: %s is not an "
-					"option of this command\n", cmd,
-					argv[optind - 1]);
-			usage(stderr);
-			return 2;
-		}
-		ret = parse_one(cmd, opt, optarg, o);
-		if (ret)
-			return ret;
-	}
-	if (optind < argc)
-		return bad(cmd, "argument", argv[optind], "unexpected");
-	return 0;
+	ret = cli_getopt(cmd, allowed, argc, argv, longopts, usage,
+			 parse_ctx_one, &pc);
+	if (!ret && optind < argc)
+		return cli_bad(cmd, "argument", argv[optind], "unexpected");
+	return ret;
 }
 
 /* ---- the destination ---------------------------------------------------- */
 
-/*
- * The library's create for the built-in VM, after making room in the
- * hugetlb pool when the memory is hugetlb (put back by recv_main).
- */
-struct recv_ctx {
-	struct ferry_guest_dest dd;
-	struct ferry_hugetlb_resv resv;
-};
-
-static int recv_create(void *arg, const struct ferry_wire_stream *stream,
-		       struct ferry_vm *vm)
-{
-	struct recv_ctx *rc = arg;
-	enum ferry_backing b = rc->dd.keep_backing ?
-			       stream->regions[0].backing : rc->dd.backing;
-	uint64_t bytes = 0;
-	int ret;
-
-	for (unsigned int i = 0; i < stream->nr_regions; i++)
-		bytes += stream->regions[i].size;
-	if (b == FERRY_BACKING_HUGETLB) {
-		ret = ferry_hugetlb_reserve(bytes / FERRY_HUGE_PAGE_SIZE,
-					    &rc->resv);
-		if (ret)
-			return ret;
-	}
-	return ferry_guest_dest_ops()->create(&rc->dd, stream, vm);
-}
-
-static void recv_discard(void *arg, struct ferry_vm *vm)
-{
-	struct recv_ctx *rc = arg;
-
-	ferry_guest_dest_ops()->discard(&rc->dd, vm);
-}
-
-static const struct ferry_dest_ops recv_ops = {
-	.create = recv_create,
-	.discard = recv_discard,
-};
-
-static int run_on_and_verify(const struct mig_opts *o, struct recv_ctx *rc,
+static int run_on_and_verify(const struct mig_opts *o, struct cli_dest *rc,
 			     struct dest_result *res)
 {
 	struct ferry_guest *g = rc->dd.gv->guest;
@@ -453,7 +380,7 @@ static int run_on_and_verify(const struct mig_opts *o, struct recv_ctx *rc,
 static void receive_one(const struct mig_opts *o, struct ferry_listener *l,
 			struct dest_result *res)
 {
-	struct recv_ctx rc = { .dd = { .backing = o->backing,
+	struct cli_dest rc = { .dd = { .backing = o->backing,
 				       .keep_backing = !o->backing_set } };
 	struct ferry_migrate_opts mo;
 	struct ferry_session *s = NULL;
@@ -463,7 +390,7 @@ static void receive_one(const struct mig_opts *o, struct ferry_listener *l,
 	ferry_migrate_opts_init(&mo);
 	res->ret = ferry_net_accept(l, (int)(o->timeout_s * 1000), &s);
 	if (!res->ret)
-		res->ret = ferry_migrate_recv(s, &recv_ops, &rc, &mo, &vm,
+		res->ret = ferry_migrate_recv(s, cli_dest_ops(), &rc, &mo, &vm,
 					      &res->stats);
 	if (res->ret)
 		snprintf(res->reason, sizeof(res->reason), "%s",
@@ -492,7 +419,7 @@ int cmd_recv(int argc, char **argv)
 	if (ret)
 		return ret == 1 ? 0 : ret;
 	if (!o.listen)
-		return bad("recv", "--listen", "", "is required");
+		return cli_bad("recv", "--listen", "", "is required");
 	ret = ferry_net_listener_open(o.listen, NULL, &l);
 	if (ret) {
 		cli_error("listening", ret);
@@ -520,25 +447,13 @@ static int make_source(const struct mig_opts *o, struct ferry_guest_vm **gv,
 		       struct ferry_hugetlb_resv *resv)
 {
 	struct ferry_guest_config cfg;
-	int ret = 0;
 
 	ferry_guest_config_init(&cfg);
 	cfg.nr_vcpus = (unsigned int)o->vcpus;
 	cfg.seed = o->seed;
 	if (ferry_guest_config_set_workload(&cfg, o->workload))
-		return bad("send", "--workload", o->workload, "too long");
-	if (o->backing == FERRY_BACKING_HUGETLB)
-		ret = ferry_hugetlb_reserve((o->mem_size + FERRY_HUGE_PAGE_SIZE
-					     - 1) / FERRY_HUGE_PAGE_SIZE, resv);
-	if (!ret)
-		ret = ferry_guest_vm_create(&cfg, o->backing, o->mem_size, gv);
-	if (!ret)
-		ret = ferry_guest_start((*gv)->guest);
-	if (ret) {
-		cli_error("building the VM", ret);
-		return 2;
-	}
-	return 0;
+		return cli_bad("send", "--workload", o->workload, "too long");
+	return cli_start_guest(&cfg, o->backing, o->mem_size, gv, resv);
 }
 
 static int send_one(const struct mig_opts *o, const char *to,
@@ -582,7 +497,7 @@ int cmd_send(int argc, char **argv)
 	if (ret)
 		return ret == 1 ? 0 : ret;
 	if (!o.to)
-		return bad("send", "--to", "", "is required");
+		return cli_bad("send", "--to", "", "is required");
 	ret = send_one(&o, o.to, &stats);
 	if (ret)
 		return ret;
