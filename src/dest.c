@@ -541,6 +541,8 @@ static int finish_postcopy(struct dest *d)
 	st->fault_latency_p99_ns =
 		ferry_hist_percentile(&d->pc->fault_latency, 99);
 	st->fault_latency_max_ns = ferry_hist_max(&d->pc->fault_latency);
+	if (d->opts && d->opts->fault_latency)
+		ferry_hist_add(d->opts->fault_latency, &d->pc->fault_latency);
 	return ret;
 }
 

@@ -72,7 +72,9 @@ struct source {
 
 	/* Counters, any thread, relaxed. */
 	atomic_uint_fast64_t bytes_sent, pages_sent, zero_pages, pushed,
-			     requested;
+			     requested, answered_owed;
+	uint64_t owed;			/* pages owed when post-copy began */
+	double rate_bps;		/* progress: the last rate seen */
 
 	/* Urgent channel (post-copy): its thread and what it saw. */
 	struct ferry_wire_reader urgent_reader;
@@ -406,12 +408,22 @@ static void report(struct source *src, enum ferry_phase phase,
 	if (!o->progress)
 		return;
 	p.bytes_sent = atomic_load(&src->bytes_sent);
+	p.pages_requested = atomic_load(&src->requested);
 	p.elapsed_ns = now - src->start_ns;
+	if (phase == FERRY_PHASE_POSTCOPY) {	/* what is still owed now */
+		uint64_t sent = atomic_load(&src->pushed) +
+				atomic_load(&src->answered_owed);
+
+		p.remaining = sent < src->owed ? src->owed - sent : 0;
+	}
 	if (now > *last_ns && *last_ns)
 		p.rate_bps = (double)(p.bytes_sent - *last_bytes) * 1e9 /
 			     (double)(now - *last_ns);
 	else if (phase == FERRY_PHASE_DONE && p.elapsed_ns)
 		p.rate_bps = (double)p.bytes_sent * 1e9 / (double)p.elapsed_ns;
+	else	/* a round's start: no interval of its own yet */
+		p.rate_bps = src->rate_bps;
+	src->rate_bps = p.rate_bps;
 	if (p.rate_bps > 0)
 		p.eta_s = (double)remaining * 4096.0 / p.rate_bps;
 	*last_bytes = p.bytes_sent;
@@ -434,6 +446,8 @@ static int run_job(struct source *src, enum job job, bool live,
 	uint64_t last_bytes = 0, last_ns = 0;
 	int ret;
 
+	if (job == JOB_ROUND)	/* each round's start, with its dirty set */
+		report(src, phase, remaining, &last_bytes, &last_ns);
 	pthread_mutex_lock(&src->lock);
 	src->job = job;
 	src->live = live;
@@ -541,8 +555,8 @@ static int map_dirty(struct source *src)
 static int round_trip(struct source *src, bool live, double *bps)
 {
 	uint64_t before = atomic_load(&src->bytes_sent), t0 = ferry_now_ns();
-	int ret = run_job(src, JOB_ROUND, live, FERRY_PHASE_PRECOPY,
-			  count_maps(src));
+	int ret = run_job(src, JOB_ROUND, live, live ? FERRY_PHASE_PRECOPY :
+			  FERRY_PHASE_SWITCHOVER, count_maps(src));
 	uint64_t ns = ferry_now_ns() - t0;
 
 	if (!ret && ns)
@@ -768,7 +782,9 @@ static int answer_request(struct source *src, struct sender *u,
 	for (uint32_t i = 0; i < req->count; i++) {
 		uint64_t p = (uint64_t)req->page + i;
 
-		migrate_bit_take(src->send_map[req->region], p);
+		if (migrate_bit_take(src->send_map[req->region], p))
+			atomic_fetch_add_explicit(&src->answered_owed, 1,
+						  memory_order_relaxed);
 		if (migrate_page_is_zero(source_view(r) + p * r->page_size,
 					 r->page_size))
 			u->zero_index[u->nr_zero++] = (uint32_t)p;
@@ -883,8 +899,7 @@ static int postcopy_push(struct source *src)
 		return ferry_fail(ret, "starting the urgent thread: %s",
 				  strerror(-ret));
 	src->urgent_started = true;
-	ret = run_job(src, JOB_PUSH, false, FERRY_PHASE_POSTCOPY,
-		      count_maps(src));
+	ret = run_job(src, JOB_PUSH, false, FERRY_PHASE_POSTCOPY, src->owed);
 	if (ret)	/* the urgent thread may sit in recv: wake it */
 		ferry_net_session_shutdown(src->session);
 	pthread_join(src->urgent_thread, NULL);
@@ -959,7 +974,13 @@ static int send_header(struct source *src)
  */
 static int arm_dirty(struct source *src)
 {
-	int ret = ferry_dirty_start(src->vm->mem, &src->dirty);
+	int ret;
+
+	if (src->opts->postcopy_at_once) {	/* no live pass to track */
+		src->dirty = NULL;
+		return 0;
+	}
+	ret = ferry_dirty_start(src->vm->mem, &src->dirty);
 
 	if (ret == -EOPNOTSUPP && src->opts->mode == FERRY_MODE_POSTCOPY) {
 		src->dirty = NULL;
@@ -1017,6 +1038,7 @@ static int switchover(struct source *src, enum ferry_mode mode, void *buf)
 	ferry_dirty_stop(src->dirty);
 	src->dirty = NULL;
 	if (mode == FERRY_MODE_POSTCOPY) {
+		src->owed = count_maps(src);
 		notify_progress(src, FERRY_PHASE_POSTCOPY);
 		ret = postcopy_push(src);
 		if (ret)
@@ -1105,6 +1127,9 @@ int ferry_migrate_send(const struct ferry_vm *vm,
 		ferry_migrate_opts_init(&defaults);
 		opts = &defaults;
 	}
+	if (opts->postcopy_at_once && opts->mode != FERRY_MODE_POSTCOPY)
+		return ferry_fail(-EINVAL, "postcopy_at_once needs mode "
+				  "postcopy, not %s", ferry_mode_name(opts->mode));
 	memset(stats, 0, sizeof(*stats));
 	src = calloc(1, sizeof(*src));
 	buf = sys_zalloc_aligned(4096, FERRY_WIRE_BUF_SIZE);

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 /* stats: latency histograms and the clock. */
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 
@@ -38,6 +39,18 @@ static uint64_t bucket_low(unsigned int b)
 	return (1ULL << top) | ((uint64_t)(b % FERRY_HIST_SUB) << (top - 3));
 }
 
+/*
+ * The bucket after b's smallest value; UINT64_MAX past the last bucket
+ * that values reach (the top octave's last, 495: buckets above it stay
+ * empty).
+ */
+#define LAST_BUCKET	((63u - 2u) * FERRY_HIST_SUB + FERRY_HIST_SUB - 1u)
+
+static uint64_t bucket_high(unsigned int b)
+{
+	return b < LAST_BUCKET ? bucket_low(b + 1) : UINT64_MAX;
+}
+
 void ferry_hist_record(struct ferry_hist *h, uint64_t v)
 {
 	uint_fast64_t old = atomic_load_explicit(&h->max,
@@ -61,6 +74,33 @@ uint64_t ferry_hist_max(const struct ferry_hist *h)
 	return atomic_load_explicit(&h->max, memory_order_relaxed);
 }
 
+uint64_t ferry_hist_bucket(const struct ferry_hist *h, unsigned int b,
+			   uint64_t *low, uint64_t *high)
+{
+	if (b > LAST_BUCKET) {
+		*low = *high = UINT64_MAX;
+		return 0;
+	}
+	*low = bucket_low(b);
+	*high = bucket_high(b);
+	return atomic_load_explicit(&h->count[b], memory_order_relaxed);
+}
+
+void ferry_hist_add(struct ferry_hist *dst, const struct ferry_hist *src)
+{
+	uint64_t max = ferry_hist_max(src);
+
+	for (unsigned int b = 0; b < FERRY_HIST_BUCKETS; b++)
+		atomic_fetch_add_explicit(&dst->count[b],
+			atomic_load_explicit(&src->count[b],
+					     memory_order_relaxed),
+			memory_order_relaxed);
+	atomic_fetch_add_explicit(&dst->total, ferry_hist_count(src),
+				  memory_order_relaxed);
+	if (max > ferry_hist_max(dst))
+		atomic_store_explicit(&dst->max, max, memory_order_relaxed);
+}
+
 uint64_t ferry_hist_percentile(const struct ferry_hist *h, double pct)
 {
 	uint64_t total = ferry_hist_count(h), seen = 0, rank;
@@ -81,7 +121,7 @@ uint64_t ferry_hist_percentile(const struct ferry_hist *h, double pct)
 		}
 		/* Interpolate inside the bucket, capped by the true max. */
 		low = bucket_low(b);
-		high = b + 1 < FERRY_HIST_BUCKETS ? bucket_low(b + 1) : low;
+		high = bucket_high(b);
 		low += (high - low) * (rank - seen) / (n + 1);
 		return low < ferry_hist_max(h) ? low : ferry_hist_max(h);
 	}

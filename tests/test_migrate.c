@@ -24,11 +24,18 @@ struct mig {
 	unsigned int vcpus, channels;
 	size_t mem;
 	unsigned int warmup_ms;
+	bool at_once;			/* postcopy_at_once */
 	enum ferry_backing backing;
 	/* what happened */
 	struct ferry_listener *listener;
 	struct ferry_guest_dest dd;
 	struct ferry_migrate_stats src_stats, dst_stats;
+	struct ferry_hist latency;	/* the destination's demand faults */
+	/* the source's progress calls: phases in order, and post-copy's */
+	enum ferry_phase last_phase;
+	unsigned int nr_progress, progress_disorder, nr_postcopy_progress;
+	uint64_t postcopy_remaining, postcopy_requested;
+	bool postcopy_backwards;
 	int dst_ret;
 	char dst_reason[512];
 };
@@ -37,16 +44,37 @@ static void *dest_main(void *arg)
 {
 	struct mig *m = arg;
 	struct ferry_session *s = NULL;
+	struct ferry_migrate_opts o;
 	struct ferry_vm vm;
 	int ret = ferry_net_accept(m->listener, 20000, &s);
 
+	ferry_migrate_opts_init(&o);
+	o.fault_latency = &m->latency;
 	if (!ret)
 		ret = ferry_migrate_recv(s, ferry_guest_dest_ops(), &m->dd,
-					 NULL, &vm, &m->dst_stats);
+					 &o, &vm, &m->dst_stats);
 	m->dst_ret = ret;
 	snprintf(m->dst_reason, sizeof(m->dst_reason), "%s", ferry_errmsg());
 	ferry_net_session_close(s);
 	return NULL;
+}
+
+/* Phases never go back; in post-copy, owed only shrinks, requests grow. */
+static void on_progress(const struct ferry_progress *p, void *arg)
+{
+	struct mig *m = arg;
+
+	if (m->nr_progress++ && p->phase < m->last_phase)
+		m->progress_disorder++;
+	m->last_phase = p->phase;
+	if (p->phase != FERRY_PHASE_POSTCOPY)
+		return;
+	if (m->nr_postcopy_progress++ &&
+	    (p->remaining > m->postcopy_remaining ||
+	     p->pages_requested < m->postcopy_requested))
+		m->postcopy_backwards = true;
+	m->postcopy_remaining = p->remaining;
+	m->postcopy_requested = p->pages_requested;
 }
 
 static void config(struct mig *m, struct ferry_guest_config *cfg)
@@ -118,6 +146,7 @@ static enum test_result migrate_once(struct test_ctx *ctx, struct mig *m)
 
 	m->backing = ctx->backing;
 	m->dd = (struct ferry_guest_dest){ .keep_backing = true };
+	ferry_hist_init(&m->latency);
 	config(m, &cfg);
 	CHECK_OK(ctx, ferry_guest_vm_create(&cfg, m->backing, m->mem, &src));
 	CHECK_OK(ctx, ferry_guest_start(src->guest));
@@ -127,6 +156,10 @@ static enum test_result migrate_once(struct test_ctx *ctx, struct mig *m)
 	CHECK_EQ(ctx, pthread_create(&dest, NULL, dest_main, m), 0);
 	ferry_migrate_opts_init(&o);
 	o.mode = m->mode;
+	o.progress = on_progress;
+	o.progress_arg = m;
+	o.progress_ms = 10;
+	o.postcopy_at_once = m->at_once;
 	ret = connect_and_send(m, src, &o);
 	pthread_join(dest, NULL);
 	ferry_net_listener_close(m->listener);
@@ -187,6 +220,73 @@ static enum test_result postcopy(struct test_ctx *ctx)
 		return res;
 	CHECK_EQ(ctx, m.src_stats.mode, FERRY_MODE_POSTCOPY);
 	CHECK_EQ(ctx, m.dst_stats.mode, FERRY_MODE_POSTCOPY);
+	/* The whole distribution is the one the percentiles came from. */
+	CHECK_EQ(ctx, ferry_hist_count(&m.latency) > 0,
+		 m.dst_stats.pages_requested > 0);
+	CHECK_EQ(ctx, ferry_hist_percentile(&m.latency, 50),
+		 m.dst_stats.fault_latency_p50_ns);
+	CHECK_EQ(ctx, ferry_hist_max(&m.latency),
+		 m.dst_stats.fault_latency_max_ns);
+	/* Progress: in order, and post-copy's counts move one way. */
+	CHECK_EQ(ctx, m.progress_disorder, 0);
+	CHECK_EQ(ctx, m.last_phase, FERRY_PHASE_DONE);
+	CHECK(ctx, m.nr_postcopy_progress > 0, "no post-copy progress call");
+	CHECK(ctx, !m.postcopy_backwards, "post-copy progress went backwards");
+	CHECK(ctx, m.postcopy_requested <= m.src_stats.pages_requested,
+	      "progress saw %llu requests, the source %llu in all",
+	      (unsigned long long)m.postcopy_requested,
+	      (unsigned long long)m.src_stats.pages_requested);
+	return TEST_PASS;
+}
+
+/*
+ * No live pass: nothing before the pause, every page that exists owed
+ * after it, and a good share of them the vCPUs ask for.
+ */
+static enum test_result postcopy_at_once(struct test_ctx *ctx)
+{
+	struct mig m = { .mode = FERRY_MODE_POSTCOPY, .workload = DIRTYING,
+			 .vcpus = 3, .channels = 2, .mem = 32 << 20,
+			 .warmup_ms = 100, .at_once = true };
+	enum test_result res = migrate_once(ctx, &m);
+
+	if (res != TEST_PASS)
+		return res;
+	CHECK_EQ(ctx, m.src_stats.mode, FERRY_MODE_POSTCOPY);
+	CHECK_EQ(ctx, m.src_stats.rounds, 0);
+	CHECK(ctx, m.src_stats.pages_pushed + m.src_stats.pages_requested > 0,
+	      "nothing owed after the pause");
+	CHECK_EQ(ctx, m.src_stats.pages_sent + m.src_stats.zero_pages,
+		 m.src_stats.pages_pushed + m.src_stats.pages_requested);
+	return TEST_PASS;
+}
+
+/* Only post-copy can skip the live pass; asked of hybrid, it is refused. */
+static enum test_result at_once_needs_postcopy(struct test_ctx *ctx)
+{
+	struct ferry_guest_config cfg;
+	struct ferry_migrate_opts o;
+	struct ferry_guest_vm *src;
+	struct mig m = { .workload = DIRTYING, .vcpus = 3, .channels = 1 };
+	pthread_t dest;
+	int ret;
+
+	config(&m, &cfg);
+	m.dd = (struct ferry_guest_dest){ .keep_backing = true };
+	CHECK_OK(ctx, ferry_guest_vm_create(&cfg, ctx->backing, 8 << 20,
+					    &src));
+	CHECK_OK(ctx, ferry_net_listener_open("127.0.0.1:0", NULL,
+					      &m.listener));
+	CHECK_EQ(ctx, pthread_create(&dest, NULL, dest_main, &m), 0);
+	ferry_migrate_opts_init(&o);
+	o.postcopy_at_once = true;
+	ret = connect_and_send(&m, src, &o);
+	pthread_join(dest, NULL);
+	ferry_net_listener_close(m.listener);
+	CHECK_EQ(ctx, ret, -EINVAL);
+	CHECK(ctx, m.dst_ret != 0, "the destination got a VM");
+	ferry_guest_vm_destroy(m.dd.gv);
+	ferry_guest_vm_destroy(src);
 	return TEST_PASS;
 }
 
@@ -196,7 +296,16 @@ static enum test_result hybrid(struct test_ctx *ctx)
 			 .vcpus = 3, .channels = 3, .mem = 32 << 20,
 			 .warmup_ms = 100 };
 
-	return migrate_once(ctx, &m);
+	enum test_result res = migrate_once(ctx, &m);
+
+	if (res != TEST_PASS)
+		return res;
+	CHECK_EQ(ctx, m.progress_disorder, 0);
+	CHECK_EQ(ctx, m.last_phase, FERRY_PHASE_DONE);
+	CHECK(ctx, m.nr_progress >= m.src_stats.rounds + 2,
+	      "%u progress calls for %u rounds", m.nr_progress,
+	      m.src_stats.rounds);
+	return TEST_PASS;
 }
 
 /* ---- two hosts: network namespaces joined by a shaped veth pair ---- */
@@ -551,6 +660,10 @@ static const struct test_case cases[] = {
 	{ "migrate_postcopy", postcopy, B_ALL, FERRY_UFFD_F_WP_ASYNC,
 	  NEED_UFFD_WP | NEED_PAGEMAP_SCAN | NEED_UFFD_MINOR |
 	  NEED_UFFD_MISSING, 64, 60 },
+	{ "migrate_postcopy_at_once", postcopy_at_once, B_ALL, 0,
+	  NEED_UFFD_MINOR | NEED_UFFD_MISSING, 64, 60 },
+	{ "migrate_postcopy_at_once_refused_in_hybrid", at_once_needs_postcopy,
+	  B_SHMEM, 0, 0, 8, 30 },
 	{ "migrate_hybrid", hybrid, B_ALL, FERRY_UFFD_F_WP_ASYNC,
 	  NEED_UFFD_WP | NEED_PAGEMAP_SCAN | NEED_UFFD_MINOR |
 	  NEED_UFFD_MISSING, 64, 60 },

@@ -31,6 +31,7 @@ struct mig_opts {
 	const char *workload;
 	double warmup_s;
 	enum ferry_mode mode;
+	bool at_once;
 	/* destination */
 	const char *listen;
 	bool backing_set;
@@ -217,7 +218,7 @@ static void usage_send(FILE *out)
 	fprintf(out,
 		"usage: ferry send --to ADDR:PORT [--mem SIZE] [--vcpus N]\n"
 		"                  [--workload SPEC] [--backing B] [--warmup S]\n"
-		"                  [--mode precopy|postcopy|hybrid]\n"
+		"                  [--mode precopy|postcopy|hybrid] [--at-once]\n"
 		"                  [--max-downtime MS] [--channels N] [--seed N]\n"
 		"                  [--json FILE] [--quiet]\n\n"
 		"Runs the built-in workload VM, then live-migrates it to a "
@@ -235,6 +236,10 @@ static void usage_send(FILE *out)
 		"  --mode M           precopy, postcopy or hybrid (default "
 		"hybrid: pre-copy,\n"
 		"                     then post-copy if it stops converging)\n"
+		"  --at-once          with --mode postcopy: no live pass; "
+		"pause at once, every\n"
+		"                     page comes after the resume (least "
+		"data, most faults)\n"
 		"  --max-downtime MS  pre-copy switches over when the rest "
 		"fits (default 50)\n"
 		"  --channels N       bulk channels, besides the urgent one "
@@ -280,6 +285,7 @@ static int parse_one(const char *cmd, int opt, const char *arg,
 	case 'j': o->json = arg; return 0;
 	case 'q': o->quiet = true; return 0;
 	case 'V': o->verify = true; return 0;
+	case 'A': o->at_once = true; return 0;
 	case 'm':
 		return cli_parse_size(arg, &o->mem_size) || !o->mem_size ?
 		       cli_bad(cmd, "--mem", arg, "want a size such as 1G") : 0;
@@ -317,6 +323,7 @@ static const struct option longopts[] = {
 	{ "warmup", required_argument, NULL, 'W' },
 	{ "mode", required_argument, NULL, 'M' },
 	{ "max-downtime", required_argument, NULL, 'D' },
+	{ "at-once", no_argument, NULL, 'A' },
 	{ "channels", required_argument, NULL, 'c' },
 	{ "seed", required_argument, NULL, 'S' },
 	{ "run", required_argument, NULL, 'r' },
@@ -353,6 +360,9 @@ static int parse_args(const char *cmd, const char *allowed, int argc,
 			 parse_ctx_one, &pc);
 	if (!ret && optind < argc)
 		return cli_bad(cmd, "argument", argv[optind], "unexpected");
+	if (!ret && o->at_once && o->mode != FERRY_MODE_POSTCOPY)
+		return cli_bad(cmd, "--at-once", ferry_mode_name(o->mode),
+			       "needs --mode postcopy");
 	return ret;
 }
 
@@ -471,6 +481,7 @@ static int send_one(const struct mig_opts *o, const char *to,
 	ferry_migrate_opts_init(&mo);
 	mo.mode = o->mode;
 	mo.max_downtime_ms = (unsigned int)o->max_downtime_ms;
+	mo.postcopy_at_once = o->at_once;
 	if (!o->quiet && isatty(STDERR_FILENO))
 		mo.progress = progress_line;
 	ret = ferry_net_connect(to, (unsigned int)o->channels, NULL, &s);
@@ -491,7 +502,7 @@ int cmd_send(int argc, char **argv)
 {
 	struct ferry_migrate_stats stats;
 	struct mig_opts o;
-	int ret = parse_args("send", "tmnwbWMDcSjq", argc, argv, &o,
+	int ret = parse_args("send", "tmnwbWMADcSjq", argc, argv, &o,
 			     usage_send);
 
 	if (ret)

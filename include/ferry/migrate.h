@@ -2,10 +2,12 @@
 #ifndef FERRY_MIGRATE_H
 #define FERRY_MIGRATE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "ferry/mem.h"
 #include "ferry/net.h"
+#include "ferry/stats.h"
 #include "ferry/vcpu.h"
 #include "ferry/wire.h"
 
@@ -67,7 +69,9 @@ struct ferry_progress {
 	unsigned int round;
 	uint64_t bytes_sent;	/* so far, all channels */
 	double rate_bps;	/* bytes per second over the last interval */
-	uint64_t remaining;	/* pages still to send: dirty or owed */
+	uint64_t remaining;	/* pages still to send: dirty at the start of
+				 * the round (pre-copy), owed now (post-copy) */
+	uint64_t pages_requested;	/* post-copy demand requests so far */
 	double eta_s;		/* remaining at rate_bps; < 0 when unknown */
 	uint64_t elapsed_ns;
 };
@@ -79,9 +83,26 @@ struct ferry_migrate_opts {
 	enum ferry_mode mode;		/* default HYBRID */
 	unsigned int max_downtime_ms;	/* pre-copy switchover budget: 50 */
 	unsigned int max_rounds;	/* pre-copy rounds at most: 30 */
-	ferry_progress_fn progress;	/* optional, called on ferry threads */
+	/*
+	 * POSTCOPY only: no live pass.  The vCPUs pause at once and every
+	 * page that exists comes after they resume at the destination: the
+	 * least data on the wire and the shortest time to resume, with the
+	 * most demand faults.  Off by default.
+	 */
+	bool postcopy_at_once;
+	ferry_progress_fn progress;	/* optional, called on the sending
+					 * thread: at each phase's and each
+					 * pre-copy round's start, and every
+					 * progress_ms meanwhile */
 	void *progress_arg;
 	unsigned int progress_ms;	/* between calls: 100 */
+	/*
+	 * Optional, destination: each post-copy demand fault's latency
+	 * (request to page in place, ns) is added here when the migration
+	 * ends, for a caller who wants the whole distribution rather than
+	 * the stats' percentiles.
+	 */
+	struct ferry_hist *fault_latency;
 };
 
 void ferry_migrate_opts_init(struct ferry_migrate_opts *opts);

@@ -29,6 +29,18 @@ uint64_t ferry_hist_percentile(const struct ferry_hist *h, double pct);
 uint64_t ferry_hist_count(const struct ferry_hist *h);
 uint64_t ferry_hist_max(const struct ferry_hist *h);
 
+/*
+ * Bucket b (0 .. FERRY_HIST_BUCKETS-1): its sample count, and the values
+ * it holds, [*low, *high) (the last bucket values reach ends at
+ * UINT64_MAX and holds it too; the unused ones above it are empty, with
+ * both bounds UINT64_MAX).  For printing the whole distribution.
+ */
+uint64_t ferry_hist_bucket(const struct ferry_hist *h, unsigned int b,
+			   uint64_t *low, uint64_t *high);
+
+/* Add src's samples to dst (neither may be recorded into meanwhile). */
+void ferry_hist_add(struct ferry_hist *dst, const struct ferry_hist *src);
+
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t ferry_now_ns(void);
 
