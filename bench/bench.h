@@ -257,12 +257,70 @@ static inline uint64_t bench_pct(const uint64_t *sorted, size_t n, double p)
 	return sorted[(rank > n ? n : rank) - 1];
 }
 
-/* <prefix>_us_p50 / _us_p99 / _us_max and _samples (sorts ns). */
+/*
+ * $FERRY_BENCH_OUT/<name><ext>, open for writing; NULL (nothing written)
+ * when the program runs outside bench/run, which sets FERRY_BENCH_OUT.
+ */
+static inline FILE *bench_out_file(const char *name, const char *ext)
+{
+	const char *dir = getenv("FERRY_BENCH_OUT");
+	char path[512];
+	FILE *f;
+
+	if (!dir || !*dir)
+		return NULL;
+	snprintf(path, sizeof(path), "%s/%s%s", dir, name, ext);
+	f = fopen(path, "we");
+	if (!f)
+		bench_die("writing %s: %s", path, strerror(errno));
+	return f;
+}
+
+/*
+ * A whole latency distribution, <name>.hist beside the figures: one line
+ * per non-empty bucket of the histogram, "<bucket's upper bound, us>
+ * <samples>", so the report can plot it (cumulatively).
+ */
+static inline void bench_write_hist(const char *name,
+				    const struct ferry_hist *h)
+{
+	FILE *f = ferry_hist_count(h) ? bench_out_file(name, ".hist") : NULL;
+	uint64_t low, high;
+
+	if (!f)
+		return;
+	fprintf(f, "# us_le samples (%llu in all, max %.2f us)\n",
+		(unsigned long long)ferry_hist_count(h),
+		(double)ferry_hist_max(h) / 1e3);
+	for (unsigned int b = 0; b < FERRY_HIST_BUCKETS; b++) {
+		uint64_t n = ferry_hist_bucket(h, b, &low, &high);
+
+		if (n)
+			fprintf(f, "%.3f %llu\n", (double)(high < ferry_hist_max(h) ?
+				high : ferry_hist_max(h)) / 1e3,
+				(unsigned long long)n);
+	}
+	fclose(f);
+}
+
+/*
+ * <prefix>_us_p50 / _us_p99 / _us_max and _samples (sorts ns); the
+ * distribution in <prefix>.hist.
+ */
 static inline void bench_put_latency(const char *prefix, uint64_t *ns,
 				     size_t n)
 {
+	struct ferry_hist *h = malloc(sizeof(*h));
+
 	if (!n)
 		bench_die("%s: no samples", prefix);
+	if (!h)
+		bench_die("%s: out of memory", prefix);
+	ferry_hist_init(h);
+	for (size_t i = 0; i < n; i++)
+		ferry_hist_record(h, ns[i]);
+	bench_write_hist(prefix, h);
+	free(h);
 	qsort(ns, n, sizeof(*ns), bench_cmp_u64);
 	bench_put(prefix, "us_p50", (double)bench_pct(ns, n, 50) / 1e3, 2);
 	bench_put(prefix, "us_p99", (double)bench_pct(ns, n, 99) / 1e3, 2);

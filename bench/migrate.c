@@ -608,13 +608,27 @@ struct mig_spec {
 				 * cells) before the vCPUs start */
 	uint64_t warm_writes;	/* run until the vCPUs wrote this many */
 	uint64_t warm_ns;	/* then on for this long, measuring */
+	bool at_once;		/* post-copy with no live pass */
+	const char *timeline;	/* record one: <timeline>.timeline, and
+				 * <timeline>_round<N>_* figures */
 };
+
+/* One progress call of the source, for the timeline. */
+struct tl_row {
+	uint64_t t_ns, bytes_sent, remaining_bytes, requests;
+	enum ferry_phase phase;
+	unsigned int round;
+};
+
+#define TL_ROWS		4096	/* 80 s at PROGRESS_MS */
+#define PROGRESS_MS	20
 
 /* What the destination child sends up its pipe. */
 struct dest_report {
 	int ret;
 	char reason[400];
 	struct ferry_migrate_stats stats;
+	struct ferry_hist latency;	/* its demand faults, each */
 	uint64_t mem_bytes;	/* allocated in its memfds after recv */
 	struct ferry_verify_report verify;
 };
@@ -630,6 +644,11 @@ struct mig_result {
 	struct ferry_faults src_faults;	/* this process during the send */
 	size_t page_size;	/* the guest's */
 	unsigned int port;	/* the destination's */
+	struct ferry_hist *latency;	/* the destination's demand faults */
+	struct ferry_guest *guest;	/* the source's */
+	uint64_t start_writes, switch_writes;	/* its writes, so far */
+	struct tl_row *tl;	/* the source's progress, when recorded */
+	size_t tl_n;
 };
 
 static uint64_t mem_allocated(const struct ferry_mem *mem)
@@ -654,11 +673,14 @@ static int dest_receive(struct ferry_listener *l, struct ferry_guest_dest *dd,
 			struct dest_report *rep)
 {
 	struct ferry_session *s = NULL;
+	struct ferry_migrate_opts o;
 	struct ferry_vm vm;
 	int ret = ferry_net_accept(l, ACCEPT_MS, &s);
 
+	ferry_migrate_opts_init(&o);
+	o.fault_latency = &rep->latency;
 	if (!ret)
-		ret = ferry_migrate_recv(s, ferry_guest_dest_ops(), dd, NULL,
+		ret = ferry_migrate_recv(s, ferry_guest_dest_ops(), dd, &o,
 					 &vm, &rep->stats);
 	if (ret)
 		snprintf(rep->reason, sizeof(rep->reason), "%s",
@@ -684,9 +706,10 @@ static int dest_verify(struct ferry_guest_dest *dd, struct dest_report *rep)
 static void dest_child(struct ferry_listener *l, int fd)
 {
 	struct ferry_guest_dest dd = { .keep_backing = true };
-	struct dest_report rep = { 0 };
+	static struct dest_report rep;
 	ssize_t n;
 
+	ferry_hist_init(&rep.latency);
 	bench_nr_restores = 0;	/* the parent's to put back, not ours */
 	signal(SIGALRM, SIG_DFL);
 	signal(SIGINT, SIG_DFL);
@@ -746,17 +769,27 @@ static uint64_t inflight_bytes(unsigned int port)
 	return bytes;
 }
 
-/* On ferry's main thread, before the pause and after the switchover. */
+static uint64_t guest_writes(struct ferry_guest *g);
+
+/* On ferry's sending thread: the pause, post-copy, and the timeline. */
 static void on_progress(const struct ferry_progress *p, void *arg)
 {
 	struct mig_result *res = arg;
 
-	if (p->phase == FERRY_PHASE_POSTCOPY)
+	if (res->tl && res->tl_n < TL_ROWS)
+		res->tl[res->tl_n++] = (struct tl_row){
+			.t_ns = p->elapsed_ns, .bytes_sent = p->bytes_sent,
+			.remaining_bytes = p->remaining * res->page_size,
+			.requests = p->pages_requested, .phase = p->phase,
+			.round = p->round };
+
+	if (p->phase == FERRY_PHASE_POSTCOPY && !res->postcopy_ns)
 		res->postcopy_ns = p->elapsed_ns;
-	if (p->phase != FERRY_PHASE_SWITCHOVER)
-		return;
+	if (p->phase != FERRY_PHASE_SWITCHOVER || res->switch_ns)
+		return;		/* the pause: the phase's first call */
 	res->switch_bytes = p->bytes_sent;
 	res->switch_ns = p->elapsed_ns;
+	res->switch_writes = guest_writes(res->guest);
 	res->inflight_bytes = inflight_bytes(res->port);
 }
 
@@ -832,10 +865,14 @@ static void source_send(const struct mig_spec *sp, const char *addr,
 	o.mode = sp->mode;
 	o.progress = on_progress;
 	o.progress_arg = res;
+	o.progress_ms = PROGRESS_MS;
+	o.postcopy_at_once = sp->at_once;
 	bench_check(ferry_net_connect(addr, sp->channels, NULL, &s),
 		    "connecting to the destination");
 	bench_check(ferry_faults_start(&res->src_faults, FERRY_FAULTS_PROCESS),
 		    "counting faults");
+	res->guest = gv->guest;
+	res->start_writes = guest_writes(gv->guest);
 	bench_check(ferry_migrate_send(&gv->vm, s, &o, &res->src),
 		    "migrating");
 	bench_check(ferry_faults_stop(&res->src_faults), "counting faults");
@@ -846,11 +883,17 @@ static void migrate_once(const struct mig_spec *sp, struct mig_result *res)
 {
 	struct ferry_listener *l;
 	struct ferry_guest_vm *gv;
-	struct dest_report rep;
+	static struct dest_report rep;
 	int fds[2];
 	pid_t child;
 
 	memset(res, 0, sizeof(*res));
+	res->page_size = ferry_backing_page_size(sp->backing);
+	if (sp->timeline) {
+		res->tl = calloc(TL_ROWS, sizeof(*res->tl));
+		if (!res->tl)
+			bench_die("timeline: out of memory");
+	}
 	bench_check(ferry_net_listener_open("127.0.0.1:0", NULL, &l),
 		    "listening on loopback");
 	if (pipe2(fds, O_CLOEXEC))
@@ -872,7 +915,11 @@ static void migrate_once(const struct mig_spec *sp, struct mig_result *res)
 	ferry_guest_vm_destroy(gv);
 	res->dst = rep.stats;
 	res->dest_mem_bytes = rep.mem_bytes;
-	res->page_size = ferry_backing_page_size(sp->backing);
+	res->latency = malloc(sizeof(*res->latency));
+	if (!res->latency)
+		bench_die("latency: out of memory");
+	ferry_hist_init(res->latency);
+	ferry_hist_add(res->latency, &rep.latency);
 }
 
 /* The repetitions of one figure; fewer when time has run out. */
@@ -891,6 +938,116 @@ static void migrate_reps(const struct mig_spec *sp, struct mig_set *set)
 			break;
 		migrate_once(sp, &set->res[set->n]);
 	}
+}
+
+/* ---- timelines and distributions ------------------------------------- */
+
+/* The repetition whose total time is the median: the one drawn. */
+static size_t median_rep(const struct mig_set *set)
+{
+	size_t best = 0;
+
+	for (size_t i = 0; i < set->n; i++) {
+		size_t below = 0;
+
+		for (size_t j = 0; j < set->n; j++)
+			below += set->res[j].src.total_ns <
+				 set->res[i].src.total_ns;
+		if (below == set->n / 2)
+			best = i;
+	}
+	return best;
+}
+
+/*
+ * Per pre-copy round of one migration, from its progress calls (one at
+ * each round's start): the dirty set the round set out to send, what it
+ * sent, how long it took.  <prefix>_round<N>_{dirty_mib,sent_mib,ms}.
+ */
+static void put_rounds(const char *prefix, const struct mig_result *r)
+{
+	for (size_t i = 0; i < r->tl_n; i++) {
+		const struct tl_row *a = &r->tl[i], *b = NULL;
+		char key[96];
+
+		/*
+		 * A round's start: its first call, or in the pause (pre-copy's
+		 * last round) the call with a dirty set after the pause's own.
+		 */
+		if (a->phase == FERRY_PHASE_SWITCHOVER) {
+			if (!a->remaining_bytes || (i && r->tl[i - 1].phase ==
+			    a->phase && r->tl[i - 1].remaining_bytes))
+				continue;
+		} else if (a->phase != FERRY_PHASE_PRECOPY ||
+			   (i && r->tl[i - 1].phase == a->phase &&
+			    r->tl[i - 1].round == a->round)) {
+			continue;
+		}
+		for (size_t j = i + 1; j < r->tl_n && !b; j++)
+			if (r->tl[j].phase != a->phase ||
+			    r->tl[j].round != a->round)
+				b = &r->tl[j];
+		if (!b)
+			break;
+		snprintf(key, sizeof(key), "%s_round%u", prefix, a->round);
+		bench_put(key, "dirty_mib",
+			  (double)a->remaining_bytes / BENCH_MIB, 1);
+		bench_put(key, "sent_mib",
+			  (double)(b->bytes_sent - a->bytes_sent) / BENCH_MIB, 1);
+		bench_put(key, "ms", (double)(b->t_ns - a->t_ns) / 1e6, 1);
+	}
+}
+
+/*
+ * <name>.timeline beside the figures (columns named in its header, as
+ * bench/report reads them), from the repetition of median total time; its
+ * rounds as figures; the destination's demand faults of every repetition
+ * as <prefix>.hist.  Then the set's memory goes.
+ */
+static void set_finish(const char *prefix, const struct mig_spec *sp,
+		       struct mig_set *set)
+{
+	size_t m = median_rep(set);
+	const struct mig_result *r = &set->res[m];
+	struct ferry_hist *all = malloc(sizeof(*all));
+	FILE *f = sp->timeline && r->tl_n ?
+		  bench_out_file(sp->timeline, ".timeline") : NULL;
+
+	if (sp->timeline && r->tl_n) {
+		bench_put(prefix, "timeline_rep", (double)m, 0);
+		put_rounds(prefix, r);
+	}
+	if (f) {
+		fprintf(f, "# ferry %s, %s, %llu MiB, %u channels, "
+			"repetition %zu of %zu (median total time)\n",
+			mode_keys[sp->mode], sp->workload,
+			(unsigned long long)(sp->mem_size / BENCH_MIB),
+			sp->channels, m + 1, set->n);
+		fprintf(f, "# t_ms phase round bytes_sent remaining_bytes "
+			"postcopy_requests\n");
+		if (r->src.mode == FERRY_MODE_POSTCOPY && r->switch_ns)
+			fprintf(f, "# switch_ms %.1f\n", r->switch_ns / 1e6);
+		for (size_t i = 0; i < r->tl_n; i++)
+			fprintf(f, "%.1f %s %u %llu %llu %llu\n",
+				r->tl[i].t_ns / 1e6,
+				ferry_phase_name(r->tl[i].phase),
+				r->tl[i].round,
+				(unsigned long long)r->tl[i].bytes_sent,
+				(unsigned long long)r->tl[i].remaining_bytes,
+				(unsigned long long)r->tl[i].requests);
+		fclose(f);
+	}
+	if (!all)
+		bench_die("latency: out of memory");
+	ferry_hist_init(all);
+	for (size_t i = 0; i < set->n; i++) {
+		ferry_hist_add(all, set->res[i].latency);
+		free(set->res[i].latency);
+		free(set->res[i].tl);
+	}
+	if (sp->timeline && sp->mode != FERRY_MODE_PRECOPY)
+		bench_write_hist(prefix, all);
+	free(all);
 }
 
 /* ---- printing a set of migrations ------------------------------------- */
@@ -1010,6 +1167,13 @@ static double f_dirty_gbps(const struct mig_result *r)
 	return r->dirty_gbps;
 }
 
+/* The vCPUs' write rate from the start to the pause. */
+static double f_live_dirty_gbps(const struct mig_result *r)
+{
+	return bench_gbps((r->switch_writes - r->start_writes) *
+			  FERRY_CELL_SIZE, r->switch_ns);
+}
+
 static void fields(const struct mig_set *set, mig_field_fn fn, double *vals)
 {
 	for (size_t rep = 0; rep < set->n; rep++)
@@ -1050,6 +1214,8 @@ static void run_precopy(enum ferry_backing b, unsigned int channels,
 	double gbps[REPS];
 	char prefix[64];
 
+	if (b == FERRY_BACKING_SHMEM && channels == 1)
+		sp.timeline = "ferry_precopy_idle_1g";
 	migrate_reps(&sp, &set);
 	snprintf(prefix, sizeof(prefix), "precopy_%s_x%u",
 		 ferry_backing_name(b), channels);
@@ -1067,6 +1233,9 @@ static void run_precopy(enum ferry_backing b, unsigned int channels,
 	snprintf(prefix, sizeof(prefix), "faults_per_page_precopy_%s_x%u",
 		 ferry_backing_name(b), channels);
 	put_field(prefix, NULL, &set, f_dst_faults_per_page, 5);
+	snprintf(prefix, sizeof(prefix), "precopy_%s_x%u",
+		 ferry_backing_name(b), channels);
+	set_finish(prefix, &sp, &set);
 }
 
 /* Pool pages for the migrations and limits of one backing, or a skip. */
@@ -1106,7 +1275,8 @@ static void run_sparse(double cold_gbps)
 	struct mig_spec sp = { .workload = "seqdirty,ws=256M,read=0",
 		.backing = FERRY_BACKING_SHMEM, .mem_size = SPARSE_MEM,
 		.channels = 2, .mode = FERRY_MODE_HYBRID,
-		.step_limit = cells / NR_VCPUS, .populate = SPARSE_TOUCHED };
+		.step_limit = cells / NR_VCPUS, .populate = SPARSE_TOUCHED,
+		.timeline = "ferry_hybrid_sparse_4g" };
 	/* The least it can take: the touched memory once, at the limit. */
 	double floor_ms = (double)SPARSE_TOUCHED / cold_gbps / 1e6;
 	struct mig_set set;
@@ -1125,6 +1295,7 @@ static void run_sparse(double cold_gbps)
 		  (double)SPARSE_TOUCHED / BENCH_MIB);
 	put_modes("sparse", &set);
 	put_verified("sparse", &set);
+	set_finish("sparse", &sp, &set);
 }
 
 /* ---- 3: post-copy downtime against guest size ------------------------- */
@@ -1151,6 +1322,7 @@ static void downtime_size(uint64_t gib, double *src_median)
 	put_field(prefix, "inflight_kib", &set, f_inflight_kib, 0);
 	put_field(prefix, "total_ms", &set, f_total_ms, 1);
 	put_verified(prefix, &set);
+	set_finish(prefix, &sp, &set);
 }
 
 static void run_downtime(void)
@@ -1172,7 +1344,8 @@ static void run_fault_latency(const struct floor *fl)
 	struct mig_spec sp = { .workload = "random,read=0",
 		.backing = FERRY_BACKING_SHMEM, .mem_size = LATENCY_MEM,
 		.channels = 2, .mode = FERRY_MODE_POSTCOPY,
-		.populate = LATENCY_MEM, .warm_ns = 300 * 1000000ULL };
+		.populate = LATENCY_MEM, .warm_ns = 300 * 1000000ULL,
+		.at_once = true, .timeline = "ferry_postcopy_random_1g" };
 	struct mig_set set;
 	double vals[REPS];
 
@@ -1196,6 +1369,7 @@ static void run_fault_latency(const struct floor *fl)
 	put_field("faults_per_page_postcopy_shmem", NULL, &set,
 		  f_dst_faults_per_page, 5);
 	put_verified("fault_latency", &set);
+	set_finish("fault_latency", &sp, &set);
 }
 
 /* ---- 6: huge mappings after post-copy on THP -------------------------- */
@@ -1216,6 +1390,7 @@ static void run_thp(void)
 	put_field("faults_per_page_postcopy_thp", NULL, &set,
 		  f_dst_faults_per_page, 5);
 	put_verified("thp_postcopy", &set);
+	set_finish("thp_postcopy", &sp, &set);
 }
 
 /* ---- 7: hybrid, a 1 GiB guest dirtying as fast as it can -------------- */
@@ -1225,7 +1400,8 @@ static void run_hybrid(double cold_gbps)
 	struct mig_spec sp = { .workload = "random,read=0",
 		.backing = FERRY_BACKING_SHMEM, .mem_size = HYBRID_MEM,
 		.channels = 2, .mode = FERRY_MODE_HYBRID,
-		.populate = HYBRID_MEM, .warm_ns = 500 * 1000000ULL };
+		.populate = HYBRID_MEM, .warm_ns = 500 * 1000000ULL,
+		.timeline = "ferry_hybrid_dirty_1g" };
 	/* The guest's memory sent once at the cold chain's rate. */
 	double once_ms = (double)HYBRID_MEM / cold_gbps / 1e6;
 	struct mig_set set;
@@ -1241,7 +1417,9 @@ static void run_hybrid(double cold_gbps)
 	put_field("hybrid", "downtime_dst_ms", &set, f_dst_downtime_ms, 2);
 	put_field("hybrid", "inflight_kib", &set, f_inflight_kib, 0);
 	put_field("hybrid", "dirty_gbps", &set, f_dirty_gbps, 2);
+	put_field("hybrid", "dirty_live_gbps", &set, f_live_dirty_gbps, 2);
 	put_verified("hybrid", &set);
+	set_finish("hybrid", &sp, &set);
 }
 
 /*
