@@ -112,19 +112,14 @@ static size_t mark_found(const struct ferry_region *r,
 	return newly;
 }
 
-ssize_t ferry_dirty_collect(struct ferry_dirty *d, unsigned int idx,
-			    uint64_t *bitmap)
+/* Walk [start, end) of the guest view, marking what was written. */
+static ssize_t collect_range(struct ferry_dirty *d, struct ferry_region *r,
+			     uint64_t start, uint64_t end, uint64_t *bitmap)
 {
-	struct ferry_region *r;
-	uint64_t start, end, walk_end;
+	uint64_t walk_end;
 	size_t newly = 0;
 	int n;
 
-	if (idx >= d->mem->nr_regions)
-		return ferry_fail(-EINVAL, "no region %u", idx);
-	r = &d->mem->regions[idx];
-	start = (uintptr_t)r->guest;
-	end = start + r->size;
 	while (start < end) {
 		n = scan_once(d, start, end, &walk_end);
 		if (n < 0)
@@ -137,6 +132,43 @@ ssize_t ferry_dirty_collect(struct ferry_dirty *d, unsigned int idx,
 		start = walk_end;
 	}
 	return (ssize_t)newly;
+}
+
+/*
+ * A page written through a shared shmem view exists in the memfd, so on
+ * shmem only the memfd's data extents (SEEK_DATA / SEEK_HOLE) need a walk:
+ * the cost follows the memory the guest uses, not its size.  A write into
+ * a hole after its extent was looked up stays marked and is found by the
+ * next collect (the last one runs with the vCPUs paused).  hugetlbfs has
+ * no SEEK_DATA (and 512 times fewer entries to walk); a private view's
+ * writes land in anonymous memory, not in the memfd: both walk it all.
+ */
+ssize_t ferry_dirty_collect(struct ferry_dirty *d, unsigned int idx,
+			    uint64_t *bitmap)
+{
+	struct ferry_region *r;
+	off_t data, hole = 0;
+	ssize_t n, newly = 0;
+	int ret;
+
+	if (idx >= d->mem->nr_regions)
+		return ferry_fail(-EINVAL, "no region %u", idx);
+	r = &d->mem->regions[idx];
+	if (r->backing == FERRY_BACKING_HUGETLB || r->private_view)
+		return collect_range(d, r, (uintptr_t)r->guest,
+				     (uintptr_t)r->guest + r->size, bitmap);
+	while ((ret = sys_next_data(r->memfd, hole, (off_t)r->size, &data,
+				    &hole)) > 0) {
+		n = collect_range(d, r, (uintptr_t)r->guest + (uint64_t)data,
+				  (uintptr_t)r->guest + (uint64_t)hole, bitmap);
+		if (n < 0)
+			return n;
+		newly += n;
+	}
+	if (ret < 0)
+		return ferry_fail(ret, "SEEK_DATA/SEEK_HOLE: %s",
+				  strerror(-ret));
+	return newly;
 }
 
 void ferry_dirty_stop(struct ferry_dirty *d)

@@ -479,28 +479,18 @@ static size_t set_bits(uint64_t *bitmap, size_t first, size_t count)
 
 static ssize_t populated_seek(const struct ferry_region *r, uint64_t *bitmap)
 {
-	off_t size = (off_t)r->size, data, hole = 0;
+	off_t data, hole = 0;
 	size_t n = 0;
+	int ret;
 
-	for (;;) {
-		data = lseek(r->memfd, hole, SEEK_DATA);
-		if (data < 0 && errno == ENXIO)
-			break;		/* no data after `hole` */
-		if (data < 0)
-			return ferry_fail(-errno, "SEEK_DATA: %s",
-					  strerror(errno));
-		if (data >= size)
-			break;
-		hole = lseek(r->memfd, data, SEEK_HOLE);
-		if (hole < 0)
-			return ferry_fail(-errno, "SEEK_HOLE: %s",
-					  strerror(errno));
-		if (hole > size)
-			hole = size;
+	while ((ret = sys_next_data(r->memfd, hole, (off_t)r->size, &data,
+				    &hole)) > 0)
 		n += set_bits(bitmap, (size_t)data / r->page_size,
 			      (size_t)(hole - data + (off_t)r->page_size - 1) /
 			      r->page_size);
-	}
+	if (ret < 0)
+		return ferry_fail(ret, "SEEK_DATA/SEEK_HOLE: %s",
+				  strerror(-ret));
 	return (ssize_t)n;
 }
 

@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MIT
 /* sys: small-file helpers for procfs and sysfs. */
+#include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "sys.h"
 
@@ -95,4 +97,19 @@ int sys_read_long(const char *path, long *value)
 	if (end == buf || errno)
 		return -EINVAL;
 	return 0;
+}
+
+int sys_next_data(int fd, off_t from, off_t limit, off_t *data, off_t *hole)
+{
+	*data = lseek(fd, from, SEEK_DATA);
+	if ((*data < 0 && errno == ENXIO) || *data >= limit)
+		return 0;
+	if (*data < 0)
+		return -errno;
+	*hole = lseek(fd, *data, SEEK_HOLE);
+	if (*hole < 0)
+		return -errno;
+	if (*hole > limit)
+		*hole = limit;
+	return 1;
 }

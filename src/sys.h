@@ -120,6 +120,13 @@ enum sys_boost { SYS_BOOST_BULK = -5, SYS_BOOST_URGENT = -15 };
 void sys_thread_boost(enum sys_boost level);
 
 /* Read a whole small file (sysfs, procfs) into buf, NUL-terminated. */
+/*
+ * The next data extent of a file at or after `from`, cut at `limit`:
+ * [*data, *hole).  1 when there is one, 0 when only holes are left,
+ * -errno (SEEK_DATA / SEEK_HOLE refused) otherwise.
+ */
+int sys_next_data(int fd, off_t from, off_t limit, off_t *data, off_t *hole);
+
 ssize_t sys_read_file(const char *path, char *buf, size_t len);
 
 /* Write a string to a small file (a sysctl). */

@@ -49,6 +49,13 @@ static enum test_result written_pages_exactly(struct test_ctx *ctx)
 	/* Writes through the alias are ferry's own: never reported. */
 	r->alias[r->page_size] = 4;
 	CHECK_EQ(ctx, collect(d, map, n), 0);
+	/* The guest's next write to it is, like a write into a hole far
+	 * from any page that exists. */
+	r->guest[r->page_size + 5] = 5;
+	r->guest[5 * r->page_size] = 6;	/* odd, not a third */
+	CHECK_EQ(ctx, collect(d, map, n), 2);
+	CHECK(ctx, bitmap_test(map, 1) && bitmap_test(map, 5),
+	      "writes after the alias's, or into a lone hole, not reported");
 	ferry_dirty_stop(d);
 	free(map);
 	ferry_mem_destroy(mem);
