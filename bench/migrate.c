@@ -1162,6 +1162,11 @@ static double f_pmd_pct(const struct mig_result *r)
 				    (double)r->dst.guest_bytes : 0;
 }
 
+static double f_sent_mib(const struct mig_result *r)
+{
+	return (double)r->src.bytes_sent / BENCH_MIB;
+}
+
 static double f_dirty_gbps(const struct mig_result *r)
 {
 	return r->dirty_gbps;
@@ -1224,6 +1229,7 @@ static void run_precopy(enum ferry_backing b, unsigned int channels,
 	put_ratio(prefix, "ratio_limit", gbps, set.n, lim->precopy_gbps);
 	put_ratio(prefix, "ratio_cold", gbps, set.n, lim->cold_gbps);
 	put_field(prefix, "total_ms", &set, f_total_ms, 1);
+	put_field(prefix, "sent_mib", &set, f_sent_mib, 1);
 	put_field(prefix, "downtime_ms", &set, f_src_downtime_ms, 2);
 	put_field(prefix, "inflight_kib", &set, f_inflight_kib, 0);
 	put_field(prefix, "rounds", &set, f_rounds, 0);
@@ -1293,6 +1299,7 @@ static void run_sparse(double cold_gbps)
 	put_spread("sparse", "dest_mem_mib", vals, set.n, 1);
 	put_ratio("sparse", "dest_mem_ratio_touched", vals, set.n,
 		  (double)SPARSE_TOUCHED / BENCH_MIB);
+	put_field("sparse", "sent_mib", &set, f_sent_mib, 1);
 	put_modes("sparse", &set);
 	put_verified("sparse", &set);
 	set_finish("sparse", &sp, &set);
@@ -1364,6 +1371,7 @@ static void run_fault_latency(const struct floor *fl)
 	put_field("fault_latency", "samples", &set, f_requested, 0);
 	put_field("fault_latency", "pushed", &set, f_pushed, 0);
 	put_field("fault_latency", "total_ms", &set, f_total_ms, 1);
+	put_field("fault_latency", "sent_mib", &set, f_sent_mib, 1);
 	put_field("fault_latency", "live_ms", &set, f_live_ms, 1);
 	put_field("fault_latency", "postcopy_ms", &set, f_postcopy_ms, 1);
 	put_field("faults_per_page_postcopy_shmem", NULL, &set,
@@ -1411,6 +1419,7 @@ static void run_hybrid(double cold_gbps)
 	fields(&set, f_total_ms, vals);
 	put_spread("hybrid", "total_ms", vals, set.n, 1);
 	put_ratio("hybrid", "total_ratio_cold", vals, set.n, once_ms);
+	put_field("hybrid", "sent_mib", &set, f_sent_mib, 1);
 	put_modes("hybrid", &set);
 	put_field("hybrid", "rounds", &set, f_rounds, 0);
 	put_field("hybrid", "downtime_src_ms", &set, f_src_downtime_ms, 2);
