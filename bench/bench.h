@@ -247,6 +247,26 @@ static inline void bench_put_spread(const char *prefix, const char *unit,
 	bench_put(key, "max", vals[n - 1], 2);
 }
 
+/*
+ * The post-copy floor's page server answers a 4 KiB page carrying
+ * offset ^ BENCH_PAGE_MAGIC in its first word; every page the vCPU read
+ * must hold that, not the stale copy.
+ */
+#define BENCH_PAGE_MAGIC	0x6665727279706731ULL
+
+static inline void bench_floor_verify(const struct ferry_region *r,
+				      size_t nr_pages)
+{
+	for (size_t i = 0; i < nr_pages; i++) {
+		uint64_t word;
+
+		memcpy(&word, r->guest + i * 4096, sizeof(word));
+		if ((word ^ BENCH_PAGE_MAGIC) != i * 4096)
+			bench_die("post-copy floor: page %zu holds stale data",
+				  i);
+	}
+}
+
 /* Nearest-rank percentile of sorted samples. */
 static inline uint64_t bench_pct(const uint64_t *sorted, size_t n, double p)
 {

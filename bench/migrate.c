@@ -58,7 +58,6 @@
 #define FLOOR_SIZE	(64 * BENCH_MIB)
 #define FLOOR_BUDGET_NS	(3 * BENCH_NSEC)
 #define REQUEST_SIZE	64
-#define PAGE_MAGIC	0x6665727279706731ULL
 
 /* The migrations. */
 #define PRECOPY_MEM	BENCH_GIB
@@ -456,7 +455,7 @@ static void *page_server(void *arg)
 	bench_fill_pattern(reply, sizeof(reply), 7);
 	while (!read_full(fd, request, sizeof(request))) {
 		memcpy(&offset, request, sizeof(offset));
-		offset ^= PAGE_MAGIC;
+		offset ^= BENCH_PAGE_MAGIC;
 		memcpy(reply, &offset, sizeof(offset));
 		if (write_full(fd, reply, sizeof(reply)))
 			break;
@@ -504,18 +503,6 @@ static int resolve_fetch(struct bench_fault_server *srv, uint8_t *page)
 	return n == PAGE_4K ? 0 : -EIO;
 }
 
-static void floor_verify(const struct ferry_region *r, size_t nr_pages)
-{
-	for (size_t i = 0; i < nr_pages; i++) {
-		uint64_t word;
-
-		memcpy(&word, r->guest + i * PAGE_4K, sizeof(word));
-		if ((word ^ PAGE_MAGIC) != i * PAGE_4K)
-			bench_die("post-copy floor: page %zu holds stale data",
-				  i);
-	}
-}
-
 static size_t floor_sample(struct ferry_uffd *uffd, struct fetcher *f,
 			   uint64_t *access_ns)
 {
@@ -536,7 +523,7 @@ static size_t floor_sample(struct ferry_uffd *uffd, struct fetcher *f,
 	n = bench_touch_timed(r->guest, r->page_size, r->nr_pages, access_ns,
 			      bench_now_ns() + FLOOR_BUDGET_NS);
 	bench_fault_server_stop(&srv);
-	floor_verify(r, n);
+	bench_floor_verify(r, n);
 	return n;
 }
 

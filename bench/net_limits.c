@@ -27,8 +27,6 @@
 
 #define REQUEST_SIZE	64
 #define REPLY_SIZE	4096
-/* Marks a page that came from the source. */
-#define PAGE_MAGIC	0x6665727279706731ULL
 
 #define FLOOR_SIZE	(64 * BENCH_MIB)
 #define FLOOR_BUDGET_NS	(4 * BENCH_NSEC)
@@ -223,7 +221,8 @@ static void run_streams(void)
 
 /*
  * The "source": answers each 64-byte request (a page offset in its first
- * 8 bytes) with a 4 KiB page that carries offset ^ PAGE_MAGIC, until EOF.
+ * 8 bytes) with a 4 KiB page that carries offset ^ BENCH_PAGE_MAGIC, until
+ * EOF.
  */
 static void *page_server(void *arg)
 {
@@ -234,7 +233,7 @@ static void *page_server(void *arg)
 	bench_fill_pattern(reply, sizeof(reply), 7);
 	while (!read_full(fd, request, sizeof(request))) {
 		memcpy(&offset, request, sizeof(offset));
-		offset ^= PAGE_MAGIC;
+		offset ^= BENCH_PAGE_MAGIC;
 		memcpy(reply, &offset, sizeof(offset));
 		if (write_full(fd, reply, sizeof(reply)))
 			break;
@@ -314,19 +313,6 @@ static int resolve_fetch(struct bench_fault_server *srv, uint8_t *page)
 	return n == REPLY_SIZE ? 0 : -EIO;
 }
 
-/* Every page the vCPU read must hold what the source sent, not the old. */
-static void floor_verify(const struct ferry_region *r, size_t nr_pages)
-{
-	for (size_t i = 0; i < nr_pages; i++) {
-		uint64_t word;
-
-		memcpy(&word, r->guest + i * REPLY_SIZE, sizeof(word));
-		if ((word ^ PAGE_MAGIC) != i * REPLY_SIZE)
-			bench_die("post-copy floor: page %zu holds stale data",
-				  i);
-	}
-}
-
 static size_t floor_sample(struct ferry_uffd *uffd, struct fetcher *f,
 			   uint64_t *ns)
 {
@@ -347,7 +333,7 @@ static size_t floor_sample(struct ferry_uffd *uffd, struct fetcher *f,
 	n = bench_touch_timed(r->guest, r->page_size, r->nr_pages, ns,
 			      bench_now_ns() + FLOOR_BUDGET_NS);
 	bench_fault_server_stop(&srv);
-	floor_verify(r, n);
+	bench_floor_verify(r, n);
 	return n;
 }
 
