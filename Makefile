@@ -12,8 +12,7 @@ VERSION := 0.1.0
 
 CC      ?= cc
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -pthread \
-	   -Iinclude -Isrc -MMD -MP
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -pthread -MMD -MP
 LDLIBS  += -lxxhash -pthread -lm
 ifeq ($(SANITIZE),1)
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer
@@ -26,14 +25,26 @@ else
 Q := @
 endif
 
+# Who may include what; includes point down only:
+#   src/ (the engine)      its own headers, the public API, common/
+#   vm/, workload/         the public API and the VMs' own public headers
+#   tools/                 the public API and the VMs' public headers
+#   tests/, bench/, fuzz/  anything
+ENGINE_INC := -Iinclude -Isrc -Icommon
+VM_INC     := -Iinclude -Ivm/include -Icommon -Iworkload -Isrc
+TOOL_INC   := -Iinclude -Ivm/include
+TEST_INC   := -Iinclude -Ivm/include -Isrc -Icommon -Iworkload -Ivm/builtin
+
 O := build
-LIB_SRC   := $(sort $(wildcard src/*.c))
+LIB_SRC   := $(sort $(wildcard src/*/*.c))
+VM_SRC    := $(sort $(wildcard vm/*/*.c workload/*.c))
 TOOL_SRC  := $(sort $(wildcard tools/*.c))
 TEST_SRC  := $(sort $(wildcard tests/*.c))
 BENCH_SRC := $(sort $(wildcard bench/*.c))
 
 LIB_OBJ   := $(LIB_SRC:%.c=$(O)/%.o)
 PIC_OBJ   := $(LIB_SRC:%.c=$(O)/pic/%.o)
+VM_OBJ    := $(VM_SRC:%.c=$(O)/%.o)
 TOOL_OBJ  := $(TOOL_SRC:%.c=$(O)/%.o)
 TEST_OBJ  := $(TEST_SRC:%.c=$(O)/%.o)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(O)/bench/%)
@@ -41,22 +52,47 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(O)/bench/%)
 STATIC := $(O)/libferry.a
 SHARED := $(O)/libferry.so.$(VERSION)
 SONAME := libferry.so.0
+VMLIB  := $(O)/libferry-vm.a
 TOOL   := $(O)/ferry
 TESTS  := $(O)/tests/run
 
-all: $(STATIC) $(SHARED) $(TOOL) $(TESTS)
+all: $(STATIC) $(SHARED) $(VMLIB) $(TOOL) $(TESTS)
 
-$(O)/%.o: %.c
+$(O)/src/%.o: src/%.c
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC      $<")
-	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+	$(Q)$(CC) $(CFLAGS) $(ENGINE_INC) -c -o $@ $<
 
-$(O)/pic/%.o: %.c
+$(O)/pic/src/%.o: src/%.c
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC [pic] $<")
-	$(Q)$(CC) $(CFLAGS) -fPIC -c -o $@ $<
+	$(Q)$(CC) $(CFLAGS) $(ENGINE_INC) -fPIC -c -o $@ $<
+
+$(O)/vm/%.o: vm/%.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) $(VM_INC) -c -o $@ $<
+
+$(O)/workload/%.o: workload/%.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) $(VM_INC) -c -o $@ $<
+
+$(O)/tools/%.o: tools/%.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) $(TOOL_INC) -c -o $@ $<
+
+$(O)/tests/%.o: tests/%.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) $(TEST_INC) -c -o $@ $<
 
 $(STATIC): $(LIB_OBJ)
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(VMLIB): $(VM_OBJ)
 	@$(if $(Q),echo "  AR      $@")
 	$(Q)rm -f $@ && ar rcs $@ $^
 
@@ -66,18 +102,18 @@ $(SHARED): $(PIC_OBJ)
 	$(Q)ln -sf libferry.so.$(VERSION) $(O)/$(SONAME)
 	$(Q)ln -sf $(SONAME) $(O)/libferry.so
 
-$(TOOL): $(TOOL_OBJ) $(STATIC)
+$(TOOL): $(TOOL_OBJ) $(VMLIB) $(STATIC)
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(STATIC) $(LDLIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(VMLIB) $(STATIC) $(LDLIBS)
 
-$(TESTS): $(TEST_OBJ) $(STATIC)
+$(TESTS): $(TEST_OBJ) $(VMLIB) $(STATIC)
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) $(LDFLAGS) -o $@ $(TEST_OBJ) $(STATIC) $(LDLIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(TEST_OBJ) $(VMLIB) $(STATIC) $(LDLIBS)
 
-$(O)/bench/%: bench/%.c $(STATIC) bench/bench.h
+$(O)/bench/%: bench/%.c $(VMLIB) $(STATIC) bench/bench.h
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) $(CFLAGS) -Ibench $(LDFLAGS) -o $@ $< $(STATIC) $(LDLIBS)
+	$(Q)$(CC) $(CFLAGS) $(TOOL_INC) -Ibench $(LDFLAGS) -o $@ $< $(VMLIB) $(STATIC) $(LDLIBS)
 
 # Installs the Debian packages ferry needs (only those missing).
 deps:
@@ -111,9 +147,11 @@ $(O)/ferry.pc: ferry.pc.in FORCE
 
 install: all $(O)/ferry.pc
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR)/ferry \
-		$(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(PCDIR)
+		$(DESTDIR)$(INCDIR)/ferry-vm $(DESTDIR)$(BINDIR) \
+		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(PCDIR)
 	install -m 644 include/ferry/*.h $(DESTDIR)$(INCDIR)/ferry/
-	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
+	install -m 644 vm/include/ferry-vm/*.h $(DESTDIR)$(INCDIR)/ferry-vm/
+	install -m 644 $(STATIC) $(VMLIB) $(DESTDIR)$(LIBDIR)/
 	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
 	ln -sf libferry.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libferry.so

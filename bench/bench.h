@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "ferry/ferry.h"
+#include "ferry-vm/guest_vm.h"
 
 #ifndef MADV_POPULATE_WRITE
 /* Linux 5.14; older uapi headers lack it. */

@@ -165,7 +165,7 @@ static const char *const install_names[NR_INSTALL] = {
 /* What the repetitions of one (method, variant) add up to. */
 struct install_result {
 	double gbps[INSTALL_REPS];
-	struct ferry_faults faults;	/* summed deltas */
+	struct ferry_pagefaults faults;	/* summed deltas */
 	long long huge_kib;	/* file pages that are huge, last rep */
 	long long pmd_kib;	/* ...mapped by PMD in the guest view */
 };
@@ -207,7 +207,7 @@ static int install(enum install_method m, struct ferry_region *r,
 	return 0;
 }
 
-static void faults_add(struct ferry_faults *sum, const struct ferry_faults *f)
+static void faults_add(struct ferry_pagefaults *sum, const struct ferry_pagefaults *f)
 {
 	sum->minor += f->minor;
 	sum->major += f->major;
@@ -221,16 +221,16 @@ static int install_once(enum install_method m, const struct variant *v,
 	struct ferry_region *r;
 	struct ferry_mem *mem = region_create(v->backing, INSTALL_SIZE, &r);
 	long long huge_before = shmem_huge_kib();
-	struct ferry_faults f;
+	struct ferry_pagefaults f;
 	uint64_t t0;
 	int ret;
 
-	bench_check(ferry_faults_start(&f, FERRY_FAULTS_THREAD),
+	bench_check(ferry_pagefaults_start(&f, FERRY_PAGEFAULTS_THREAD),
 		    "counting faults");
 	t0 = bench_now_ns();
 	ret = install(m, r, src);
 	res->gbps[rep] = bench_gbps(r->size, bench_now_ns() - t0);
-	bench_check(ferry_faults_stop(&f), "counting faults");
+	bench_check(ferry_pagefaults_stop(&f), "counting faults");
 	faults_add(&res->faults, &f);
 	res->huge_kib = shmem_huge_kib() - huge_before;
 	res->pmd_kib = pmd_mapped_kib(r->guest);
@@ -249,9 +249,9 @@ static void install_print(enum install_method m, const struct variant *v,
 		 v->label);
 	bench_put_spread(prefix, "gbps", res->gbps, INSTALL_REPS);
 	bench_put(prefix, "faults_per_4k",
-		  ferry_faults_per_page(&res->faults, bytes / PAGE_4K), 4);
+		  ferry_pagefaults_per_page(&res->faults, bytes / PAGE_4K), 4);
 	bench_put(prefix, "faults_per_page",
-		  ferry_faults_per_page(&res->faults, bytes / page), 4);
+		  ferry_pagefaults_per_page(&res->faults, bytes / page), 4);
 	bench_put(prefix, "pgfault_per_4k",
 		  (double)res->faults.vmstat_pgfault /
 		  (double)(bytes / PAGE_4K), 4);

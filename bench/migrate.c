@@ -30,7 +30,7 @@
 #include <sys/wait.h>
 
 #include "bench.h"
-#include "ferry/guest_vm.h"
+#include "ferry-vm/guest_vm.h"
 #include "ferry/migrate.h"
 
 #define WATCHDOG_S	270	/* bench/run stops a program at 300 s */
@@ -628,7 +628,7 @@ struct mig_result {
 	double dirty_gbps;	/* the vCPUs' write rate before migrating */
 	uint64_t dest_mem_bytes;
 	uint64_t inflight_bytes;	/* queued in the connections at the pause */
-	struct ferry_faults src_faults;	/* this process during the send */
+	struct ferry_pagefaults src_faults;	/* this process during the send */
 	size_t page_size;	/* the guest's */
 	unsigned int port;	/* the destination's */
 	struct ferry_hist *latency;	/* the destination's demand faults */
@@ -856,13 +856,13 @@ static void source_send(const struct mig_spec *sp, const char *addr,
 	o.postcopy_at_once = sp->at_once;
 	bench_check(ferry_net_connect(addr, sp->channels, NULL, &s),
 		    "connecting to the destination");
-	bench_check(ferry_faults_start(&res->src_faults, FERRY_FAULTS_PROCESS),
+	bench_check(ferry_pagefaults_start(&res->src_faults, FERRY_PAGEFAULTS_PROCESS),
 		    "counting faults");
 	res->guest = gv->guest;
 	res->start_writes = guest_writes(gv->guest);
 	bench_check(ferry_migrate_send(&gv->vm, s, &o, &res->src),
 		    "migrating");
-	bench_check(ferry_faults_stop(&res->src_faults), "counting faults");
+	bench_check(ferry_pagefaults_stop(&res->src_faults), "counting faults");
 	ferry_net_session_close(s);
 }
 
@@ -1104,7 +1104,7 @@ static double f_src_faults_per_page(const struct mig_result *r)
 {
 	uint64_t sent = r->src.pages_sent + r->src.zero_pages;
 
-	return ferry_faults_per_page(&r->src_faults,
+	return ferry_pagefaults_per_page(&r->src_faults,
 				     sent * (r->page_size / PAGE_4K));
 }
 

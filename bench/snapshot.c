@@ -61,7 +61,7 @@
 #include <linux/magic.h>
 
 #include "bench.h"
-#include "ferry/guest_vm.h"
+#include "ferry-vm/guest_vm.h"
 #include "ferry/snapshot.h"
 
 #define BIG_SIZE	(4 * BENCH_GIB)

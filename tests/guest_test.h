@@ -7,7 +7,7 @@
  * test_verify.c): a VM on a fresh memory of the case's backing, run to a
  * step limit, checked.
  */
-#include "ferry/guest.h"
+#include "ferry-vm/guest.h"
 #include "test.h"
 
 /* Pass a helper's failure or skip up to the case. */

@@ -2,7 +2,7 @@
 /* dirty: exactly the written pages come back, and are protected again. */
 #include <stdlib.h>
 
-#include "bitmap.h"
+#include "base/bitmap.h"
 #include "ferry/dirty.h"
 #include "test.h"
 

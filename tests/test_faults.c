@@ -7,7 +7,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "ferry/faults.h"
+#include "ferry/pagefaults.h"
 #include "test.h"
 
 /*
@@ -17,7 +17,7 @@
  */
 static enum test_result one_fault_per_first_write(struct test_ctx *ctx)
 {
-	struct ferry_faults f;
+	struct ferry_pagefaults f;
 	struct ferry_region *r;
 	struct ferry_mem *mem;
 	double per_page;
@@ -26,11 +26,11 @@ static enum test_result one_fault_per_first_write(struct test_ctx *ctx)
 		SKIP(ctx, "%s", fault_counts_meaningless());
 	CHECK_OK(ctx, ferry_mem_create(&mem));
 	CHECK_OK(ctx, ferry_mem_add_region(mem, ctx->backing, 64 << 20, &r));
-	CHECK_OK(ctx, ferry_faults_start(&f, FERRY_FAULTS_THREAD));
+	CHECK_OK(ctx, ferry_pagefaults_start(&f, FERRY_PAGEFAULTS_THREAD));
 	for (size_t off = 0; off < r->size; off += r->page_size)
 		r->guest[off] = 1;
-	CHECK_OK(ctx, ferry_faults_stop(&f));
-	per_page = ferry_faults_per_page(&f, r->nr_pages);
+	CHECK_OK(ctx, ferry_pagefaults_stop(&f));
+	per_page = ferry_pagefaults_per_page(&f, r->nr_pages);
 	CHECK(ctx, per_page >= 0.95 && per_page <= 1.05,
 	      "%.3f faults per first write (minor %llu, major %llu, pages "
 	      "%zu), want 1", per_page, (unsigned long long)f.minor,
@@ -44,7 +44,7 @@ static enum test_result one_fault_per_first_write(struct test_ctx *ctx)
 static enum test_result pwrite_install(struct test_ctx *ctx)
 {
 	size_t chunk = 1 << 20;
-	struct ferry_faults f;
+	struct ferry_pagefaults f;
 	struct ferry_region *r;
 	struct ferry_mem *mem;
 	uint8_t *buf;
@@ -57,12 +57,12 @@ static enum test_result pwrite_install(struct test_ctx *ctx)
 	buf = malloc(chunk);
 	CHECK(ctx, buf, "out of memory");
 	memset(buf, 0xa5, chunk);
-	CHECK_OK(ctx, ferry_faults_start(&f, FERRY_FAULTS_THREAD));
+	CHECK_OK(ctx, ferry_pagefaults_start(&f, FERRY_PAGEFAULTS_THREAD));
 	for (size_t off = 0; off < r->size; off += chunk)
 		if (pwrite(r->memfd, buf, chunk, (off_t)off) != (ssize_t)chunk)
 			FAIL(ctx, "pwrite at %zu: %s", off, strerror(errno));
-	CHECK_OK(ctx, ferry_faults_stop(&f));
-	per_page = ferry_faults_per_page(&f, r->nr_pages);
+	CHECK_OK(ctx, ferry_pagefaults_stop(&f));
+	per_page = ferry_pagefaults_per_page(&f, r->nr_pages);
 	CHECK(ctx, per_page < 0.01, "%.4f faults per installed page "
 	      "(%llu faults, %zu pages)", per_page,
 	      (unsigned long long)(f.minor + f.major), r->nr_pages);
@@ -76,17 +76,17 @@ static enum test_result pwrite_install(struct test_ctx *ctx)
 static enum test_result counters_move(struct test_ctx *ctx)
 {
 	size_t len = 4 << 20;
-	struct ferry_faults f;
+	struct ferry_pagefaults f;
 	uint8_t *p;
 
 	p = mmap(NULL, len, PROT_READ | PROT_WRITE,
 		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	CHECK(ctx, p != MAP_FAILED, "mmap: %s", strerror(errno));
 	madvise(p, len, MADV_NOHUGEPAGE);
-	CHECK_OK(ctx, ferry_faults_start(&f, FERRY_FAULTS_PROCESS));
+	CHECK_OK(ctx, ferry_pagefaults_start(&f, FERRY_PAGEFAULTS_PROCESS));
 	for (size_t off = 0; off < len; off += 4096)
 		p[off] = 1;
-	CHECK_OK(ctx, ferry_faults_stop(&f));
+	CHECK_OK(ctx, ferry_pagefaults_stop(&f));
 	CHECK(ctx, f.minor >= len / 4096, "only %llu minor faults for %zu "
 	      "pages", (unsigned long long)f.minor, len / 4096);
 	CHECK(ctx, f.vmstat_pgfault >= len / 4096, "vmstat pgfault moved "

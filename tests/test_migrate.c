@@ -11,7 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "ferry/guest_vm.h"
+#include "ferry-vm/guest_vm.h"
 #include "ferry/migrate.h"
 #include "ferry/net.h"
 #include "netns.h"

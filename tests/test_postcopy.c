@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "bitmap.h"
-#include "postcopy.h"
+#include "base/bitmap.h"
+#include "pages/postcopy.h"
 #include "test.h"
 
 enum kind { K_DATA, K_ZERO, K_NONE };	/* what the source sent before */

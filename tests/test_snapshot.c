@@ -13,7 +13,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#include "ferry/guest_vm.h"
+#include "ferry-vm/guest_vm.h"
 #include "ferry/snapshot.h"
 #include "guest_test.h"
 

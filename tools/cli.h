@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "ferry/guest_vm.h"
+#include "ferry-vm/guest_vm.h"
 
 int cmd_doctor(int argc, char **argv);
 int cmd_run(int argc, char **argv);

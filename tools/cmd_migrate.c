@@ -20,7 +20,7 @@
 
 #include "cli.h"
 #include "ferry/ferry.h"
-#include "ferry/guest_vm.h"
+#include "ferry-vm/guest_vm.h"
 #include "ferry/migrate.h"
 
 struct mig_opts {

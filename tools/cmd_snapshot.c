@@ -18,7 +18,7 @@
 
 #include "cli.h"
 #include "ferry/ferry.h"
-#include "ferry/guest_vm.h"
+#include "ferry-vm/guest_vm.h"
 #include "ferry/snapshot.h"
 #include "ferry/stats.h"
 
