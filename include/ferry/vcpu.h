@@ -27,7 +27,8 @@
  * Calling rules, common to every operation:
  *
  *   - Return 0 (or a size) on success, -errno on failure, and leave a
- *     reason for ferry_errmsg() when failing.  Never print.
+ *     reason with ferry_error_set() (ferry/error.h) when failing.  Never
+ *     print.
  *   - `vcpu` is an index, 0 <= vcpu < nr_vcpus(vm); an index out of range
  *     is -EINVAL.
  *   - save, load, set_mp_state and reset are called only while the vCPUs

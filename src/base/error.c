@@ -18,7 +18,7 @@ void ferry_errmsg_clear(void)
 	errmsg[0] = '\0';
 }
 
-int ferry_fail(int err, const char *fmt, ...)
+int ferry_error_set(int err, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -28,7 +28,7 @@ int ferry_fail(int err, const char *fmt, ...)
 	return err;
 }
 
-int ferry_fail_ctx(int err, const char *fmt, ...)
+int ferry_error_prefix(int err, const char *fmt, ...)
 {
 	char prefix[256], old[sizeof(errmsg)];
 	va_list ap;

@@ -7,17 +7,16 @@
 #include "ferry/error.h"
 
 /*
- * Record a reason for the caller and return err (a negative errno), so a
- * failure reads: return ferry_fail(-EINVAL, "region size %zu ...", size);
+ * The engine's names for the public calls in ferry/error.h: record a
+ * reason and return err (a negative errno), so a failure reads
+ *
+ *	return ferry_fail(-EINVAL, "region size %zu ...", size);
+ *
+ * and ferry_fail_ctx(err, "open uffd") prefixes the recorded reason with
+ * some context and passes err through.  One implementation serves both
+ * the engine and the callbacks and VMs outside it.
  */
-int ferry_fail(int err, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-
-/*
- * Prefix the recorded reason with some context ("open uffd: ...") and pass
- * err through.
- */
-int ferry_fail_ctx(int err, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+#define ferry_fail	ferry_error_set
+#define ferry_fail_ctx	ferry_error_prefix
 
 #endif
