@@ -31,7 +31,7 @@ endif
 #   tools/                 the public API and the VMs' public headers
 #   tests/, bench/, fuzz/  anything
 ENGINE_INC := -Iinclude -Isrc -Icommon
-VM_INC     := -Iinclude -Ivm/include -Icommon -Iworkload -Isrc
+VM_INC     := -Iinclude -Ivm/include -Icommon -Iworkload
 TOOL_INC   := -Iinclude -Ivm/include
 TEST_INC   := -Iinclude -Ivm/include -Isrc -Icommon -Iworkload -Ivm/builtin
 

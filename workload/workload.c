@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <xxhash.h>
 
-#include "base/error.h"
+#include "ferry/error.h"
 #include "le.h"
 #include "workload.h"
 
@@ -103,8 +103,9 @@ static int kv_part_init(const struct workload *wl, struct wl_part *p)
 	p->nr_keys = kv_lay_keys(wl, p, NULL);
 	p->key_start = malloc((p->nr_keys + 1) * sizeof(*p->key_start));
 	if (!p->key_start)
-		return ferry_fail(-ENOMEM, "out of memory for %llu kv keys",
-				  (unsigned long long)p->nr_keys);
+		return ferry_error_set(-ENOMEM,
+				       "out of memory for %llu kv keys",
+				       (unsigned long long)p->nr_keys);
 	kv_lay_keys(wl, p, p->key_start);
 	return 0;
 }
@@ -310,23 +311,24 @@ int workload_regs_check(const struct workload *wl, const struct wl_part *part,
 	if (!within(r->writes, r->steps, per_step) ||
 	    !within(r->reads, r->steps, per_step) ||
 	    r->writes + r->reads < r->writes)
-		return ferry_fail(-EINVAL, "%llu writes and %llu reads "
-				  "cannot come from %llu steps",
-				  (unsigned long long)r->writes,
-				  (unsigned long long)r->reads,
-				  (unsigned long long)r->steps);
+		return ferry_error_set(-EINVAL, "%llu writes and %llu reads "
+				       "cannot come from %llu steps",
+				       (unsigned long long)r->writes,
+				       (unsigned long long)r->reads,
+				       (unsigned long long)r->steps);
 	if (r->read_errors > r->writes + r->reads)
-		return ferry_fail(-EINVAL, "more read errors than accesses");
+		return ferry_error_set(-EINVAL,
+				       "more read errors than accesses");
 	if ((r->read_errors == 0) != (r->first_bad == WL_NO_CELL) ||
 	    (r->first_bad != WL_NO_CELL &&
 	     r->first_bad - part->first >= part->nr))
-		return ferry_fail(-EINVAL, "first bad cell %llu is not one "
-				  "of this vCPU's",
-				  (unsigned long long)r->first_bad);
+		return ferry_error_set(-EINVAL, "first bad cell %llu is not "
+				       "one of this vCPU's",
+				       (unsigned long long)r->first_bad);
 	if (r->wgen_pos != pos)
-		return ferry_fail(-EINVAL, "write position %llu does not "
-				  "follow from %llu writes",
-				  (unsigned long long)r->wgen_pos,
-				  (unsigned long long)r->writes);
+		return ferry_error_set(-EINVAL, "write position %llu does not "
+				       "follow from %llu writes",
+				       (unsigned long long)r->wgen_pos,
+				       (unsigned long long)r->writes);
 	return 0;
 }

@@ -3,7 +3,9 @@
 #define FERRY_WORKLOAD_H
 
 /*
- * workload: what the built-in vCPUs do, one step at a time.
+ * workload: what a VM's vCPUs do, one step at a time: the built-in VM's
+ * threads run it on the host, and the same code can be built into a
+ * guest image.
  *
  * Each vCPU owns a contiguous slice of the working set and is the only
  * writer of its cells.  Its writes come from a write generator whose
@@ -13,12 +15,13 @@
  * reading and writing) come from a second PRNG, the op PRNG.
  *
  * The spec parser lives in workload_spec.c, the generators and the step
- * in workload.c.
+ * in workload.c, the cell format in cell.c, guest memory's cells in
+ * cell_map.c and the verifier in verify.c.
  */
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "cell.h"
+#include "cell_map.h"
 
 enum wl_kind {
 	WL_IDLE,
@@ -47,6 +50,8 @@ struct wl_event {
 	unsigned int target;
 };
 
+#define WL_MAX_VCPUS		64	/* FERRY_VERIFY_MAX_VCPUS */
+#define WL_SPEC_MAX		255	/* bytes of spec workload_parse takes */
 #define WL_MAX_EVENTS		16
 #define WL_MAX_VALUE_CELLS	16	/* kv: the largest value, 64 KiB */
 

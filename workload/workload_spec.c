@@ -9,7 +9,7 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "base/error.h"
+#include "ferry/error.h"
 #include "le.h"
 #include "workload.h"
 
@@ -134,7 +134,7 @@ static int parse_event_at(const char *text, unsigned int *vcpu,
 
 	if (vcpu) {
 		if (parse_u64(p, &v, &p) || *p != '@' ||
-		    v >= FERRY_GUEST_MAX_VCPUS)
+		    v >= WL_MAX_VCPUS)
 			return -EINVAL;
 		p++;
 		*vcpu = (unsigned int)v;
@@ -161,12 +161,12 @@ static int add_event(struct workload *wl, enum wl_event_kind kind,
 	struct wl_event ev = { .kind = kind };
 
 	if (wl->nr_events == WL_MAX_EVENTS)
-		return ferry_fail(-EINVAL, "more than %d power events",
-				  WL_MAX_EVENTS);
+		return ferry_error_set(-EINVAL, "more than %d power events",
+				       WL_MAX_EVENTS);
 	if (parse_event_at(value, targeted ? &ev.target : NULL, &ev.step))
-		return ferry_fail(-EINVAL, "power event '%s=%s': want %s",
-				  event_names[kind], value,
-				  targeted ? "VCPU@STEP" : "STEP");
+		return ferry_error_set(-EINVAL, "power event '%s=%s': want %s",
+				       event_names[kind], value,
+				       targeted ? "VCPU@STEP" : "STEP");
 	ev.caller = self ? ev.target : 0;
 	wl->events[wl->nr_events++] = ev;
 	return 0;
@@ -187,8 +187,8 @@ static int set_option(struct workload *wl, const char *key, const char *val)
 	else if (!strcmp(key, "hotw"))
 		ret = parse_pct(val, &wl->hotw_pct);
 	if (ret == -EINVAL)
-		return ferry_fail(ret, "workload option %s=%s: bad value",
-				  key, val);
+		return ferry_error_set(ret, "workload option %s=%s: bad value",
+				       key, val);
 	return ret;
 }
 
@@ -198,8 +198,8 @@ static int parse_option(struct workload *wl, char *token)
 	int ret;
 
 	if (!val)
-		return ferry_fail(-EINVAL, "workload option '%s' has no "
-				  "value (option=value)", token);
+		return ferry_error_set(-EINVAL, "workload option '%s' has no "
+				       "value (option=value)", token);
 	*val++ = '\0';
 	ret = set_option(wl, token, val);
 	if (ret != -ENOENT)
@@ -207,15 +207,15 @@ static int parse_option(struct workload *wl, char *token)
 	for (int k = 0; k < WL_EV_KIND_COUNT; k++)
 		if (!strcmp(token, event_names[k]))
 			return add_event(wl, (enum wl_event_kind)k, val);
-	return ferry_fail(-EINVAL, "unknown workload option '%s' (ws, rate, "
-			  "read, hot, hotw, off, suspend, on, wake, reset, "
-			  "sysoff)", token);
+	return ferry_error_set(-EINVAL, "unknown workload option '%s' (ws, "
+			       "rate, read, hot, hotw, off, suspend, on, wake, "
+			       "reset, sysoff)", token);
 }
 
 static int parse_kind(const char *name, struct workload *wl)
 {
 	if (!name[0])
-		return ferry_fail(-EINVAL, "empty workload spec");
+		return ferry_error_set(-EINVAL, "empty workload spec");
 	for (int k = 0; k < WL_KIND_COUNT; k++) {
 		if (!strcmp(name, kind_names[k])) {
 			wl->kind = (enum wl_kind)k;
@@ -223,18 +223,19 @@ static int parse_kind(const char *name, struct workload *wl)
 			return 0;
 		}
 	}
-	return ferry_fail(-EINVAL, "unknown workload '%s' (seqdirty, random, "
-			  "hotcold, kv, idle)", name);
+	return ferry_error_set(-EINVAL, "unknown workload '%s' (seqdirty, "
+			       "random, hotcold, kv, idle)", name);
 }
 
 int workload_parse(const char *spec, struct workload *wl)
 {
-	char buf[FERRY_GUEST_SPEC_MAX + 1], *rest = buf, *token;
+	char buf[WL_SPEC_MAX + 1], *rest = buf, *token;
 	int ret;
 
-	if (strlen(spec) > FERRY_GUEST_SPEC_MAX)
-		return ferry_fail(-EINVAL, "workload spec longer than %d "
-				  "bytes", FERRY_GUEST_SPEC_MAX);
+	if (strlen(spec) > WL_SPEC_MAX)
+		return ferry_error_set(-EINVAL,
+				       "workload spec longer than %d bytes",
+				       WL_SPEC_MAX);
 	memset(wl, 0, sizeof(*wl));
 	wl->hot_pct = 10;
 	wl->hotw_pct = 90;
@@ -243,7 +244,7 @@ int workload_parse(const char *spec, struct workload *wl)
 	while (!ret && (token = strsep(&rest, ",")))
 		ret = parse_option(wl, token);
 	if (!ret && wl->kind == WL_HOTCOLD && wl->hot_pct == 0)
-		ret = ferry_fail(-EINVAL, "hotcold needs hot=1..100");
+		ret = ferry_error_set(-EINVAL, "hotcold needs hot=1..100");
 	return ret;
 }
 
@@ -253,15 +254,15 @@ int workload_check_vcpus(const struct workload *wl, unsigned int nr_vcpus)
 		const struct wl_event *ev = &wl->events[i];
 
 		if (ev->target >= nr_vcpus)
-			return ferry_fail(-EINVAL, "power event %s names "
-					  "vCPU %u of %u",
-					  event_names[ev->kind], ev->target,
-					  nr_vcpus);
+			return ferry_error_set(-EINVAL, "power event %s names "
+					       "vCPU %u of %u",
+					       event_names[ev->kind],
+					       ev->target, nr_vcpus);
 		if ((ev->kind == WL_EV_ON || ev->kind == WL_EV_WAKE) &&
 		    ev->target == 0)
-			return ferry_fail(-EINVAL, "%s=0@...: vCPU 0 makes "
-					  "that call, not on itself",
-					  event_names[ev->kind]);
+			return ferry_error_set(-EINVAL, "%s=0@...: vCPU 0 "
+					       "makes that call, not on itself",
+					       event_names[ev->kind]);
 	}
 	return 0;
 }
@@ -275,14 +276,15 @@ int workload_layout(struct workload *wl, unsigned int nr_vcpus,
 	if (ret)
 		return ret;
 	if (ws > nr_cells)
-		return ferry_fail(-EINVAL, "working set of %llu MiB is larger "
-				  "than guest memory (%llu MiB)",
-				  (unsigned long long)(ws >> 8),
-				  (unsigned long long)(nr_cells >> 8));
+		return ferry_error_set(-EINVAL, "working set of %llu MiB is "
+				       "larger than guest memory (%llu MiB)",
+				       (unsigned long long)(ws >> 8),
+				       (unsigned long long)(nr_cells >> 8));
 	if (wl->kind != WL_IDLE && ws < nr_vcpus)
-		return ferry_fail(-EINVAL, "working set of %llu cells cannot "
-				  "give each of %u vCPUs a 4 KiB cell",
-				  (unsigned long long)ws, nr_vcpus);
+		return ferry_error_set(-EINVAL, "working set of %llu cells "
+				       "cannot give each of %u vCPUs a 4 KiB "
+				       "cell", (unsigned long long)ws,
+				       nr_vcpus);
 	wl->nr_vcpus = nr_vcpus;
 	wl->ws_cells = ws;
 	wl->seed = seed;

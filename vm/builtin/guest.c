@@ -4,8 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/error.h"
+#include "ferry/error.h"
 #include "guest.h"
+#include "psci.h"
 
 const char *ferry_guest_workload_help(void)
 {
@@ -40,7 +41,7 @@ static int vcpu_init(struct ferry_guest *g, unsigned int index)
 	guest_publish(v);
 	v->buf = aligned_alloc(64, CELL_SIZE);
 	if (!v->buf)
-		return ferry_fail(-ENOMEM, "out of memory");
+		return ferry_error_set(-ENOMEM, "out of memory");
 	return 0;
 }
 
@@ -53,18 +54,23 @@ static void vcpu_fini(struct vcpu *v)
 	pthread_cond_destroy(&v->wake);
 }
 
+static int wrong_mem_size(uint64_t laid_out, uint64_t here)
+{
+	return ferry_error_set(-EINVAL, "the machine was laid out on %llu "
+			       "MiB of memory; this one has %llu MiB",
+			       (unsigned long long)laid_out >> 20,
+			       (unsigned long long)here >> 20);
+}
+
 static int guest_layout(struct ferry_guest *g, struct ferry_mem *mem)
 {
 	uint64_t nr_cells;
 	int ret;
 
 	if (g->cfg.mem_size && g->cfg.mem_size != mem->total_size)
-		return ferry_fail(-EINVAL, "the machine was laid out on %llu "
-				  "MiB of memory; this one has %llu MiB",
-				  (unsigned long long)g->cfg.mem_size >> 20,
-				  (unsigned long long)mem->total_size >> 20);
+		return wrong_mem_size(g->cfg.mem_size, mem->total_size);
 	if (!mem->total_size)
-		return ferry_fail(-EINVAL, "guest memory has no regions");
+		return ferry_error_set(-EINVAL, "guest memory has no regions");
 	g->cfg.mem_size = mem->total_size;
 	ret = cell_map_init(&g->cells, mem);
 	if (ret)
@@ -85,11 +91,11 @@ static int guest_alloc(const struct ferry_guest_config *cfg,
 	size_t size = cfg->nr_vcpus * sizeof(struct vcpu);
 
 	if (!g)
-		return ferry_fail(-ENOMEM, "out of memory");
+		return ferry_error_set(-ENOMEM, "out of memory");
 	g->vcpus = aligned_alloc(_Alignof(struct vcpu), size);
 	if (!g->vcpus) {
 		free(g);
-		return ferry_fail(-ENOMEM, "out of memory");
+		return ferry_error_set(-ENOMEM, "out of memory");
 	}
 	memset(g->vcpus, 0, size);
 	g->cfg = *cfg;

@@ -4,8 +4,10 @@
 
 /*
  * The built-in VM's insides, shared by guest.c (lifecycle, stats),
+ * guest_kick.c (kicks, the pause condition), psci.c (power calls, psci.h),
  * guest_run.c (the vCPU threads, pause), guest_state.c (register blobs,
- * the vCPU ops), guest_config.c, psci.c (power calls) and verify.c.
+ * the vCPU ops), guest_config.c and guest_verify.c.  Layers, bottom up:
+ * guest_kick, psci, guest_run; each calls only those below it.
  *
  * Locking: one mutex per VM, g->lock, guards every power field and the
  * pause / settle bookkeeping.  A vCPU thread runs its steps without it,
@@ -20,7 +22,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "cell.h"
+#include "cell_map.h"
 #include "ferry-vm/guest.h"
 #include "workload.h"
 
@@ -106,21 +108,18 @@ struct ferry_guest {
 	uint64_t step_limit;		/* lock; 0: none */
 };
 
-/* guest_run.c */
-void *guest_vcpu_main(void *arg);
+/*
+ * guest_kick.c, g->lock held: the bottom layer, used by the power calls
+ * (psci.h) and the run loop alike.
+ */
 bool guest_paused_locked(const struct ferry_guest *g);
 void guest_kick_locked(struct vcpu *v);
 void guest_kick_all_locked(struct ferry_guest *g);
+
+/* guest_run.c: publish v's counters for ferry_guest_stats. */
 void guest_publish(struct vcpu *v);
 
 /* guest_config.c */
 int guest_config_check(const struct ferry_guest_config *cfg);
-
-/* psci.c: every call with g->lock held; returns the PSCI result. */
-int psci_call_locked(struct ferry_guest *g, struct vcpu *caller,
-		     enum ferry_psci_fn fn, unsigned int target);
-void psci_reset_locked(struct ferry_guest *g);
-int psci_set_mp_state_locked(struct vcpu *v, enum ferry_mp_state state);
-void psci_boot_power(struct ferry_guest *g, struct vcpu *v);
 
 #endif

@@ -20,7 +20,7 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "base/error.h"
+#include "ferry/error.h"
 #include "guest.h"
 #include "le.h"
 
@@ -28,6 +28,9 @@
 #define CONFIG_VERSION	1
 #define CONFIG_HEAD	48
 #define CONFIG_TAIL	8
+
+/* Every spec a config can carry, the workload can parse. */
+_Static_assert(FERRY_GUEST_SPEC_MAX <= WL_SPEC_MAX, "workload spec length");
 
 void ferry_guest_config_init(struct ferry_guest_config *cfg)
 {
@@ -42,8 +45,9 @@ int ferry_guest_config_set_workload(struct ferry_guest_config *cfg,
 				    const char *spec)
 {
 	if (strlen(spec) > FERRY_GUEST_SPEC_MAX)
-		return ferry_fail(-ENAMETOOLONG, "workload spec longer than "
-				  "%d bytes", FERRY_GUEST_SPEC_MAX);
+		return ferry_error_set(-ENAMETOOLONG,
+				       "workload spec longer than %d bytes",
+				       FERRY_GUEST_SPEC_MAX);
 	strcpy(cfg->workload, spec);
 	return 0;
 }
@@ -72,21 +76,22 @@ int guest_config_check(const struct ferry_guest_config *cfg)
 	int ret;
 
 	if (cfg->nr_vcpus < 1 || cfg->nr_vcpus > FERRY_GUEST_MAX_VCPUS)
-		return ferry_fail(-EINVAL, "%u vCPUs: ferry's VM has 1 to %d",
-				  cfg->nr_vcpus, FERRY_GUEST_MAX_VCPUS);
+		return ferry_error_set(-EINVAL,
+				       "%u vCPUs: ferry's VM has 1 to %d",
+				       cfg->nr_vcpus, FERRY_GUEST_MAX_VCPUS);
 	if ((cfg->boot_off_mask & vcpu_mask(cfg->nr_vcpus)) ==
 	    vcpu_mask(cfg->nr_vcpus))
-		return ferry_fail(-EINVAL, "boot-off mask %#llx leaves no vCPU "
-				  "to boot",
-				  (unsigned long long)cfg->boot_off_mask);
+		return ferry_error_set(-EINVAL, "boot-off mask %#llx leaves no "
+				       "vCPU to boot",
+				       (unsigned long long)cfg->boot_off_mask);
 	if (len == sizeof(cfg->workload) || !spec_printable(cfg->workload, len))
-		return ferry_fail(-EINVAL, "workload spec is not a printable "
-				  "string of at most %d bytes",
-				  FERRY_GUEST_SPEC_MAX);
+		return ferry_error_set(-EINVAL, "workload spec is not a "
+				       "printable string of at most %d bytes",
+				       FERRY_GUEST_SPEC_MAX);
 	if (cfg->mem_size % CELL_SIZE)
-		return ferry_fail(-EINVAL, "memory size %llu is not a multiple "
-				  "of 4 KiB",
-				  (unsigned long long)cfg->mem_size);
+		return ferry_error_set(-EINVAL, "memory size %llu is not a "
+				       "multiple of 4 KiB",
+				       (unsigned long long)cfg->mem_size);
 	ret = workload_parse(cfg->workload, &wl);
 	if (!ret)
 		ret = workload_check_vcpus(&wl, cfg->nr_vcpus);
@@ -106,8 +111,8 @@ ssize_t ferry_guest_config_encode(const struct ferry_guest_config *cfg,
 	if (!buf)
 		return (ssize_t)need;
 	if (len < need)
-		return ferry_fail(-ENOSPC, "a guest config needs %zu bytes, "
-				  "not %zu", need, len);
+		return ferry_error_set(-ENOSPC, "a guest config needs %zu "
+				       "bytes, not %zu", need, len);
 	memset(b, 0, CONFIG_HEAD);
 	le32_store(b, CONFIG_MAGIC);
 	le16_store(b + 4, CONFIG_VERSION);
@@ -128,22 +133,24 @@ static int check_config_frame(const uint8_t *b, size_t len)
 	size_t spec_len;
 
 	if (len < CONFIG_HEAD + CONFIG_TAIL || le32_load(b) != CONFIG_MAGIC)
-		return ferry_fail(-EBADMSG, "not a ferry guest config (%zu "
-				  "bytes, bad magic)", len);
+		return ferry_error_set(-EBADMSG, "not a ferry guest config "
+				       "(%zu bytes, bad magic)", len);
 	if (le16_load(b + 4) != CONFIG_VERSION)
-		return ferry_fail(-EBADMSG, "guest config version %u; this "
-				  "ferry reads version %u", le16_load(b + 4),
-				  CONFIG_VERSION);
+		return ferry_error_set(-EBADMSG, "guest config version %u; "
+				       "this ferry reads version %u",
+				       le16_load(b + 4), CONFIG_VERSION);
 	spec_len = le16_load(b + 6);
 	if (spec_len > FERRY_GUEST_SPEC_MAX ||
 	    len != CONFIG_HEAD + spec_len + CONFIG_TAIL)
-		return ferry_fail(-EBADMSG, "guest config of %zu bytes with a "
-				  "%zu-byte spec", len, spec_len);
+		return ferry_error_set(-EBADMSG, "guest config of %zu bytes "
+				       "with a %zu-byte spec", len, spec_len);
 	if (le64_load(b + CONFIG_HEAD + spec_len) !=
 	    XXH3_64bits(b, CONFIG_HEAD + spec_len))
-		return ferry_fail(-EBADMSG, "guest config checksum mismatch");
+		return ferry_error_set(-EBADMSG,
+				       "guest config checksum mismatch");
 	if (le32_load(b + 12))
-		return ferry_fail(-EBADMSG, "guest config: reserved bytes set");
+		return ferry_error_set(-EBADMSG,
+				       "guest config: reserved bytes set");
 	return 0;
 }
 
@@ -163,16 +170,17 @@ int ferry_guest_config_decode(const void *buf, size_t len,
 	c.mem_size = le64_load(b + 40);
 	memcpy(c.workload, b + CONFIG_HEAD, le16_load(b + 6));
 	if (strlen(c.workload) != le16_load(b + 6))
-		return ferry_fail(-EINVAL, "guest config: NUL in the spec");
+		return ferry_error_set(-EINVAL,
+				       "guest config: NUL in the spec");
 	if (c.nr_vcpus >= 1 && c.nr_vcpus <= FERRY_GUEST_MAX_VCPUS &&
 	    (c.boot_off_mask & ~vcpu_mask(c.nr_vcpus)))
-		return ferry_fail(-EINVAL, "guest config: boot-off mask %#llx "
-				  "names vCPUs past %u",
-				  (unsigned long long)c.boot_off_mask,
-				  c.nr_vcpus);
+		return ferry_error_set(-EINVAL, "guest config: boot-off mask "
+				       "%#llx names vCPUs past %u",
+				       (unsigned long long)c.boot_off_mask,
+				       c.nr_vcpus);
 	ret = guest_config_check(&c);
 	if (ret)
-		return ferry_fail_ctx(ret, "guest config");
+		return ferry_error_prefix(ret, "guest config");
 	*cfg = c;
 	return 0;
 }

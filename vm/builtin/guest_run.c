@@ -40,9 +40,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "base/error.h"
+#include "ferry/error.h"
 #include "ferry/stats.h"
 #include "guest.h"
+#include "psci.h"
 
 #define IDLE_TICK_NS	1000000ULL	/* the idle workload's timer */
 #define RATE_NAP_NS	1000000ULL	/* shortest throttle sleep */
@@ -53,29 +54,6 @@ struct run_cache {		/* what the fast loop checks; thread-local */
 	uint64_t sleep_until;	/* ns: throttled or idle until; 0: not */
 	double rate;		/* bytes per ns for this vCPU; 0: no cap */
 };
-
-bool guest_paused_locked(const struct ferry_guest *g)
-{
-	return !g->started ||
-	       (g->pause_depth > 0 && g->nr_quiescent == g->nr_vcpus);
-}
-
-/* A kicked vCPU is no longer settled: it has something to look at. */
-void guest_kick_locked(struct vcpu *v)
-{
-	atomic_fetch_or_explicit(&v->req, VCPU_REQ_KICK, memory_order_relaxed);
-	if (v->settled) {
-		v->settled = false;
-		v->g->nr_settled--;
-	}
-	pthread_cond_signal(&v->wake);
-}
-
-void guest_kick_all_locked(struct ferry_guest *g)
-{
-	for (unsigned int i = 0; i < g->nr_vcpus; i++)
-		guest_kick_locked(&g->vcpus[i]);
-}
 
 void guest_publish(struct vcpu *v)
 {
@@ -289,7 +267,7 @@ static void vcpu_run_steps(struct vcpu *v, struct run_cache *rc)
 	}
 }
 
-void *guest_vcpu_main(void *arg)
+static void *vcpu_main(void *arg)
 {
 	struct vcpu *v = arg;
 	struct ferry_guest *g = v->g;
@@ -369,7 +347,7 @@ static int spawn(struct vcpu *v)
 
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	ret = pthread_create(&v->thread, NULL, guest_vcpu_main, v);
+	ret = pthread_create(&v->thread, NULL, vcpu_main, v);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	return -ret;
 }
@@ -390,7 +368,7 @@ int ferry_guest_start(struct ferry_guest *g)
 
 	pthread_mutex_lock(&g->lock);
 	if (g->started)
-		ret = ferry_fail(-EBUSY, "the VM is already running");
+		ret = ferry_error_set(-EBUSY, "the VM is already running");
 	g->started = true;
 	pthread_mutex_unlock(&g->lock);
 	if (ret)
@@ -399,8 +377,9 @@ int ferry_guest_start(struct ferry_guest *g)
 		ret = spawn(&g->vcpus[i]);
 		if (ret) {
 			stop_threads(g, i);
-			return ferry_fail(ret, "starting vCPU thread %u: %s",
-					  i, strerror(-ret));
+			return ferry_error_set(ret,
+					       "starting vCPU thread %u: %s", i,
+					       strerror(-ret));
 		}
 	}
 	wait_if_paused(g);
@@ -437,7 +416,7 @@ int ferry_guest_resume(struct ferry_guest *g)
 
 	pthread_mutex_lock(&g->lock);
 	if (g->pause_depth == 0)
-		ret = ferry_fail(-EINVAL, "resume without a pause");
+		ret = ferry_error_set(-EINVAL, "resume without a pause");
 	else
 		last = --g->pause_depth == 0;
 	if (last)
@@ -474,7 +453,7 @@ int ferry_guest_wait_settled(struct ferry_guest *g, int timeout_ms)
 	}
 	pthread_mutex_unlock(&g->lock);
 	if (ret == -ETIMEDOUT)
-		return ferry_fail(ret, "vCPUs still busy after %d ms",
-				  timeout_ms);
+		return ferry_error_set(ret, "vCPUs still busy after %d ms",
+				       timeout_ms);
 	return ret;
 }

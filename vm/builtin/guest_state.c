@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 /*
  * guest_state: the built-in vCPUs' register blobs (layout in
- * ferry/guest.h) and the vCPU operations table.
+ * ferry-vm/guest.h) and the vCPU operations table.
  *
  * A blob is decoded into a struct vcpu_state and checked whole before
  * anything is written to the vCPU, so a bad blob changes nothing.
@@ -10,9 +10,10 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "base/error.h"
+#include "ferry/error.h"
 #include "guest.h"
 #include "le.h"
+#include "psci.h"
 
 #define STATE_MAGIC	0x50435646u	/* "FVCP" little-endian */
 #define STATE_VERSION	1
@@ -91,21 +92,24 @@ static void state_encode(const struct ferry_guest *g, unsigned int index,
 static int check_frame(const uint8_t *b, size_t len)
 {
 	if (len < OFF_LENGTH + 4 || le32_load(b + OFF_MAGIC) != STATE_MAGIC)
-		return ferry_fail(-EBADMSG, "not a ferry vCPU state (%zu "
-				  "bytes, bad magic)", len);
+		return ferry_error_set(-EBADMSG, "not a ferry vCPU state (%zu "
+				       "bytes, bad magic)", len);
 	if (le16_load(b + OFF_VERSION) != STATE_VERSION)
-		return ferry_fail(-EBADMSG, "vCPU state version %u; this ferry "
-				  "reads version %u",
-				  le16_load(b + OFF_VERSION), STATE_VERSION);
+		return ferry_error_set(-EBADMSG, "vCPU state version %u; this "
+				       "ferry reads version %u",
+				       le16_load(b + OFF_VERSION),
+				       STATE_VERSION);
 	if (len != STATE_SIZE || le32_load(b + OFF_LENGTH) != STATE_SIZE)
-		return ferry_fail(-EBADMSG, "vCPU state of %zu bytes (header "
-				  "says %u), want %d", len,
-				  le32_load(b + OFF_LENGTH), STATE_SIZE);
+		return ferry_error_set(-EBADMSG, "vCPU state of %zu bytes "
+				       "(header says %u), want %d", len,
+				       le32_load(b + OFF_LENGTH), STATE_SIZE);
 	if (le64_load(b + OFF_CHECK) != XXH3_64bits(b, STATE_CHECKED))
-		return ferry_fail(-EBADMSG, "vCPU state checksum mismatch");
+		return ferry_error_set(-EBADMSG,
+				       "vCPU state checksum mismatch");
 	if (le16_load(b + OFF_ZERO1) || le32_load(b + OFF_ZERO2) ||
 	    le64_load(b + OFF_ZERO3))
-		return ferry_fail(-EBADMSG, "vCPU state: reserved bytes set");
+		return ferry_error_set(-EBADMSG,
+				       "vCPU state: reserved bytes set");
 	return 0;
 }
 
@@ -114,12 +118,13 @@ static int check_identity(const struct ferry_guest *g, unsigned int index,
 			  const uint8_t *b)
 {
 	if (le32_load(b + OFF_VCPU) != index)
-		return ferry_fail(-EINVAL, "state of vCPU %u cannot load into "
-				  "vCPU %u", le32_load(b + OFF_VCPU), index);
+		return ferry_error_set(-EINVAL, "state of vCPU %u cannot load "
+				       "into vCPU %u", le32_load(b + OFF_VCPU),
+				       index);
 	if (le64_load(b + OFF_MACHINE) != g->machine_id)
-		return ferry_fail(-EINVAL, "vCPU state comes from a different "
-				  "machine (workload, seed, vCPU count or "
-				  "memory size differ)");
+		return ferry_error_set(-EINVAL, "vCPU state comes from a "
+				       "different machine (workload, seed, "
+				       "vCPU count or memory size differ)");
 	return 0;
 }
 
@@ -133,12 +138,13 @@ static int decode_power(const struct vcpu *v, const uint8_t *b,
 	cursor = le32_load(b + OFF_CURSOR);
 	if (!ferry_mp_state_valid((int)mp) || (flags & ~FLAGS_KNOWN) ||
 	    pc >= VCPU_PC_COUNT || cursor > v->part.nr_events)
-		return ferry_fail(-EINVAL, "vCPU state out of range: MP state "
-				  "%u, flags %#x, position %u, script %u of %u",
-				  mp, flags, pc, cursor, v->part.nr_events);
+		return ferry_error_set(-EINVAL, "vCPU state out of range: MP "
+				       "state %u, flags %#x, position %u, "
+				       "script %u of %u", mp, flags, pc, cursor,
+				       v->part.nr_events);
 	if ((flags & FLAG_ON_PENDING) && mp != FERRY_MP_RUNNABLE)
-		return ferry_fail(-EINVAL, "vCPU state: CPU_ON pending on a "
-				  "vCPU that is not runnable");
+		return ferry_error_set(-EINVAL, "vCPU state: CPU_ON pending on "
+				       "a vCPU that is not runnable");
 	s->power = (struct vcpu_power){
 		.mp = (enum ferry_mp_state)mp,
 		.pc = (enum vcpu_pc)pc,
@@ -182,13 +188,14 @@ static struct vcpu *vcpu_of(struct ferry_guest *g, unsigned int index)
 {
 	if (index < g->nr_vcpus)
 		return &g->vcpus[index];
-	ferry_fail(-EINVAL, "no vCPU %u (the VM has %u)", index, g->nr_vcpus);
+	ferry_error_set(-EINVAL, "no vCPU %u (the VM has %u)", index,
+			g->nr_vcpus);
 	return NULL;
 }
 
 static int not_paused(void)
 {
-	return ferry_fail(-EBUSY, "the vCPUs must be paused first");
+	return ferry_error_set(-EBUSY, "the vCPUs must be paused first");
 }
 
 static ssize_t state_save(void *vm, unsigned int index, void *buf,
@@ -201,8 +208,9 @@ static ssize_t state_save(void *vm, unsigned int index, void *buf,
 	if (!v)
 		return -EINVAL;
 	if (len < STATE_SIZE)
-		return ferry_fail(-ENOSPC, "a vCPU state needs %d bytes, not "
-				  "%zu", STATE_SIZE, len);
+		return ferry_error_set(-ENOSPC,
+				       "a vCPU state needs %d bytes, not %zu",
+				       STATE_SIZE, len);
 	pthread_mutex_lock(&g->lock);
 	if (!guest_paused_locked(g)) {
 		pthread_mutex_unlock(&g->lock);

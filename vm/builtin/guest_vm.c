@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: MIT
 /* guest_vm: the built-in VM as a migration source or destination. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/error.h"
 #include "ferry-vm/guest_vm.h"
+#include "ferry/error.h"
 
 static int fill_vm(struct ferry_guest_vm *gv)
 {
@@ -30,7 +31,7 @@ static int build(struct ferry_mem *mem, const struct ferry_guest_config *cfg,
 
 	if (!gv) {
 		ferry_mem_destroy(mem);
-		return ferry_fail(-ENOMEM, "out of memory");
+		return ferry_error_set(-ENOMEM, "out of memory");
 	}
 	gv->mem = mem;
 	ret = ferry_guest_create(mem, cfg, &gv->guest);
@@ -79,11 +80,12 @@ static int dest_create(void *arg, const struct ferry_wire_stream *stream,
 
 	ret = ferry_guest_config_decode(stream->desc, stream->desc_len, &cfg);
 	if (ret)
-		return ferry_fail_ctx(ret, "the source's machine description");
+		return ferry_error_prefix(ret,
+					  "the source's machine description");
 	if (cfg.nr_vcpus != stream->nr_vcpus || !stream->nr_regions)
-		return ferry_fail(-EINVAL, "the machine description does not "
-				  "match the stream (%u vCPUs, %u)",
-				  cfg.nr_vcpus, stream->nr_vcpus);
+		return ferry_error_set(-EINVAL, "the machine description does "
+				       "not match the stream (%u vCPUs, %u)",
+				       cfg.nr_vcpus, stream->nr_vcpus);
 	ret = ferry_migrate_mem_create(stream, dd->keep_backing ?
 				       stream->regions[0].backing :
 				       dd->backing, &mem);
@@ -131,11 +133,12 @@ static int clone_create(void *arg, const struct ferry_wire_stream *stream,
 	(void)arg;
 	ret = ferry_guest_config_decode(stream->desc, stream->desc_len, &cfg);
 	if (ret)
-		return ferry_fail_ctx(ret, "the snapshot's machine description");
+		return ferry_error_prefix(ret,
+					  "the snapshot's machine description");
 	if (cfg.nr_vcpus != stream->nr_vcpus)
-		return ferry_fail(-EINVAL, "the machine description does not "
-				  "match the snapshot (%u vCPUs, %u)",
-				  cfg.nr_vcpus, stream->nr_vcpus);
+		return ferry_error_set(-EINVAL, "the machine description does "
+				       "not match the snapshot (%u vCPUs, %u)",
+				       cfg.nr_vcpus, stream->nr_vcpus);
 	ret = ferry_guest_create(mem, &cfg, &g);
 	if (ret)
 		return ret;

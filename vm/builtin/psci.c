@@ -9,8 +9,8 @@
  */
 #include <errno.h>
 
-#include "base/error.h"
-#include "guest.h"
+#include "ferry/error.h"
+#include "psci.h"
 
 static const char *const fn_names[FERRY_PSCI_FN_COUNT] = {
 	[FERRY_PSCI_CPU_ON] = "CPU_ON",
@@ -135,7 +135,7 @@ static int affinity_info(struct ferry_guest *g, unsigned int target)
 /*
  * Back to the boot configuration, from the boot mask (which a loaded blob
  * may have set, so it is the source machine's), not from anything before
- * the reset.  Memory and the write accounting stay: see ferry/guest.h.
+ * the reset.  Memory and the write accounting stay: see ferry-vm/guest.h.
  */
 void psci_reset_locked(struct ferry_guest *g)
 {
@@ -190,8 +190,9 @@ int psci_call_locked(struct ferry_guest *g, struct vcpu *caller,
 int psci_set_mp_state_locked(struct vcpu *v, enum ferry_mp_state state)
 {
 	if (!ferry_mp_state_valid((int)state))
-		return ferry_fail(-EINVAL, "MP state %d is not RUNNABLE (0), "
-				  "STOPPED (1) or SUSPENDED (2)", (int)state);
+		return ferry_error_set(-EINVAL, "MP state %d is not RUNNABLE "
+				       "(0), STOPPED (1) or SUSPENDED (2)",
+				       (int)state);
 	v->power.mp = state;
 	v->power.on_pending = false;
 	if (state == FERRY_MP_STOPPED)
@@ -207,14 +208,15 @@ int ferry_guest_psci(struct ferry_guest *g, unsigned int caller,
 	int ret = 0;
 
 	if (caller >= g->nr_vcpus || (unsigned int)fn >= FERRY_PSCI_FN_COUNT)
-		return ferry_fail(-EINVAL, "power call %d by vCPU %u of %u",
-				  (int)fn, caller, g->nr_vcpus);
+		return ferry_error_set(-EINVAL,
+				       "power call %d by vCPU %u of %u",
+				       (int)fn, caller, g->nr_vcpus);
 	pthread_mutex_lock(&g->lock);
 	if (guest_paused_locked(g))
 		*psci_ret = psci_call_locked(g, &g->vcpus[caller], fn, target);
 	else
-		ret = ferry_fail(-EBUSY, "power calls from outside need the "
-				 "VM paused");
+		ret = ferry_error_set(-EBUSY, "power calls from outside need "
+				      "the VM paused");
 	pthread_mutex_unlock(&g->lock);
 	return ret;
 }

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "ferry-vm/verify.h"
 #include "ferry/mem.h"
 #include "ferry/vcpu.h"
 
@@ -20,33 +21,19 @@
  * future completely, and they fit in a small blob (the vCPU interface's
  * save / load).
  *
- * Memory is self-verifying.  It is seen as 4 KiB cells; each vCPU owns a
- * contiguous slice of the working set and is the only one to write it.
- * Every write rewrites a whole cell:
- *
- *   offset  size  field (little-endian)
- *        0     8  check: XXH3-64 of bytes 8..4095 (seeded, see cell.c)
- *        8     8  version: how many times the cell has been written
- *       16     8  cell index (guest-physical address / 4096)
- *       24     4  writer: the vCPU that owns the cell
- *       28     4  magic "FCEL"
- *       32  4064  payload: a pattern derived from (cell, version)
- *
- * and a never-written cell is all zeroes (a hole is a valid never-written
- * cell).  The version is the cell's old version + 1, read from the cell as
- * the vCPU writes it, so the sum of the versions in a vCPU's slice equals
- * the number of writes in its registers.  The workload also reads cells
- * and checks each one as it reads it; a failed check is counted in the
- * reader's registers, never a crash.
+ * Memory is self-verifying: every 4 KiB cell carries its version and a
+ * check, each vCPU owns a slice of cells and counts its writes, and
+ * ferry_guest_verify() proves from memory and the registers that no write
+ * was lost, torn or duplicated (the cell layout and the report are in
+ * ferry-vm/verify.h, shared with any VM that runs the same workload).
  *
  * Power calls (PSCI-like) are part of the guest program: the boot vCPU
  * powers the others on, and the workload spec can script CPU_OFF, CPU_ON,
  * CPU_SUSPEND, wake-ups, SYSTEM_RESET and SYSTEM_OFF at given steps.
  */
 
-#define FERRY_GUEST_MAX_VCPUS	64
+#define FERRY_GUEST_MAX_VCPUS	FERRY_VERIFY_MAX_VCPUS
 #define FERRY_GUEST_SPEC_MAX	255	/* bytes of workload spec */
-#define FERRY_CELL_SIZE		4096
 
 /*
  * What a VM is made of.  This is the machine description that travels to
@@ -290,59 +277,10 @@ void ferry_guest_stats(struct ferry_guest *g, struct ferry_guest_stats *st);
 
 /* ---- verification --------------------------------------------------- */
 
-enum ferry_verify_kind {
-	FERRY_VERIFY_TORN,	/* a cell that is not one whole write */
-	FERRY_VERIFY_LOST,	/* older than the writes its owner made */
-	FERRY_VERIFY_DUPLICATED, /* newer than the writes its owner made */
-};
-
-struct ferry_verify_bad {
-	enum ferry_verify_kind kind;
-	uint64_t cell;		/* index; gpa = cell * FERRY_CELL_SIZE */
-	int vcpu;		/* owner; -1: outside the working set */
-	uint64_t expected;	/* version replay says the cell must hold */
-	uint64_t found;		/* version in memory (torn: as read) */
-};
-
-#define FERRY_VERIFY_MAX_BAD	16
-
-struct ferry_verify_vcpu {
-	enum ferry_mp_state mp_state;
-	uint64_t steps;
-	uint64_t writes;	/* in the vCPU's registers */
-	uint64_t mem_writes;	/* sum of the versions in its slice */
-	uint64_t read_errors;	/* from its registers */
-	uint64_t first_bad_read; /* cell, or UINT64_MAX */
-};
-
-struct ferry_verify_report {
-	bool ok;		/* nothing lost, torn, duplicated, misread */
-	uint64_t cells;		/* cells in memory */
-	uint64_t cells_written;	/* cells holding a version */
-	uint64_t lost;		/* writes missing from memory */
-	uint64_t torn;		/* cells */
-	uint64_t duplicated;	/* writes in memory that no vCPU made yet */
-	uint64_t read_errors;	/* sum over vCPUs */
-	unsigned int nr_bad;	/* entries in bad[], first found first */
-	struct ferry_verify_bad bad[FERRY_VERIFY_MAX_BAD];
-	unsigned int nr_vcpus;
-	struct ferry_verify_vcpu vcpu[FERRY_GUEST_MAX_VCPUS];
-	uint64_t scan_ns;	/* time spent reading memory */
-	uint64_t replay_ns;	/* time spent replaying the write streams */
-};
-
 /*
  * Check guest memory against the vCPUs' registers, reading through the
- * alias; the VM must be paused or not started (-EBUSY).
- *
- *   1. every cell is whole: its check matches its bytes, its index and
- *      writer are its own, a never-written cell is all zeroes (torn);
- *   2. per vCPU, the sum of the versions in its slice against the writes
- *      in its registers;
- *   3. each vCPU's write stream is replayed from its boot state for as
- *      many writes as its registers say, giving every cell's expected
- *      version: a cell holding less lost writes, one holding more holds
- *      writes the vCPU has not made (they will be applied twice).
+ * alias, as ferry-vm/verify.h says; the VM must be paused or not started
+ * (-EBUSY).
  *
  * Cost: one XXH3 pass over memory (holes are skipped) plus the replay,
  * a few nanoseconds per write made (seqdirty: closed form), and 16 bytes
@@ -354,8 +292,6 @@ struct ferry_verify_report {
  * was, so verification holds across resets and migrations alike.
  */
 int ferry_guest_verify(struct ferry_guest *g, struct ferry_verify_report *rep);
-
-const char *ferry_verify_kind_name(enum ferry_verify_kind kind);
 
 /*
  * XXH3-64 over all of guest memory through the alias (holes read as

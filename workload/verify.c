@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 /*
  * verify: prove from guest memory and the vCPUs' registers that no write
- * was lost, torn or duplicated; and the memory digest.
+ * was lost, torn or duplicated; and the memory digest.  For any VM: it
+ * reads a cell map, the workload and the registers the VM collected.
  *
  * Both read through the alias only, and skip the memfds' holes (a hole is
  * a never-written cell), so they neither fault on a registered guest view
@@ -17,15 +18,19 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "base/error.h"
+#include "ferry/error.h"
 #include "ferry/stats.h"
-#include "guest.h"
+#include "verify.h"
 
 #define FOUND_TORN	UINT64_MAX	/* found[] marker: not one write */
 #define NO_OWNER	UINT32_MAX	/* cells past the working set */
 
+/* The public report speaks of the workload's cells and vCPUs. */
+_Static_assert(CELL_SIZE == FERRY_CELL_SIZE, "cell size");
+_Static_assert(WL_MAX_VCPUS == FERRY_VERIFY_MAX_VCPUS, "vCPU count");
+
 struct verify {
-	struct ferry_guest *g;
+	const struct cell_map *map;
 	struct ferry_verify_report *rep;
 	uint64_t *found;		/* versions of the slice's cells */
 	uint64_t *expected;		/* what replay says they must be */
@@ -63,7 +68,7 @@ static void add_bad(struct ferry_verify_report *rep,
 static void scan_cells(struct verify *vf, uint64_t first, uint64_t nr,
 		       uint32_t owner)
 {
-	const struct cell_map *map = &vf->g->cells;
+	const struct cell_map *map = vf->map;
 	uint64_t c = first, end = first + nr, start, stop;
 
 	while (c < end) {
@@ -128,99 +133,89 @@ static void compare_slice(struct verify *vf, const struct wl_part *p,
 	}
 }
 
-static void verify_slice(struct verify *vf, const struct vcpu *v,
-			 const struct wl_regs *regs)
+static void verify_slice(struct verify *vf, const struct workload *wl,
+			 const struct verify_vcpu *vc)
 {
-	const struct wl_part *p = &v->part;
+	const struct wl_part *p = vc->part;
 	uint64_t t0 = ferry_now_ns(), t1;
 
 	memset(vf->found, 0, p->nr * sizeof(*vf->found));
 	memset(vf->expected, 0, p->nr * sizeof(*vf->expected));
 	scan_cells(vf, p->first, p->nr, p->vcpu);
 	t1 = ferry_now_ns();
-	workload_replay(&vf->g->wl, p, regs->writes, vf->expected);
+	workload_replay(wl, p, vc->regs.writes, vf->expected);
 	vf->rep->scan_ns += t1 - t0;
 	vf->rep->replay_ns += ferry_now_ns() - t1;
 	fill_torn_expected(vf, p);
 	compare_slice(vf, p, &vf->rep->vcpu[p->vcpu]);
 }
 
-static void report_vcpu(struct ferry_verify_vcpu *vv, const struct vcpu *v,
-			const struct wl_regs *regs)
+static void report_vcpu(struct ferry_verify_vcpu *vv,
+			const struct verify_vcpu *vc)
 {
-	vv->mp_state = v->power.mp;
-	vv->steps = regs->steps;
-	vv->writes = regs->writes;
-	vv->read_errors = regs->read_errors;
-	vv->first_bad_read = regs->first_bad;
+	vv->mp_state = vc->mp_state;
+	vv->steps = vc->regs.steps;
+	vv->writes = vc->regs.writes;
+	vv->read_errors = vc->regs.read_errors;
+	vv->first_bad_read = vc->regs.first_bad;
 }
 
-/* Copy every vCPU's registers while nothing can change them. */
-static int snapshot_regs(struct ferry_guest *g, struct wl_regs *regs,
-			 struct ferry_verify_report *rep)
-{
-	int ret = 0;
-
-	pthread_mutex_lock(&g->lock);
-	if (!guest_paused_locked(g))
-		ret = ferry_fail(-EBUSY, "verify needs the VM paused");
-	for (unsigned int i = 0; !ret && i < g->nr_vcpus; i++) {
-		regs[i] = g->vcpus[i].regs;
-		report_vcpu(&rep->vcpu[i], &g->vcpus[i], &regs[i]);
-		rep->read_errors += regs[i].read_errors;
-	}
-	pthread_mutex_unlock(&g->lock);
-	return ret;
-}
-
-static uint64_t largest_slice(const struct ferry_guest *g)
+static uint64_t largest_slice(const struct verify_vcpu *vcpus,
+			      unsigned int nr_vcpus)
 {
 	uint64_t most = 1;
 
-	for (unsigned int i = 0; i < g->nr_vcpus; i++)
-		if (g->vcpus[i].part.nr > most)
-			most = g->vcpus[i].part.nr;
+	for (unsigned int i = 0; i < nr_vcpus; i++)
+		if (vcpus[i].part->nr > most)
+			most = vcpus[i].part->nr;
 	return most;
 }
 
-static int verify_run(struct verify *vf, const struct wl_regs *regs)
+static int verify_run(struct verify *vf, const struct workload *wl,
+		      const struct verify_vcpu *vcpus, unsigned int nr_vcpus)
 {
-	struct ferry_guest *g = vf->g;
-	uint64_t most = largest_slice(g), t0;
+	uint64_t most = largest_slice(vcpus, nr_vcpus), t0;
 
 	vf->found = malloc(most * sizeof(*vf->found));
 	vf->expected = malloc(most * sizeof(*vf->expected));
 	if (!vf->found || !vf->expected) {
 		free(vf->found);
 		free(vf->expected);
-		return ferry_fail(-ENOMEM, "verify: no memory for %llu cells",
-				  (unsigned long long)most);
+		return ferry_error_set(-ENOMEM,
+				       "verify: no memory for %llu cells",
+				       (unsigned long long)most);
 	}
-	for (unsigned int i = 0; i < g->nr_vcpus; i++)
-		verify_slice(vf, &g->vcpus[i], &regs[i]);
+	for (unsigned int i = 0; i < nr_vcpus; i++)
+		verify_slice(vf, wl, &vcpus[i]);
 	free(vf->found);
 	free(vf->expected);
 	vf->found = vf->expected = NULL;
 	/* Past the working set nothing is ever written. */
 	t0 = ferry_now_ns();
-	scan_cells(vf, g->wl.ws_cells, g->cells.nr_cells - g->wl.ws_cells,
+	scan_cells(vf, wl->ws_cells, vf->map->nr_cells - wl->ws_cells,
 		   NO_OWNER);
 	vf->rep->scan_ns += ferry_now_ns() - t0;
 	return 0;
 }
 
-int ferry_guest_verify(struct ferry_guest *g, struct ferry_verify_report *rep)
+int verify_memory(const struct cell_map *map, const struct workload *wl,
+		  const struct verify_vcpu *vcpus, unsigned int nr_vcpus,
+		  struct ferry_verify_report *rep)
 {
-	struct wl_regs regs[FERRY_GUEST_MAX_VCPUS];
-	struct verify vf = { .g = g, .rep = rep };
+	struct verify vf = { .map = map, .rep = rep };
 	int ret;
 
+	if (nr_vcpus > FERRY_VERIFY_MAX_VCPUS)
+		return ferry_error_set(-EINVAL, "verify: %u vCPUs, at most %d",
+				       nr_vcpus, FERRY_VERIFY_MAX_VCPUS);
 	memset(rep, 0, sizeof(*rep));
-	rep->cells = g->cells.nr_cells;
-	rep->nr_vcpus = g->nr_vcpus;
-	ret = snapshot_regs(g, regs, rep);
-	if (!ret)
-		ret = verify_run(&vf, regs);
+	rep->cells = map->nr_cells;
+	rep->nr_vcpus = nr_vcpus;
+	for (unsigned int i = 0; i < nr_vcpus; i++) {
+		report_vcpu(&rep->vcpu[i], &vcpus[i]);
+		rep->read_errors += vcpus[i].regs.read_errors;
+	}
+	ret = verify_run(&vf, wl, vcpus, nr_vcpus);
 	if (ret)
 		return ret;
 	rep->ok = !rep->lost && !rep->torn && !rep->duplicated &&
@@ -259,21 +254,14 @@ static void hash_memory(const struct cell_map *map, XXH3_state_t *st)
 	}
 }
 
-int ferry_guest_digest(struct ferry_guest *g, uint64_t *digest)
+int verify_digest(const struct cell_map *map, uint64_t *digest)
 {
-	XXH3_state_t *st;
-	bool paused;
+	XXH3_state_t *st = XXH3_createState();
 
-	pthread_mutex_lock(&g->lock);
-	paused = guest_paused_locked(g);
-	pthread_mutex_unlock(&g->lock);
-	if (!paused)
-		return ferry_fail(-EBUSY, "the digest needs the VM paused");
-	st = XXH3_createState();
 	if (!st)
-		return ferry_fail(-ENOMEM, "out of memory");
+		return ferry_error_set(-ENOMEM, "out of memory");
 	XXH3_64bits_reset(st);
-	hash_memory(&g->cells, st);
+	hash_memory(map, st);
 	*digest = XXH3_64bits_digest(st);
 	XXH3_freeState(st);
 	return 0;
