@@ -119,9 +119,12 @@ $(O)/bench/%: bench/%.c $(VMLIB) $(STATIC) bench/bench.h
 deps:
 	scripts/install-deps
 
-# The test runner forks each case with a time limit and prints
-# "N passed, N failed, N skipped" last.  TESTFLAGS=-f NAME filters.
+# First the include rules above (scripts/check-layout: one line per
+# include that points the wrong way).  Then the test runner, which forks
+# each case with a time limit and prints "N passed, N failed, N skipped"
+# last.  TESTFLAGS=-f NAME filters.
 check: $(TESTS) $(TOOL)
+	scripts/check-layout
 	$(TESTS) $(TESTFLAGS)
 
 bench: $(BENCH_BIN) $(TOOL)
