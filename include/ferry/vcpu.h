@@ -10,7 +10,7 @@
  * The vCPU interface: what ferry needs from a virtual machine monitor to
  * move a VM's processors.  A VMM fills in a struct ferry_vcpu_ops and hands
  * ferry the table together with an opaque VM handle (`void *vm`); ferry
- * never looks behind the handle.  ferry's own workload VM (ferry/guest.h)
+ * never looks behind the handle.  ferry's own workload VM (ferry-vm/guest.h)
  * is one implementation; a KVM-based VMM is another, and the notes below
  * say what each operation means in KVM terms.
  *
