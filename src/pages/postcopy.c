@@ -1,14 +1,17 @@
 // SPDX-License-Identifier: MIT
 /* postcopy: the destination's page states, fault service and installs. */
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 
 #include "base/bitmap.h"
 #include "base/error.h"
-#include "pages/postcopy.h"
+#include "base/io.h"
 #include "base/sys.h"
+#include "base/thread.h"
+#include "pages/postcopy.h"
+
+static const struct faultsvc_ops fault_ops;
+static const struct mapper_policy map_policy;
 
 static struct ferry_region *region_of(struct postcopy *pc, unsigned int idx)
 {
@@ -57,14 +60,12 @@ int postcopy_create(struct ferry_mem *mem, struct postcopy **out)
 	if (!pc)
 		return ferry_fail(-ENOMEM, "out of memory");
 	pc->mem = mem;
-	pc->uffd.fd = -1;
-	pc->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	pc->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	pc->zero_page = sys_zalloc_aligned(4096, FERRY_HUGE_PAGE_SIZE);
+	pc->done_fd = evfd_open();
 	atomic_init(&pc->owed_left, 0);
 	ferry_hist_init(&pc->fault_latency);
-	if (pc->stop_fd < 0 || pc->done_fd < 0 || !pc->zero_page ||
-	    alloc_tables(pc)) {
+	mapper_init(&pc->mapper, &pc->um, &map_policy, pc);
+	if (pc->done_fd < 0 || uffdmem_init(&pc->um, mem) ||
+	    faultsvc_create(&fault_ops, pc, &pc->svc) || alloc_tables(pc)) {
 		postcopy_destroy(pc);
 		return ferry_fail(-ENOMEM, "post-copy state for %zu pages",
 				  total_pages(mem));
@@ -91,9 +92,7 @@ void postcopy_destroy(struct postcopy *pc)
 	free(pc->owed);
 	free(pc->requested);
 	free(pc->fault_us);
-	free(pc->zero_page);
-	if (pc->stop_fd >= 0)
-		close(pc->stop_fd);
+	faultsvc_destroy(pc->svc);
 	if (pc->done_fd >= 0)
 		close(pc->done_fd);
 	free(pc);
@@ -115,37 +114,29 @@ static int check_page(struct postcopy *pc, unsigned int region,
  * hugetlbfs has no write(), so a copy through the alias there (one fault
  * per 2 MiB page at most).  data NULL: zeroes, one page.
  */
-static int write_pages(struct postcopy *pc, struct ferry_region *r,
-		       uint64_t first, uint64_t count, const void *data)
+static int write_pages(struct ferry_region *r, uint64_t first,
+		       uint64_t count, const void *data)
 {
-	size_t off = (size_t)first * r->page_size, done = 0;
+	size_t off = (size_t)first * r->page_size;
 	size_t len = (size_t)count * r->page_size;
-	const uint8_t *src = data ? data : pc->zero_page;
+	const void *src = data ? data : uffdmem_zeroes();
+	int ret;
 
 	if (r->backing == FERRY_BACKING_HUGETLB) {
 		memcpy(r->alias + off, src, len);
 		return 0;
 	}
-	while (done < len) {
-		ssize_t n = sys_pwrite(r->memfd, src + done, len - done,
-				       (off_t)(off + done));
-
-		if (n == -EINTR)
-			continue;
-		if (n <= 0)
-			return ferry_fail(n ? (int)n : -EIO, "writing page %llu "
-					  "into the memfd: %s",
-					  (unsigned long long)first,
-					  strerror(n ? (int)-n : EIO));
-		done += (size_t)n;
-	}
+	ret = io_pwrite_full(r->memfd, src, len, (off_t)off);
+	if (ret)
+		return ferry_fail(ret, "writing page %llu into the memfd: %s",
+				  (unsigned long long)first, strerror(-ret));
 	return 0;
 }
 
-static int write_page(struct postcopy *pc, struct ferry_region *r,
-		      uint64_t page, const void *data)
+static int write_page(struct ferry_region *r, uint64_t page,
+		      const void *data)
 {
-	return write_pages(pc, r, page, 1, data);
+	return write_pages(r, page, 1, data);
 }
 
 static int check_run(struct postcopy *pc, unsigned int region,
@@ -214,7 +205,7 @@ int postcopy_store(struct postcopy *pc, unsigned int region, uint64_t first,
 	if (ret)
 		return ret;
 	r = region_of(pc, region);
-	ret = data ? write_pages(pc, r, first, count, data) :
+	ret = data ? write_pages(r, first, count, data) :
 		     store_zero(r, first, count, was);
 	for (uint64_t i = 0; i < count; i++)
 		pagestate_release(&pc->states[region], first + i,
@@ -281,14 +272,6 @@ static bool is_hole(const struct postcopy *pc, unsigned int region,
 	return !bitmap_test(pc->owed[region], page);
 }
 
-static void signal_done(struct postcopy *pc)
-{
-	uint64_t one = 1;
-
-	if (write(pc->done_fd, &one, sizeof(one)) < 0)
-		abort();	/* an eventfd write cannot fail here */
-}
-
 static void page_mapped(struct postcopy *pc, unsigned int region,
 			uint64_t page)
 {
@@ -305,33 +288,7 @@ static void owed_mapped(struct postcopy *pc, unsigned int region,
 {
 	page_mapped(pc, region, page);
 	if (atomic_fetch_sub(&pc->owed_left, 1) == 1)
-		signal_done(pc);
-}
-
-/*
- * Map one page into the guest view.  A page the memfd holds is
- * CONTINUEd; a hole (a missing fault on a page whose final contents are
- * zero) gets a zero page.  -EEXIST means it is mapped already: fine.
- */
-static int map_page(struct postcopy *pc, struct ferry_region *r,
-		    uint64_t page, bool hole)
-{
-	uint8_t *addr = r->guest + (size_t)page * r->page_size;
-	ssize_t n;
-
-	if (!hole)
-		n = ferry_uffd_continue(&pc->uffd, addr, r->page_size, 0);
-	else if (r->backing == FERRY_BACKING_HUGETLB)
-		n = ferry_uffd_copy(&pc->uffd, addr, pc->zero_page,
-				    r->page_size, 0);
-	else
-		n = ferry_uffd_zeropage(&pc->uffd, addr, r->page_size, 0);
-	if (n == (ssize_t)r->page_size || n == -EEXIST)
-		return 0;
-	if (n >= 0)
-		n = -EIO;
-	return ferry_fail((int)n, "mapping page %llu: %s",
-			  (unsigned long long)page, strerror((int)-n));
+		evfd_signal(pc->done_fd);
 }
 
 static bool was_requested(struct postcopy *pc, unsigned int region,
@@ -372,9 +329,9 @@ int postcopy_install(struct postcopy *pc, unsigned int region,
 	}
 	/* Zero data for a never-received page: leave the hole a hole. */
 	hole = !data && was == PAGE_MISSING;
-	ret = hole ? 0 : write_page(pc, r, page, data);
+	ret = hole ? 0 : write_page(r, page, data);
 	if (!ret && (!hole || was_requested(pc, region, page)))
-		ret = map_page(pc, r, page, hole);
+		ret = uffdmem_map_page(&pc->um, region, page, hole);
 	if (ret) {
 		pagestate_release(&pc->states[region], page, was);
 		return ret;
@@ -386,8 +343,9 @@ int postcopy_install(struct postcopy *pc, unsigned int region,
 	else
 		page_mapped(pc, region, page);
 	if (hole)	/* a vCPU that faulted meanwhile retries, sees MAPPED */
-		ferry_uffd_wake(&pc->uffd, r->guest +
-				(size_t)page * r->page_size, r->page_size);
+		ferry_uffd_wake(&pc->um.uffd, uffdmem_addr(&pc->um, region,
+							   page),
+				r->page_size);
 	atomic_fetch_add_explicit(&pc->installed, 1, memory_order_relaxed);
 	return 1;
 }
@@ -410,262 +368,126 @@ static int request_once(struct postcopy *pc, unsigned int region,
 	return pc->ops->request(pc->ops_arg, region, page);
 }
 
-static int handle_fault(struct postcopy *pc, const struct uffd_msg *msg)
+/* Claim a page in state `from` and map it; false if it changed first. */
+static bool map_claimed(struct postcopy *pc, unsigned int idx, uint64_t page,
+			enum page_state from, bool hole, int *ret)
 {
-	void *addr = (void *)(uintptr_t)msg->arg.pagefault.address;
-	struct ferry_region *r = ferry_mem_find(pc->mem, addr);
+	if (!pagestate_claim(&pc->states[idx], page, from))
+		return false;
+	*ret = uffdmem_map_page(&pc->um, idx, page, hole);
+	pagestate_release(&pc->states[idx], page, *ret ? from : PAGE_MAPPED);
+	return true;
+}
+
+/* A page fault, on the fault thread (faultsvc_ops). */
+static int handle_fault(void *arg, const struct uffd_msg *msg)
+{
+	struct postcopy *pc = arg;
 	bool missing = ferry_uffd_fault_kind(msg) == FERRY_FAULT_MISSING;
 	unsigned int idx;
 	uint64_t page;
+	int ret = uffdmem_locate(&pc->um, msg, &idx, &page);
 
-	if (!r)
-		return ferry_fail(-EFAULT, "fault at %p outside guest memory",
-				  addr);
-	idx = (unsigned int)(r - pc->mem->regions);
-	page = (uint64_t)((uint8_t *)addr - r->guest) / r->page_size;
+	if (ret)
+		return ret;
 	atomic_fetch_add_explicit(missing ? &pc->missing_faults :
 				  &pc->minor_faults, 1, memory_order_relaxed);
 	for (;;) {
 		switch (pagestate_get(&pc->states[idx], page)) {
 		case PAGE_PRESENT:
-			if (!pagestate_claim(&pc->states[idx], page,
-					     PAGE_PRESENT))
+			if (!map_claimed(pc, idx, page, PAGE_PRESENT, missing,
+					 &ret))
 				continue;
-			if (map_page(pc, r, page, missing)) {
-				pagestate_release(&pc->states[idx], page,
-						  PAGE_PRESENT);
-				return -EIO;
-			}
-			atomic_fetch_add_explicit(&pc->local_maps, 1,
-						  memory_order_relaxed);
-			page_mapped(pc, idx, page);
-			return 0;
+			if (!ret)
+				atomic_fetch_add_explicit(&pc->local_maps, 1,
+							  memory_order_relaxed);
+			return ret;
 		case PAGE_MAPPED:
-			return map_page(pc, r, page, missing);
+			return uffdmem_map_page(&pc->um, idx, page, missing);
 		case PAGE_BUSY:		/* its owner's CONTINUE wakes us */
 			return 0;
 		case PAGE_MISSING:
 			if (!is_hole(pc, idx, page))
 				return request_once(pc, idx, page);
-			if (!pagestate_claim(&pc->states[idx], page,
-					     PAGE_MISSING))
+			if (!map_claimed(pc, idx, page, PAGE_MISSING, true,
+					 &ret))
 				continue;
-			if (map_page(pc, r, page, true)) {
-				pagestate_release(&pc->states[idx], page,
-						  PAGE_MISSING);
-				return -EIO;
-			}
-			page_mapped(pc, idx, page);
-			return 0;
+			return ret;
 		default:		/* STALE */
 			return request_once(pc, idx, page);
 		}
 	}
 }
 
-static int drain_faults(struct postcopy *pc)
-{
-	struct uffd_msg msgs[64];
-	ssize_t n = ferry_uffd_read(&pc->uffd, msgs, 64);
+static const struct faultsvc_ops fault_ops = { .fault = handle_fault };
 
-	if (n == -EAGAIN)
-		return 0;
-	if (n < 0)
-		return ferry_fail((int)n, "reading userfaultfd: %s",
-				  strerror((int)-n));
-	for (ssize_t i = 0; i < n; i++) {
-		int ret;
-
-		if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
-			continue;
-		ret = handle_fault(pc, &msgs[i]);
-		if (ret)
-			return ret;
-	}
-	return 0;
-}
-
-static void set_error(struct postcopy *pc, int err)
-{
-	int none = 0;
-
-	atomic_compare_exchange_strong(&pc->error, &none, err);
-}
-
-static void *fault_main(void *arg)
-{
-	struct postcopy *pc = arg;
-	struct pollfd pfd[2] = {
-		{ .fd = pc->uffd.fd, .events = POLLIN },
-		{ .fd = pc->stop_fd, .events = POLLIN },
-	};
-
-	sys_thread_boost(SYS_BOOST_URGENT);
-	for (;;) {
-		int ret = poll(pfd, 2, -1);
-
-		if (ret < 0 && errno == EINTR)
-			continue;
-		if (ret < 0 || pfd[1].revents)
-			break;
-		ret = drain_faults(pc);
-		if (ret) {
-			set_error(pc, ret);
-			break;
-		}
-	}
-	return NULL;
-}
-
-static bool stop_requested(struct postcopy *pc)
-{
-	struct pollfd pfd = { .fd = pc->stop_fd, .events = POLLIN };
-
-	return poll(&pfd, 1, 0) > 0;
-}
-
-/* Claim a run of PRESENT pages from `page`; returns its length. */
-static size_t claim_run(struct pagestate *ps, size_t page, size_t max)
-{
-	size_t n = 0;
-
-	while (n < max && page + n < ps->nr_pages &&
-	       pagestate_claim(ps, page + n, PAGE_PRESENT))
-		n++;
-	return n;
-}
-
-/*
- * Holes (MISSING, not owed) from `page` become MAPPED with nothing mapped
- * and nothing allocated: a sparse guest stays sparse.  A vCPU that faulted
- * on one meanwhile saw it MISSING and got a zero page, or saw it BUSY and
- * waits for the wake below; either way it retries and finds it final.
- */
-static size_t map_holes(struct postcopy *pc, unsigned int idx, size_t page)
-{
-	struct pagestate *ps = &pc->states[idx];
-	struct ferry_region *r = region_of(pc, idx);
-	size_t n = 0;
-
-	while (page + n < ps->nr_pages && is_hole(pc, idx, page + n) &&
-	       pagestate_claim(ps, page + n, PAGE_MISSING)) {
-		page_mapped(pc, idx, page + n);
-		n++;
-	}
-	if (n)
-		ferry_uffd_wake(&pc->uffd, r->guest + page * r->page_size,
-				n * r->page_size);
-	return n;
-}
-
-/*
- * CONTINUE a claimed run.  A page the memfd does not hold (a zero page,
- * kept a hole) stops the kernel with -EFAULT: it is final as it is, so it
- * becomes MAPPED unmapped, and a later touch gets a zero page.
- */
-static int map_run(struct postcopy *pc, unsigned int idx, size_t page,
-		   size_t count)
-{
-	struct ferry_region *r = region_of(pc, idx);
-	size_t done = 0;
-
-	while (done < count) {
-		uint8_t *addr = r->guest + (page + done) * r->page_size;
-		ssize_t n = ferry_uffd_continue(&pc->uffd, addr,
-				(count - done) * r->page_size, 0);
-		size_t pages = n > 0 ? (size_t)n / r->page_size : 0;
-
-		if (n < 0 && n != -EFAULT && n != -EEXIST)
-			return ferry_fail((int)n, "bulk CONTINUE: %s",
-					  strerror((int)-n));
-		if (n < 0)	/* this page: a hole, or mapped already */
-			pages = 1;
-		for (size_t i = 0; i < pages; i++)
-			page_mapped(pc, idx, page + done + i);
-		/*
-		 * A vCPU that faulted on the hole while we held it BUSY was
-		 * left asleep for us to wake (the fault thread saw BUSY and
-		 * did nothing); CONTINUE failed there, so it woke no one.
-		 * Woken, it faults again and gets a zero page.
-		 */
-		if (n < 0)
-			ferry_uffd_wake(&pc->uffd, addr, r->page_size);
-		atomic_fetch_add_explicit(&pc->bulk_mapped, pages,
-					  memory_order_relaxed);
-		done += pages;
-	}
-	return 0;
-}
+/* ---- the mapper's policy ------------------------------------------------ */
 
 #define MAPPER_RUN 512
 
-static void *mapper_main(void *arg)
+/* Claim a run of pages in state `from` from `page`; returns its length. */
+static uint64_t claim_run(struct postcopy *pc, unsigned int idx,
+			  uint64_t page, enum page_state from)
+{
+	struct pagestate *ps = &pc->states[idx];
+	uint64_t n = 0;
+
+	while (n < MAPPER_RUN && page + n < ps->nr_pages &&
+	       (from != PAGE_MISSING || is_hole(pc, idx, page + n)) &&
+	       pagestate_claim(ps, page + n, from))
+		n++;
+	return n;
+}
+
+/*
+ * PRESENT pages are CONTINUEd in runs.  Holes (MISSING, not owed) become
+ * MAPPED with nothing mapped and nothing allocated: a sparse guest stays
+ * sparse.  A vCPU that faulted on one meanwhile saw it MISSING and got a
+ * zero page, or saw it BUSY and waits for the mapper's wake; either way
+ * it retries and finds it final.
+ */
+static uint64_t next_run(void *arg, unsigned int idx, uint64_t page,
+			 enum mapper_how *how)
+{
+	struct postcopy *pc = arg;
+	uint64_t n;
+
+	/*
+	 * An owed page is neither PRESENT nor a hole: nothing for the
+	 * mapper.  Skip 64 at a time (owed is read-only once started), so
+	 * a restore owing a whole guest does not cost a sweep of it.
+	 */
+	if (page % 64 == 0 && pc->owed[idx][page / 64] == ~0ULL) {
+		*how = MAPPER_SKIP;
+		return 64;
+	}
+	n = claim_run(pc, idx, page, PAGE_PRESENT);
+	*how = MAPPER_CONTINUE;
+	if (!n) {
+		n = claim_run(pc, idx, page, PAGE_MISSING);
+		*how = MAPPER_FINAL;
+	}
+	if (!n)
+		*how = MAPPER_SKIP;
+	return n ? n : 1;
+}
+
+/* The mapper's pages, claimed BUSY by next_run, are the guest's now. */
+static void run_mapped(void *arg, unsigned int idx, uint64_t page,
+		       uint64_t count)
 {
 	struct postcopy *pc = arg;
 
-	sys_thread_boost(SYS_BOOST_BULK);
-	for (unsigned int idx = 0; idx < pc->mem->nr_regions; idx++) {
-		struct pagestate *ps = &pc->states[idx];
-
-		for (size_t page = 0; page < ps->nr_pages; page++) {
-			size_t n;
-			int ret;
-
-			/*
-			 * An owed page is neither PRESENT nor a hole: nothing
-			 * for the mapper.  Skip 64 at a time (owed is
-			 * read-only once started), so a restore owing a
-			 * whole guest does not cost a sweep of it.
-			 */
-			if (page % 64 == 0 && pc->owed[idx][page / 64] == ~0ULL) {
-				page += 63;
-				continue;
-			}
-			n = claim_run(ps, page, MAPPER_RUN);
-			if (!n) {
-				n = map_holes(pc, idx, page);
-				page += n ? n - 1 : 0;
-				continue;
-			}
-			ret = map_run(pc, idx, page, n);
-			if (ret) {
-				set_error(pc, ret);
-				return NULL;
-			}
-			page += n - 1;
-			if (stop_requested(pc))
-				return NULL;
-		}
-	}
-	return NULL;
+	for (uint64_t i = 0; i < count; i++)
+		page_mapped(pc, idx, page + i);
 }
 
-static uint64_t features_needed(const struct ferry_mem *mem)
-{
-	uint64_t f = 0, modes = FERRY_UFFD_MISSING | FERRY_UFFD_MINOR;
+static const struct mapper_policy map_policy = {
+	.next_run = next_run,
+	.done = run_mapped,
+};
 
-	for (unsigned int i = 0; i < mem->nr_regions; i++)
-		f |= ferry_uffd_features_for(
-			mem->regions[i].backing == FERRY_BACKING_HUGETLB, modes);
-	return f;
-}
-
-static int register_all(struct postcopy *pc)
-{
-	int ret = ferry_uffd_open(&pc->uffd, features_needed(pc->mem), 0,
-				  false);
-
-	for (unsigned int i = 0; !ret && i < pc->mem->nr_regions; i++) {
-		struct ferry_region *r = region_of(pc, i);
-
-		ret = ferry_uffd_register(&pc->uffd, r->guest, r->size,
-					  FERRY_UFFD_MISSING | FERRY_UFFD_MINOR,
-					  NULL);
-	}
-	if (ret)
-		ferry_uffd_close(&pc->uffd);
-	return ret;
-}
+/* ---- starting and finishing --------------------------------------------- */
 
 int postcopy_start(struct postcopy *pc, const struct postcopy_ops *ops,
 		   void *arg)
@@ -677,32 +499,24 @@ int postcopy_start(struct postcopy *pc, const struct postcopy_ops *ops,
 	pc->ops = ops;
 	pc->ops_arg = arg;
 	pc->start_ns = ferry_now_ns();
-	ret = register_all(pc);
+	ret = uffdmem_open(&pc->um, FERRY_UFFD_MISSING | FERRY_UFFD_MINOR,
+			   UFFDMEM_KERNEL_FAULTS);
 	if (ret)
 		return ferry_fail_ctx(ret, "post-copy");
-	ret = -pthread_create(&pc->fault_thread, NULL, fault_main, pc);
+	ret = faultsvc_start(pc->svc, &pc->um.uffd, -1);
+	if (!ret)
+		ret = mapper_start(&pc->mapper, pc->svc);
 	if (ret)
-		goto err_close_uffd;
-	ret = -pthread_create(&pc->mapper_thread, NULL, mapper_main, pc);
-	if (ret)
-		goto err_stop_fault;
+		goto err_stop;
 	pc->started = true;
 	if (atomic_load(&pc->owed_left) == 0)
-		signal_done(pc);
+		evfd_signal(pc->done_fd);
 	return 0;
 
-err_stop_fault:
-	{
-		uint64_t one = 1;
-
-		if (write(pc->stop_fd, &one, sizeof(one)) < 0)
-			abort();
-		pthread_join(pc->fault_thread, NULL);
-	}
-err_close_uffd:
-	ferry_uffd_close(&pc->uffd);
-	return ferry_fail(ret, "starting post-copy threads: %s",
-			  strerror(-ret));
+err_stop:
+	faultsvc_stop(pc->svc);
+	uffdmem_close(&pc->um);
+	return ferry_fail_ctx(ret, "post-copy");
 }
 
 int postcopy_done_fd(const struct postcopy *pc)
@@ -717,26 +531,17 @@ bool postcopy_done(const struct postcopy *pc)
 
 int postcopy_error(const struct postcopy *pc)
 {
-	return atomic_load(&pc->error);
+	return faultsvc_error(pc->svc);
 }
 
 int postcopy_finish(struct postcopy *pc)
 {
-	uint64_t one = 1;
 	int ret = 0;
 
 	if (!pc->started)
 		return 0;
-	if (write(pc->stop_fd, &one, sizeof(one)) < 0)
-		abort();
-	pthread_join(pc->fault_thread, NULL);
-	pthread_join(pc->mapper_thread, NULL);
-	for (unsigned int i = 0; i < pc->mem->nr_regions; i++) {
-		struct ferry_region *r = region_of(pc, i);
-
-		ferry_uffd_unregister(&pc->uffd, r->guest, r->size);
-	}
-	ferry_uffd_close(&pc->uffd);
+	faultsvc_stop(pc->svc);
+	uffdmem_close(&pc->um);
 	pc->started = false;
 	/*
 	 * Huge mappings back, best effort: a page the guest keeps busy stays
@@ -758,7 +563,7 @@ void postcopy_get_stats(const struct postcopy *pc, struct postcopy_stats *s)
 	s->missing_faults = atomic_load(&pc->missing_faults);
 	s->requests = atomic_load(&pc->requests);
 	s->local_maps = atomic_load(&pc->local_maps);
-	s->bulk_mapped = atomic_load(&pc->bulk_mapped);
+	s->bulk_mapped = mapper_mapped(&pc->mapper);
 	s->installed = atomic_load(&pc->installed);
 	s->dropped = atomic_load(&pc->dropped);
 }

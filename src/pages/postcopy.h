@@ -9,7 +9,8 @@
  * Before switchover, received pages are stored into the memfd with pwrite
  * (no page faults) and become PRESENT.  At switchover the stale bitmap
  * turns the pages written since into STALE.  Then postcopy_start()
- * registers every guest view MISSING|MINOR and starts two threads:
+ * registers every guest view MISSING|MINOR and starts two threads, the
+ * fault service's (faultsvc.h) with post-copy's handler and policy:
  *
  *   fault thread   polls the uffd with an eventfd that stops it; a fault on
  *                  a PRESENT page is served on the spot (CONTINUE); on a
@@ -34,13 +35,15 @@
  *    |          |                     | pwrite, CONTINUE  |
  *    |<-------------------wake--------|  state=MAPPED     |
  */
-#include <pthread.h>
 #include <stdatomic.h>
 
 #include "ferry/mem.h"
 #include "ferry/stats.h"
 #include "ferry/uffd.h"
+#include "pages/faultsvc.h"
+#include "pages/mapper.h"
 #include "pages/pagestate.h"
+#include "pages/uffdmem.h"
 
 struct postcopy_ops {
 	/*
@@ -71,23 +74,23 @@ struct postcopy {
 					 * fault thread sets, any reads */
 	_Atomic uint32_t **fault_us;	/* request time, us since start;
 					 * fault thread writes, relaxed */
-	struct ferry_uffd uffd;
+	struct uffdmem um;		/* the guest views, registered
+					 * MISSING|MINOR while started */
+	struct faultsvc *svc;		/* the fault thread, the mapper */
+	struct mapper mapper;		/* maps PRESENT pages in bulk */
 	const struct postcopy_ops *ops;
 	void *ops_arg;
-	uint8_t *zero_page;		/* page_size zeroes, for hugetlb */
 
-	int stop_fd;			/* eventfd: stop the threads */
-	int done_fd;			/* eventfd: every page MAPPED */
-	pthread_t fault_thread, mapper_thread;
-	bool started;
+	int done_fd;			/* eventfd: nothing owed any more */
+	bool started;			/* the caller's thread only */
 	uint64_t start_ns;
 
 	atomic_size_t owed_left;	/* owed pages not yet in place; set
 					 * at switchover, then any thread */
-	atomic_int error;		/* first fatal -errno; any thread */
-	/* Counters: written by the thread named in postcopy_stats, relaxed. */
+	/* Counters: written by the thread named in postcopy_stats, relaxed
+	 * (bulk_mapped is the mapper's own count). */
 	atomic_uint_fast64_t minor_faults, missing_faults, requests,
-			     local_maps, bulk_mapped, installed, dropped;
+			     local_maps, installed, dropped;
 	struct ferry_hist fault_latency;	/* ns, request to mapped */
 };
 
@@ -141,7 +144,10 @@ bool postcopy_done(const struct postcopy *pc);
 /* Stop the threads, unregister, collapse THP regions.  Idempotent. */
 int postcopy_finish(struct postcopy *pc);
 
-/* The first error fault service hit, or 0. */
+/*
+ * The first error fault service hit (the fault thread or the mapper), or
+ * 0; its reason is recorded again on the calling thread.
+ */
 int postcopy_error(const struct postcopy *pc);
 
 void postcopy_get_stats(const struct postcopy *pc, struct postcopy_stats *s);

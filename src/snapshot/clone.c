@@ -18,22 +18,22 @@
  *     CONTINUEd, holes as zero pages), so the clone soon takes no
  *     faults at all.
  *
- * Clean pages are shared by every clone; what a clone writes is its own.
+ * Both are the fault service's threads (pages/faultsvc.h, mapper.h), with
+ * the clone's handler and policy.  Clean pages are shared by every clone;
+ * what a clone writes is its own.
  */
-#include <poll.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/stat.h>
 
 #include "base/bitmap.h"
 #include "base/error.h"
-#include "ferry/uffd.h"
-#include "snapshot/snapshot.h"
 #include "base/sys.h"
+#include "pages/faultsvc.h"
+#include "pages/mapper.h"
+#include "pages/uffdmem.h"
+#include "snapshot/snapshot.h"
 
 struct ferry_clone_source {
 	struct snap_file *file;		/* stream, desc and vCPU states */
@@ -49,14 +49,10 @@ struct ferry_clone {
 	struct ferry_mem *mem;		/* private views of src->shared */
 	struct ferry_vm vm;
 	bool vm_created;
-	struct ferry_uffd uffd;
-	bool registered;
-	int stop_fd;			/* eventfd: stop both threads */
-	pthread_t fault_thread, mapper_thread;
-	bool fault_started, mapper_started;
-	uint8_t *zero_page;		/* hugetlb holes are copies of it */
-	atomic_int error;		/* first failure of either thread;
-					 * they set it, anyone reads */
+	struct uffdmem um;		/* the private views, MISSING|MINOR */
+	struct faultsvc *svc;		/* the fault thread and the mapper,
+					 * and the first failure of either */
+	struct mapper mapper;
 };
 
 /* ---- the source --------------------------------------------------------- */
@@ -157,100 +153,22 @@ uint64_t ferry_clone_source_bytes(const struct ferry_clone_source *src)
 
 /* ---- fault service ------------------------------------------------------ */
 
-static void set_error(struct ferry_clone *c, int err)
-{
-	int none = 0;
-
-	atomic_compare_exchange_strong(&c->error, &none, err);
-}
-
-/* -EEXIST: mapped already (by the mapper, or a racing fault): fine. */
-static int map_one(struct ferry_clone *c, struct ferry_region *r,
-		   uint64_t page, bool hole)
-{
-	uint8_t *addr = r->guest + page * r->page_size;
-	ssize_t n;
-
-	if (!hole)
-		n = ferry_uffd_continue(&c->uffd, addr, r->page_size, 0);
-	else if (r->backing == FERRY_BACKING_HUGETLB)
-		n = ferry_uffd_copy(&c->uffd, addr, c->zero_page, r->page_size,
-				    0);
-	else
-		n = ferry_uffd_zeropage(&c->uffd, addr, r->page_size, 0);
-	if (n == -EEXIST)
-		return ferry_uffd_wake(&c->uffd, addr, r->page_size);
-	if (n == (ssize_t)r->page_size)
-		return 0;
-	return ferry_fail(n < 0 ? (int)n : -EIO, "clone: mapping page %llu: "
-			  "%s", (unsigned long long)page,
-			  strerror(n < 0 ? (int)-n : EIO));
-}
-
+/* A minor fault is on a page of the shared file, a missing one on a hole. */
 static int handle_fault(void *arg, const struct uffd_msg *msg)
 {
 	struct ferry_clone *c = arg;
-	void *addr = (void *)(uintptr_t)msg->arg.pagefault.address;
-	struct ferry_region *r = ferry_mem_find(c->mem, addr);
+	unsigned int idx;
 	uint64_t page;
+	int ret = uffdmem_locate(&c->um, msg, &idx, &page);
 
-	if (!r)
-		return ferry_fail(-EFAULT, "clone: fault at %p outside guest "
-				  "memory", addr);
-	page = (uint64_t)((uint8_t *)addr - r->guest) / r->page_size;
-	return map_one(c, r, page,
-		       ferry_uffd_fault_kind(msg) == FERRY_FAULT_MISSING);
+	if (!ret)
+		ret = uffdmem_map_page(&c->um, idx, page,
+				       ferry_uffd_fault_kind(msg) ==
+				       FERRY_FAULT_MISSING);
+	return ret ? ferry_fail_ctx(ret, "clone") : 0;
 }
 
-static int drain(void *arg)
-{
-	struct ferry_clone *c = arg;
-
-	return snap_uffd_drain(&c->uffd, handle_fault, c);
-}
-
-static void *fault_main(void *arg)
-{
-	struct ferry_clone *c = arg;
-	int ret;
-
-	sys_thread_boost(SYS_BOOST_URGENT);
-	ret = snap_serve(c->uffd.fd, c->stop_fd, drain, c);
-	if (ret)
-		set_error(c, ret);
-	return NULL;
-}
-
-static bool stop_requested(struct ferry_clone *c)
-{
-	struct pollfd pfd = { .fd = c->stop_fd, .events = POLLIN };
-
-	return poll(&pfd, 1, 0) > 0;
-}
-
-/*
- * Map a run in bulk: the snapshot's pages CONTINUEd, holes as zero pages
- * (hugetlbfs has no zero page: its holes wait for a touch).  A page
- * mapped already (a fault got there first) is skipped.
- */
-static int map_run(struct ferry_clone *c, struct ferry_region *r,
-		   uint64_t page, uint64_t count, bool hole)
-{
-	uint64_t done = 0;
-
-	while (done < count) {
-		uint8_t *addr = r->guest + (page + done) * r->page_size;
-		size_t len = (count - done) * r->page_size;
-		ssize_t n = hole ? ferry_uffd_zeropage(&c->uffd, addr, len, 0) :
-				   ferry_uffd_continue(&c->uffd, addr, len, 0);
-
-		if (n < 0 && n != -EEXIST)
-			return ferry_fail((int)n, "clone: mapping in bulk: %s",
-					  strerror((int)-n));
-		done += n > 0 ? (uint64_t)n / r->page_size : 1;
-	}
-	return 0;
-}
+static const struct faultsvc_ops fault_ops = { .fault = handle_fault };
 
 /* Pages from p on like p (data or hole), at most 512. */
 static uint64_t run_of(const uint64_t *map, uint64_t p, uint64_t nr)
@@ -263,38 +181,26 @@ static uint64_t run_of(const uint64_t *map, uint64_t p, uint64_t nr)
 	return n;
 }
 
-static int map_region(struct ferry_clone *c, unsigned int i)
-{
-	struct ferry_region *r = &c->mem->regions[i];
-	const uint64_t *map = c->src->data[i];
-	bool zero_ok = r->backing != FERRY_BACKING_HUGETLB;
-
-	for (uint64_t p = 0; p < r->nr_pages;) {
-		uint64_t n = run_of(map, p, r->nr_pages);
-		bool hole = !bitmap_test(map, p);
-		int ret = hole && !zero_ok ? 0 : map_run(c, r, p, n, hole);
-
-		if (ret)
-			return ret;
-		if (stop_requested(c))
-			return -ECANCELED;
-		p += n;
-	}
-	return 0;
-}
-
-static void *mapper_main(void *arg)
+/*
+ * The mapper's policy: the snapshot's pages CONTINUEd, holes as zero
+ * pages (hugetlbfs has no zero page: its holes wait for a touch).
+ */
+static uint64_t next_run(void *arg, unsigned int idx, uint64_t page,
+			 enum mapper_how *how)
 {
 	struct ferry_clone *c = arg;
-	int ret = 0;
+	const struct ferry_region *r = &c->mem->regions[idx];
+	const uint64_t *map = c->src->data[idx];
 
-	sys_thread_boost(SYS_BOOST_BULK);
-	for (unsigned int i = 0; i < c->mem->nr_regions && !ret; i++)
-		ret = map_region(c, i);
-	if (ret && ret != -ECANCELED)
-		set_error(c, ret);
-	return NULL;
+	if (bitmap_test(map, page))
+		*how = MAPPER_CONTINUE;
+	else
+		*how = r->backing == FERRY_BACKING_HUGETLB ? MAPPER_SKIP :
+							     MAPPER_ZERO;
+	return run_of(map, page, r->nr_pages);
 }
+
+static const struct mapper_policy map_policy = { .next_run = next_run };
 
 /* ---- clones ------------------------------------------------------------- */
 
@@ -312,62 +218,21 @@ static int private_mem(struct ferry_clone *c)
 	return ret;
 }
 
-static uint64_t features(const struct ferry_mem *mem)
+static int start_service(struct ferry_clone *c)
 {
-	uint64_t f = 0;
+	int ret = uffdmem_init(&c->um, c->mem);
 
-	for (unsigned int i = 0; i < mem->nr_regions; i++)
-		f |= ferry_uffd_features_for(
-			mem->regions[i].backing == FERRY_BACKING_HUGETLB,
-			FERRY_UFFD_MISSING | FERRY_UFFD_MINOR);
-	return f;
-}
-
-static int register_all(struct ferry_clone *c)
-{
-	int ret = ferry_uffd_open(&c->uffd, features(c->mem), 0, false);
-
-	if (ret)
-		return ferry_fail_ctx(ret, "clone");
-	for (unsigned int i = 0; !ret && i < c->mem->nr_regions; i++)
-		ret = ferry_uffd_register(&c->uffd, c->mem->regions[i].guest,
-					  c->mem->regions[i].size,
-					  FERRY_UFFD_MISSING | FERRY_UFFD_MINOR,
-					  NULL);
-	c->registered = true;
-	return ret;
-}
-
-static int start_threads(struct ferry_clone *c)
-{
-	int ret;
-
-	c->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (c->stop_fd < 0)
-		return ferry_fail(-errno, "eventfd: %s", strerror(errno));
-	ret = -pthread_create(&c->fault_thread, NULL, fault_main, c);
-	c->fault_started = !ret;
-	if (!ret) {
-		ret = -pthread_create(&c->mapper_thread, NULL, mapper_main, c);
-		c->mapper_started = !ret;
-	}
-	if (ret)
-		return ferry_fail(ret, "clone: starting fault service: %s",
-				  strerror(-ret));
-	return 0;
-}
-
-static void stop_threads(struct ferry_clone *c)
-{
-	uint64_t one = 1;
-
-	if (c->stop_fd >= 0 && write(c->stop_fd, &one, sizeof(one)) < 0)
-		abort();	/* an eventfd write cannot fail here */
-	if (c->fault_started)
-		pthread_join(c->fault_thread, NULL);
-	if (c->mapper_started)
-		pthread_join(c->mapper_thread, NULL);
-	c->fault_started = c->mapper_started = false;
+	if (!ret)
+		ret = uffdmem_open(&c->um, FERRY_UFFD_MISSING |
+				   FERRY_UFFD_MINOR, UFFDMEM_KERNEL_FAULTS);
+	if (!ret)
+		ret = faultsvc_create(&fault_ops, c, &c->svc);
+	if (!ret)
+		ret = faultsvc_start(c->svc, &c->um.uffd, -1);
+	mapper_init(&c->mapper, &c->um, &map_policy, c);
+	if (!ret)
+		ret = mapper_start(&c->mapper, c->svc);
+	return ret ? ferry_fail_ctx(ret, "clone") : 0;
 }
 
 static int build(struct ferry_clone *c)
@@ -382,9 +247,7 @@ static int build(struct ferry_clone *c)
 	c->vm_created = true;
 	ret = snap_check_vm(f, &c->vm);
 	if (!ret)
-		ret = register_all(c);
-	if (!ret)
-		ret = start_threads(c);
+		ret = start_service(c);
 	if (!ret)
 		ret = snap_load_vcpus(f, &c->vm);
 	if (!ret)
@@ -405,11 +268,9 @@ int ferry_clone_create(struct ferry_clone_source *src,
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return ferry_fail(-ENOMEM, "out of memory");
-	*c = (struct ferry_clone){ .src = src, .ops = ops, .ops_arg = arg,
-				   .stop_fd = -1 };
-	c->uffd.fd = -1;
-	c->zero_page = sys_zalloc_aligned(4096, FERRY_HUGE_PAGE_SIZE);
-	ret = c->zero_page ? build(c) : ferry_fail(-ENOMEM, "out of memory");
+	*c = (struct ferry_clone){ .src = src, .ops = ops, .ops_arg = arg };
+	c->um.uffd.fd = -1;
+	ret = build(c);
 	if (ret) {
 		ferry_clone_destroy(c);
 		return ret;
@@ -474,10 +335,9 @@ int ferry_clone_memory(const struct ferry_clone *c, struct ferry_clone_mem *m)
 
 int ferry_clone_error(const struct ferry_clone *c)
 {
-	int err = atomic_load(&c->error);
+	int err = c->svc ? faultsvc_error(c->svc) : 0;
 
-	return err ? ferry_fail(err, "clone fault service: %s",
-				strerror(-err)) : 0;
+	return err ? ferry_fail_ctx(err, "clone fault service") : 0;
 }
 
 void ferry_clone_destroy(struct ferry_clone *c)
@@ -487,14 +347,8 @@ void ferry_clone_destroy(struct ferry_clone *c)
 	/* The vCPUs stop first: one may wait on a fault only we serve. */
 	if (c->vm_created)
 		c->ops->destroy(c->ops_arg, &c->vm);
-	stop_threads(c);
-	for (unsigned int i = 0; c->registered && i < c->mem->nr_regions; i++)
-		ferry_uffd_unregister(&c->uffd, c->mem->regions[i].guest,
-				      c->mem->regions[i].size);
-	ferry_uffd_close(&c->uffd);
-	if (c->stop_fd >= 0)
-		close(c->stop_fd);
+	faultsvc_destroy(c->svc);
+	uffdmem_close(&c->um);
 	ferry_mem_destroy(c->mem);
-	free(c->zero_page);
 	free(c);
 }

@@ -20,25 +20,27 @@
  * un-protect; the kernel rechecks the protection after queueing the
  * fault, so no wake-up is lost.
  *
+ * The fault thread is the fault service's (pages/faultsvc.h), with the
+ * save's handler, and the plan eventfd as the flow's own fd.
+ *
  * The records go in last, at offset 0: a save that fails leaves a file
  * that no restore accepts.
  */
-#include <poll.h>
-#include <pthread.h>
 #include <stdatomic.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/stat.h>
 
 #include "base/bitmap.h"
 #include "base/error.h"
-#include "ferry/stats.h"
-#include "ferry/uffd.h"
-#include "migrate/migrate.h"
-#include "snapshot/snapshot.h"
+#include "base/io.h"
 #include "base/sys.h"
+#include "base/thread.h"
+#include "ferry/stats.h"
+#include "migrate/migrate.h"
+#include "pages/faultsvc.h"
+#include "pages/uffdmem.h"
+#include "snapshot/snapshot.h"
 
 enum save_state { SAVE_UNSAVED = 0, SAVE_SAVING, SAVE_SAVED };
 
@@ -66,20 +68,13 @@ struct saver {
 	uint8_t *sweep_buf, *fault_buf;	/* SAVE_CHUNK each, one per thread */
 
 	/* live */
-	struct ferry_uffd uffd;
-	bool registered;
-	int stop_fd;			/* eventfd: stop the fault thread */
+	struct uffdmem um;		/* guest memory, registered WP */
+	struct faultsvc *svc;		/* the fault thread, its failure */
 	int plan_fd;			/* eventfd: the plan is made */
 	/* The fault thread's own: the plan seen, writes held before it. */
 	bool planned;
 	struct early_write *early;
 	size_t nr_early, early_cap;
-	pthread_t fault_thread;
-	bool fault_started;
-	/* The fault thread's failure: it writes both before it exits;
-	 * read after the join. */
-	int fault_err;
-	char fault_reason[256];
 
 	/* Counters: any thread, relaxed; read after the threads end. */
 	atomic_uint_fast64_t pages, zero_pages, bytes, saved_on_fault,
@@ -99,24 +94,18 @@ static int copy_out(struct ferry_region *r, uint64_t first, uint64_t count,
 		    uint8_t *buf)
 {
 	size_t off = (size_t)first * r->page_size, len = count * r->page_size;
-	size_t done = 0;
+	ssize_t n;
 
 	if (r->private_view) {
 		memcpy(buf, r->alias + off, len);
 		return 0;
 	}
-	while (done < len) {
-		ssize_t n = sys_pread(r->memfd, buf + done, len - done,
-				      (off_t)(off + done));
-
-		if (n == -EINTR)
-			continue;
-		if (n <= 0)
-			return ferry_fail(n ? (int)n : -EIO, "reading guest "
-					  "memory: %s",
-					  strerror(n ? (int)-n : EIO));
-		done += (size_t)n;
-	}
+	n = io_pread_full(r->memfd, buf, len, (off_t)off);
+	if (n >= 0 && (size_t)n < len)
+		n = -EIO;	/* the memfd is shorter than its region */
+	if (n < 0)
+		return ferry_fail((int)n, "reading guest memory: %s",
+				  strerror((int)-n));
 	return 0;
 }
 
@@ -175,8 +164,9 @@ static int save_claimed(struct saver *sv, struct snap_extent *e,
 	int ret = copy_out(r, first, count, buf);
 
 	if (!ret && sv->live)
-		ret = ferry_uffd_writeprotect(&sv->uffd, r->guest +
-					      first * r->page_size,
+		ret = ferry_uffd_writeprotect(&sv->um.uffd,
+					      uffdmem_addr(&sv->um, e->region,
+							   first),
 					      count * r->page_size, false, 0);
 	if (!ret)
 		ret = store_run(sv, e, first, count, buf);
@@ -249,27 +239,28 @@ static uint64_t claim_after(struct saver *sv, const struct snap_extent *e,
 /* One held write; t0: when the fault thread read it. */
 static int handle_wp(struct saver *sv, const struct uffd_msg *msg, uint64_t t0)
 {
-	void *addr = (void *)(uintptr_t)msg->arg.pagefault.address;
-	struct ferry_region *r = ferry_mem_find(sv->vm->mem, addr);
 	uint64_t page, held, n;
 	struct snap_extent *e;
 	unsigned int idx;
-	int ret;
+	size_t ps;
+	int ret = uffdmem_locate(&sv->um, msg, &idx, &page);
 
-	if (!r || ferry_uffd_fault_kind(msg) != FERRY_FAULT_WP)
-		return ferry_fail(-EPROTO, "unexpected fault at %p", addr);
-	idx = (unsigned int)(r - sv->vm->mem->regions);
-	page = (uint64_t)((uint8_t *)addr - r->guest) / r->page_size;
+	if (ret)
+		return ret;
+	if (ferry_uffd_fault_kind(msg) != FERRY_FAULT_WP)
+		return ferry_fail(-EPROTO, "unexpected fault on page %llu of "
+				  "region %u", (unsigned long long)page, idx);
+	ps = sv->vm->mem->regions[idx].page_size;
 	e = snap_plan_find(&sv->plan, idx, page);
 	/* Not ours to save: nothing was there at the pause. */
 	if (!e)
-		return ferry_uffd_writeprotect(&sv->uffd, r->guest +
-					       page * r->page_size,
-					       r->page_size, false, 0);
+		return ferry_uffd_writeprotect(&sv->um.uffd,
+					       uffdmem_addr(&sv->um, idx, page),
+					       ps, false, 0);
 	/* Claimed by the sweep, whose un-protect wakes the writer. */
 	if (!claim(sv, idx, page))
-		return ferry_uffd_wake(&sv->uffd, r->guest + page * r->page_size,
-				       r->page_size);
+		return ferry_uffd_wake(&sv->um.uffd,
+				       uffdmem_addr(&sv->um, idx, page), ps);
 	n = 1 + claim_after(sv, e, page);
 	ret = save_claimed(sv, e, page, n, sv->fault_buf);
 	held = ferry_now_ns() - t0;
@@ -302,6 +293,10 @@ static int keep(struct saver *sv, const struct uffd_msg *msg)
 	return 0;
 }
 
+/*
+ * Held writes are read from the moment the vCPUs resume, and served once
+ * the plan says which pages are to be saved and where.
+ */
 static int on_fault(void *arg, const struct uffd_msg *msg)
 {
 	struct saver *sv = arg;
@@ -310,13 +305,15 @@ static int on_fault(void *arg, const struct uffd_msg *msg)
 			     keep(sv, msg);
 }
 
-static int plan_ready(struct saver *sv)
+/* The plan eventfd fired (the service checks it before the uffd). */
+static int plan_ready(void *arg)
 {
-	uint64_t v;
+	struct saver *sv = arg;
 	int ret = 0;
 
-	if (read(sv->plan_fd, &v, sizeof(v)) < 0)
-		return ferry_fail(-errno, "eventfd: %s", strerror(errno));
+	evfd_drain(sv->plan_fd);
+	if (sv->planned)
+		return 0;
 	sv->planned = true;
 	for (size_t i = 0; i < sv->nr_early && !ret; i++)
 		ret = handle_wp(sv, &sv->early[i].msg, sv->early[i].t0);
@@ -324,61 +321,12 @@ static int plan_ready(struct saver *sv)
 	return ret;
 }
 
-/*
- * Reads held writes from the moment the vCPUs resume, and serves them
- * once the plan says which pages are to be saved and where.
- */
-static int serve_faults(struct saver *sv)
-{
-	struct pollfd pfd[3] = {
-		{ .fd = sv->uffd.fd, .events = POLLIN },
-		{ .fd = sv->plan_fd, .events = POLLIN },
-		{ .fd = sv->stop_fd, .events = POLLIN },
-	};
-	int ret = 0;
-
-	while (!ret) {
-		if (poll(pfd, 3, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			return ferry_fail(-errno, "poll: %s", strerror(errno));
-		}
-		if (pfd[2].revents)
-			break;
-		if (pfd[1].revents && !sv->planned)
-			ret = plan_ready(sv);
-		if (!ret && pfd[0].revents)
-			ret = snap_uffd_drain(&sv->uffd, on_fault, sv);
-	}
-	return ret;
-}
-
-static void *fault_main(void *arg)
-{
-	struct saver *sv = arg;
-	int ret;
-
-	sys_thread_boost(SYS_BOOST_URGENT);
-	ret = serve_faults(sv);
-	sv->fault_err = ret;
-	if (ret)
-		snprintf(sv->fault_reason, sizeof(sv->fault_reason), "%s",
-			 ferry_errmsg());
-	return NULL;
-}
+static const struct faultsvc_ops fault_ops = {
+	.fault = on_fault,
+	.ready = plan_ready,
+};
 
 /* ---- arming and disarming write protection ------------------------------ */
-
-static uint64_t wp_features(const struct ferry_mem *mem)
-{
-	uint64_t f = 0;
-
-	for (unsigned int i = 0; i < mem->nr_regions; i++)
-		f |= ferry_uffd_features_for(
-			mem->regions[i].backing == FERRY_BACKING_HUGETLB,
-			FERRY_UFFD_WP);
-	return f;
-}
 
 /*
  * All of guest memory is protected, holes too, so that from here on no
@@ -389,61 +337,40 @@ static uint64_t wp_features(const struct ferry_mem *mem)
 static int arm(struct saver *sv)
 {
 	struct ferry_mem *mem = sv->vm->mem;
-	int ret = ferry_uffd_open(&sv->uffd, wp_features(mem), 0, false);
+	int ret = uffdmem_open(&sv->um, FERRY_UFFD_WP, UFFDMEM_KERNEL_FAULTS);
 
 	if (ret)
 		return ferry_fail_ctx(ret, "live snapshot");
-	sv->registered = true;
-	for (unsigned int i = 0; i < mem->nr_regions && !ret; i++) {
-		struct ferry_region *r = &mem->regions[i];
-
-		ret = ferry_uffd_register(&sv->uffd, r->guest, r->size,
-					  FERRY_UFFD_WP, NULL);
-		if (!ret)
-			ret = ferry_uffd_writeprotect(&sv->uffd, r->guest,
-						      r->size, true, 0);
-	}
+	for (unsigned int i = 0; i < mem->nr_regions && !ret; i++)
+		ret = ferry_uffd_writeprotect(&sv->um.uffd,
+					      mem->regions[i].guest,
+					      mem->regions[i].size, true, 0);
 	return ret;
 }
 
-static int start_fault_thread(struct saver *sv)
+/* The service and the plan's eventfd, made before the vCPUs pause. */
+static int make_service(struct saver *sv)
 {
-	int ret;
+	int ret = uffdmem_init(&sv->um, sv->vm->mem);
 
-	sv->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	sv->plan_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (sv->stop_fd < 0 || sv->plan_fd < 0)
-		return ferry_fail(-errno, "eventfd: %s", strerror(errno));
-	ret = -pthread_create(&sv->fault_thread, NULL, fault_main, sv);
+	if (!ret)
+		ret = faultsvc_create(&fault_ops, sv, &sv->svc);
 	if (ret)
-		return ferry_fail(ret, "starting the fault thread: %s",
-				  strerror(-ret));
-	sv->fault_started = true;
+		return ret;
+	sv->plan_fd = evfd_open();
+	if (sv->plan_fd < 0)
+		return ferry_fail(sv->plan_fd, "eventfd: %s",
+				  strerror(-sv->plan_fd));
 	return 0;
 }
 
-static int plan_made(struct saver *sv)
+/* The fault thread's failure, with its reason, once it has stopped. */
+static int stop_service(struct saver *sv)
 {
-	uint64_t one = 1;
-
-	if (write(sv->plan_fd, &one, sizeof(one)) < 0)
-		return ferry_fail(-errno, "eventfd: %s", strerror(errno));
-	return 0;
-}
-
-static int stop_fault_thread(struct saver *sv)
-{
-	uint64_t one = 1;
-
-	if (!sv->fault_started)
+	if (!sv->svc)
 		return 0;
-	if (write(sv->stop_fd, &one, sizeof(one)) < 0)
-		abort();	/* an eventfd write cannot fail here */
-	pthread_join(sv->fault_thread, NULL);
-	sv->fault_started = false;
-	if (sv->fault_err)
-		return ferry_fail(sv->fault_err, "%s", sv->fault_reason);
-	return 0;
+	faultsvc_stop(sv->svc);
+	return faultsvc_error(sv->svc);
 }
 
 /*
@@ -455,11 +382,7 @@ static void disarm(struct saver *sv)
 {
 	struct ferry_mem *mem = sv->vm->mem;
 
-	for (unsigned int i = 0; sv->registered && i < mem->nr_regions; i++)
-		ferry_uffd_unregister(&sv->uffd, mem->regions[i].guest,
-				      mem->regions[i].size);
-	sv->registered = false;
-	ferry_uffd_close(&sv->uffd);
+	uffdmem_close(&sv->um);
 	for (unsigned int i = 0; i < mem->nr_regions; i++)
 		if (!mem->regions[i].private_view)
 			ferry_region_collapse(&mem->regions[i]);
@@ -502,8 +425,7 @@ static void free_tables(struct saver *sv)
 	snap_buf_free(sv->fault_buf, SAVE_CHUNK);
 	snap_plan_free(&sv->plan);
 	free(sv->head);
-	if (sv->stop_fd >= 0)
-		close(sv->stop_fd);
+	faultsvc_destroy(sv->svc);
 	if (sv->plan_fd >= 0)
 		close(sv->plan_fd);
 	free(sv->early);
@@ -566,8 +488,11 @@ static int save_pages(struct saver *sv, struct ferry_snapshot_stats *st)
 {
 	const struct ferry_vm *vm = sv->vm;
 	int ret = size_file(sv, 0), resumed, stopped;
-	uint64_t t0 = ferry_now_ns();
+	uint64_t t0;
 
+	if (!ret && sv->live)
+		ret = make_service(sv);
+	t0 = ferry_now_ns();
 	if (!ret)
 		ret = vm->ops->pause(vm->handle);
 	if (ret)
@@ -580,14 +505,14 @@ static int save_pages(struct saver *sv, struct ferry_snapshot_stats *st)
 	resumed = vm->ops->resume(vm->handle);
 	st->pause_ns = ferry_now_ns() - t0;
 	if (!ret && sv->live)
-		ret = start_fault_thread(sv);
+		ret = faultsvc_start(sv->svc, &sv->um.uffd, sv->plan_fd);
 	if (!ret && sv->live)
 		ret = capture_pages(sv);
 	if (!ret && sv->live)
-		ret = plan_made(sv);
+		evfd_signal(sv->plan_fd);
 	if (!ret && sv->live)
 		ret = sweep(sv);
-	stopped = stop_fault_thread(sv);
+	stopped = stop_service(sv);
 	if (sv->live)
 		disarm(sv);
 	if (!ret)
@@ -639,8 +564,7 @@ int ferry_snapshot_save(const struct ferry_vm *vm, int fd,
 	sv->vm = vm;
 	sv->fd = fd;
 	sv->live = opts && opts->live;
-	sv->uffd.fd = -1;
-	sv->stop_fd = -1;
+	sv->um.uffd.fd = -1;
 	sv->plan_fd = -1;
 	ferry_hist_init(&sv->held);
 	ret = ferry_vcpu_ops_check(vm->ops);

@@ -17,6 +17,10 @@
  *
  * Records are written last, so a file whose save did not finish has no
  * valid HEADER and is refused.
+ *
+ * What both sides share is in file.c, reading (every record checked) in
+ * file_read.c, writing (plan, records sealed) in file_write.c, working
+ * sets in ws.c.
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -25,6 +29,11 @@
 #include "ferry/snapshot.h"
 
 #define SNAP_DATA_ALIGN		FERRY_HUGE_PAGE_SIZE
+
+static inline uint64_t snap_round_up(uint64_t v, uint64_t to)
+{
+	return (v + to - 1) / to * to;
+}
 
 /* One run of pages of a region stored at file_offset. */
 struct snap_extent {
@@ -75,6 +84,10 @@ int snap_file_open(int fd, struct snap_file **out);
 int snap_file_open_head(int fd, struct snap_file **out);
 int snap_file_open_rest(struct snap_file *f);
 void snap_file_close(struct snap_file *f);
+
+/* Binary search of extents [lo, hi) of one region: the page's, or NULL. */
+struct snap_extent *snap_extent_search(struct snap_extent *x, size_t lo,
+				       size_t hi, uint64_t page);
 
 /* The extent holding a page, or NULL (the page is a hole). */
 const struct snap_extent *snap_find(const struct snap_file *f,
@@ -184,26 +197,6 @@ void snap_buf_free(void *buf, size_t len);
  */
 int snap_store_all(struct snap_file *f, struct ferry_mem *mem,
 		   uint64_t *pages);
-
-/* ---- service threads ---------------------------------------------------- */
-
-struct ferry_uffd;
-struct uffd_msg;
-
-/*
- * A service thread's loop: poll `fd` beside the stop eventfd and call
- * handle(arg) each time fd is readable, until stop_fd fires (0) or
- * handle fails (its error).  EINTR is retried.
- */
-int snap_serve(int fd, int stop_fd, int (*handle)(void *arg), void *arg);
-
-/*
- * Read the userfaultfd's pending messages and hand each page fault to
- * fault(arg, msg); the first error stops it.  Nothing pending is 0.
- */
-int snap_uffd_drain(struct ferry_uffd *uffd,
-		    int (*fault)(void *arg, const struct uffd_msg *msg),
-		    void *arg);
 
 /* ---- working sets ------------------------------------------------------- */
 

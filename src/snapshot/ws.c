@@ -21,6 +21,7 @@
 #include <xxhash.h>
 
 #include "base/error.h"
+#include "base/io.h"
 #include "le.h"
 #include "snapshot/snapshot.h"
 #include "base/sys.h"
@@ -60,7 +61,7 @@ static int read_all(const char *path, uint8_t **buf, size_t *len,
 		*buf = malloc(*len);
 		ret = *buf ? 0 : ferry_fail(-ENOMEM, "out of memory");
 	}
-	if (!ret && sys_pread(fd, *buf, *len, 0) != (ssize_t)*len)
+	if (!ret && io_pread_full(fd, *buf, *len, 0) != (ssize_t)*len)
 		ret = ferry_fail(-EIO, "working set %s: short read", path);
 	close(fd);
 	return ret;
