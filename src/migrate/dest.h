@@ -40,9 +40,11 @@ struct receiver {
 	struct dest *d;
 	struct ferry_chan *chan;
 	struct ferry_wire_reader reader;
-	uint8_t *buf;			/* touched before anything is timed */
+	uint8_t *buf;			/* touched before anything is
+					 * timed */
 	bool urgent;
-	bool switched;		/* passed SWITCHOVER: what follows is fresh */
+	bool switched;			/* passed SWITCHOVER: what follows
+					 * is fresh */
 	uint64_t bytes;
 	uint64_t installed;		/* pages */
 	uint64_t installed_bytes;
@@ -63,7 +65,8 @@ struct dest {
 	const struct ferry_dest_ops *ops;
 	void *ops_arg;
 	const struct ferry_migrate_opts *opts;
-	struct ferry_migrate_stats *stats;	/* main; torn_pages under lock */
+	struct ferry_migrate_stats *stats;	/* main thread; torn_pages by
+						 * receivers, under lock */
 	struct ferry_wire_stream stream;	/* main, before receivers run */
 	uint8_t *desc;			/* stream.desc points here */
 	struct ferry_vm vm;
@@ -74,8 +77,9 @@ struct dest {
 	unsigned int nr_receivers;
 	struct receiver *receivers;	/* bulk channels */
 	struct receiver urgent;
-	struct threads threads;		/* every receiver: main starts them;
-					 * the first to fail signals stop */
+	struct threads threads;		/* every receiver; main starts and
+					 * stops them, the first to fail
+					 * signals stop_fd */
 	struct err_slot err;		/* that first failure */
 
 	/* Switchover: receivers count themselves in under lock. */

@@ -46,7 +46,7 @@ static void *sender_main(void *arg)
 		if (job == JOB_EXIT)
 			break;
 		pthread_mutex_unlock(&src->lock);
-		ferry_errmsg_clear();	/* a failure's reason is this job's */
+		ferry_errmsg_clear();	/* a failure's reason: this job's */
 		ret = do_job(s, job, live, round);
 		if (ret)
 			err_slot_set(&src->sender_err, ret);
