@@ -60,6 +60,7 @@ struct vcpu_slot {
 	uint8_t *regs;
 };
 
+/* Written by the main thread unless a field says otherwise. */
 struct dest {
 	struct ferry_session *session;
 	const struct ferry_dest_ops *ops;
@@ -71,8 +72,10 @@ struct dest {
 	uint8_t *desc;			/* stream.desc points here */
 	struct ferry_vm vm;
 	bool vm_created;
-	struct postcopy *pc;
-	uint64_t **stale;		/* per region, from BITMAP records */
+	struct postcopy *pc;		/* created before receivers run */
+	uint64_t **stale;		/* per region: bulk channel 0's
+					 * receiver ORs BITMAP records in
+					 * before SWITCHOVER */
 	struct vcpu_slot *vcpus;
 	unsigned int nr_receivers;
 	struct receiver *receivers;	/* bulk channels */

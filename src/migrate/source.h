@@ -40,7 +40,8 @@ enum source_job { JOB_IDLE, JOB_ROUND, JOB_PUSH, JOB_EXIT };
 
 struct source;
 
-/* One thread's batches of pages: a bulk channel's, or the urgent one's. */
+/* One thread's batches of pages: a bulk channel's, or the urgent one's.
+ * Only that thread touches it, but for the main thread between jobs. */
 struct sender {
 	struct source *src;
 	unsigned int idx;		/* its bulk channel */
@@ -51,12 +52,14 @@ struct sender {
 	uint32_t nr_data, nr_zero, batch_region;
 };
 
+/* Written by the main thread unless a field says otherwise. */
 struct source {
 	const struct ferry_vm *vm;
 	struct ferry_session *session;
 	const struct ferry_migrate_opts *opts;
-	struct ferry_migrate_stats *stats;	/* main thread */
-	struct ferry_wire_stream stream;
+	struct ferry_migrate_stats *stats;
+	struct ferry_wire_stream stream;	/* set before the first job;
+						 * read-only after */
 	struct ferry_dirty *dirty;
 	uint64_t **send_map;		/* per region: this job's pages; the
 					 * main thread fills them between
@@ -75,7 +78,7 @@ struct source {
 	enum source_job job;
 	unsigned int gen, done;
 	bool live;			/* the VM runs while this job reads */
-	unsigned int round;
+	unsigned int round;		/* bumped between jobs; senders read */
 
 	/* Push hint: the region and page last requested (urgent thread
 	 * writes, senders read; relaxed, a hint only). */
@@ -88,7 +91,9 @@ struct source {
 	uint64_t owed;			/* pages owed when post-copy began */
 	double rate_bps;		/* progress: the last rate seen */
 
-	/* Urgent channel (post-copy): its thread and what it saw. */
+	/* Urgent channel.  The main thread reads it until the destination
+	 * confirms, then the urgent thread until it is joined; the urgent
+	 * thread writes answers, then the main thread the last COMPLETE. */
 	struct ferry_wire_reader urgent_reader;
 	struct ferry_wire_writer urgent_writer;
 	struct threads urgent_thread;	/* started and joined by main */
