@@ -1,9 +1,13 @@
 // SPDX-License-Identifier: MIT
-/* cli: parsing and printing shared by the subcommands. */
+/*
+ * cli: what the subcommands do alike: options, printing, JSON, the
+ * built-in VM's start and stop, the hugetlb pool.
+ */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "ferry/error.h"
@@ -110,59 +114,103 @@ int cli_parse_secs(const char *cmd, const char *opt, const char *arg,
 						   "want seconds") : 0;
 }
 
-int cli_getopt(const char *cmd, const char *allowed, int argc, char **argv,
-	       const struct option *longopts, void (*usage)(FILE *out),
-	       int (*one)(void *ctx, int opt, const char *arg), void *ctx)
+int cli_getopt(const struct cli_cmd *cmd, int argc, char **argv, void *opts)
 {
 	int opt, ret;
 
-	while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "", cmd->longopts, NULL)) != -1) {
 		if (opt == 'h') {
-			usage(stdout);
+			cmd->usage(stdout);
 			return 1;
 		}
-		if (opt == '?' || !strchr(allowed, opt)) {
+		if (opt == '?' || !strchr(cmd->allowed, opt)) {
 			if (opt != '?')
 				fprintf(stderr, "ferry %s: %s is not an "
-					"option of this command\n", cmd,
+					"option of this command\n", cmd->name,
 					argv[optind - 1]);
-			usage(stderr);
+			cmd->usage(stderr);
 			return 2;
 		}
-		ret = one(ctx, opt, optarg);
+		ret = cmd->one(cmd->name, opt, optarg, opts);
 		if (ret)
 			return ret;
 	}
 	return 0;
 }
 
-FILE *cli_json_open(const char *path)
+int cli_no_args(const char *cmd, int argc, char **argv)
+{
+	if (optind < argc)
+		return cli_bad(cmd, "argument", argv[optind], "unexpected");
+	return 0;
+}
+
+int cli_json(const char *path, void (*write)(FILE *f, const void *arg),
+	     const void *arg)
 {
 	FILE *f = strcmp(path, "-") ? fopen(path, "w") : stdout;
 
-	if (!f)
+	if (!f) {
 		fprintf(stderr, "ferry: --json %s: %s\n", path,
 			strerror(errno));
-	return f;
-}
-
-void cli_json_close(FILE *f)
-{
-	if (f && f != stdout)
+		return 2;
+	}
+	write(f, arg);
+	if (f != stdout)
 		fclose(f);
+	return 0;
 }
 
-int cli_start_guest(const struct ferry_guest_config *cfg,
-		    enum ferry_backing backing, uint64_t mem_size,
+/* ---- the built-in VM ---------------------------------------------------- */
+
+int cli_guest_opt(const char *cmd, int opt, const char *arg,
+		  struct cli_guest *g)
+{
+	switch (opt) {
+	case 'm':
+		return cli_parse_size(arg, &g->mem_size) || !g->mem_size ?
+		       cli_bad(cmd, "--mem", arg, "want a size such as 1G") : 0;
+	case 'n':
+		return cli_parse_num(cmd, "--vcpus", arg, 1,
+				     FERRY_GUEST_MAX_VCPUS, &g->vcpus);
+	case 'S':
+		return cli_parse_num(cmd, "--seed", arg, 0, ~0UL, &g->seed);
+	case 'w':
+		g->workload = arg;
+		return 0;
+	case 'b':
+		g->backing_set = true;
+		return ferry_backing_parse(arg, &g->backing) ?
+		       cli_bad(cmd, "--backing", arg, "want shmem, thp or "
+			       "hugetlb") : 0;
+	default:
+		return 2;
+	}
+}
+
+int cli_hugetlb_reserve(enum ferry_backing backing, uint64_t bytes,
+			struct ferry_hugetlb_resv *resv)
+{
+	if (backing != FERRY_BACKING_HUGETLB)
+		return 0;
+	return ferry_hugetlb_reserve((bytes + FERRY_HUGE_PAGE_SIZE - 1) /
+				     FERRY_HUGE_PAGE_SIZE, resv);
+}
+
+int cli_start_guest(const char *cmd, const struct cli_guest *g,
 		    struct ferry_guest_vm **gv, struct ferry_hugetlb_resv *resv)
 {
-	int ret = 0;
+	struct ferry_guest_config cfg;
+	int ret;
 
-	if (backing == FERRY_BACKING_HUGETLB)
-		ret = ferry_hugetlb_reserve((mem_size + FERRY_HUGE_PAGE_SIZE -
-					     1) / FERRY_HUGE_PAGE_SIZE, resv);
+	ferry_guest_config_init(&cfg);
+	cfg.nr_vcpus = (unsigned int)g->vcpus;
+	cfg.seed = g->seed;
+	if (ferry_guest_config_set_workload(&cfg, g->workload))
+		return cli_bad(cmd, "--workload", g->workload, "too long");
+	ret = cli_hugetlb_reserve(g->backing, g->mem_size, resv);
 	if (!ret)
-		ret = ferry_guest_vm_create(cfg, backing, mem_size, gv);
+		ret = ferry_guest_vm_create(&cfg, g->backing, g->mem_size, gv);
 	if (!ret)
 		ret = ferry_guest_start((*gv)->guest);
 	if (ret) {
@@ -173,20 +221,46 @@ int cli_start_guest(const struct ferry_guest_config *cfg,
 	return 0;
 }
 
+void cli_stop_guest(struct ferry_guest_vm *gv,
+		    struct ferry_hugetlb_resv *resv)
+{
+	ferry_guest_vm_destroy(gv);
+	ferry_hugetlb_restore(resv);
+}
+
+void cli_sleep(double secs)
+{
+	usleep((useconds_t)(secs * 1e6));
+}
+
+/* ---- the destination's VM ----------------------------------------------- */
+
+uint64_t cli_stream_bytes(const struct ferry_wire_stream *s)
+{
+	uint64_t bytes = 0;
+
+	for (unsigned int i = 0; i < s->nr_regions; i++)
+		bytes += s->regions[i].size;
+	return bytes;
+}
+
+void cli_dest_init(struct cli_dest *cd, const struct cli_guest *g)
+{
+	*cd = (struct cli_dest){
+		.dd = { .backing = g->backing,
+			.keep_backing = !g->backing_set },
+		.resv = CLI_RESV_INIT,
+	};
+}
+
 static int dest_create(void *arg, const struct ferry_wire_stream *s,
 		       struct ferry_vm *vm)
 {
 	struct cli_dest *cd = arg;
 	enum ferry_backing b = cd->dd.keep_backing ? s->regions[0].backing :
 						     cd->dd.backing;
-	uint64_t bytes = 0;
-	int ret = 0;
+	int ret = cli_hugetlb_reserve(b, cli_stream_bytes(s), &cd->resv);
 
-	for (unsigned int i = 0; i < s->nr_regions; i++)
-		bytes += s->regions[i].size;
-	if (b == FERRY_BACKING_HUGETLB)
-		ret = ferry_hugetlb_reserve(bytes / FERRY_HUGE_PAGE_SIZE,
-					    &cd->resv);
 	return ret ? ret : ferry_guest_dest_ops()->create(&cd->dd, s, vm);
 }
 

@@ -6,6 +6,9 @@
  * The ferry command: one cmd_<name>() per subcommand, each in
  * tools/cmd_<name>.c.  They parse options, call the library and print;
  * no logic lives here that the tests cannot reach through the library.
+ * What several subcommands do alike is done once, here: parsing options,
+ * the built-in VM's options and its start and stop, the hugetlb pool,
+ * JSON output.
  */
 #include <getopt.h>
 #include <stdbool.h>
@@ -23,8 +26,32 @@ int cmd_recv(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_restore(int argc, char **argv);
 
+/* ---- printing ----------------------------------------------------------- */
+
 /* Print "ferry: <what>: <errmsg or strerror>" on stderr. */
 void cli_error(const char *what, int err);
+
+/* Human-readable bytes: "1.5 GiB". */
+const char *cli_bytes(uint64_t bytes, char *buf, size_t len);
+
+static inline double cli_ms(uint64_t ns)
+{
+	return (double)ns / 1e6;
+}
+
+static inline double cli_us(uint64_t ns)
+{
+	return (double)ns / 1e3;
+}
+
+/*
+ * --json FILE ("-": stdout): write(f, arg) into it.  0, or 2 when it
+ * cannot be opened (and a message says so).
+ */
+int cli_json(const char *path, void (*write)(FILE *f, const void *arg),
+	     const void *arg);
+
+/* ---- options ------------------------------------------------------------ */
 
 /* "512M", "4G", "1048576", "64K" -> bytes; 0 or -EINVAL. */
 int cli_parse_size(const char *text, uint64_t *bytes);
@@ -34,9 +61,6 @@ int cli_parse_seconds(const char *text, double *secs);
 
 /* Non-negative integer; 0 or -EINVAL. */
 int cli_parse_uint(const char *text, unsigned long *value);
-
-/* Human-readable bytes: "1.5 GiB". */
-const char *cli_bytes(uint64_t bytes, char *buf, size_t len);
 
 /* "ferry CMD: OPT 'ARG': WANT" on stderr; returns 2 (a usage error). */
 int cli_bad(const char *cmd, const char *opt, const char *arg,
@@ -50,28 +74,85 @@ int cli_parse_num(const char *cmd, const char *opt, const char *arg,
 int cli_parse_secs(const char *cmd, const char *opt, const char *arg,
 		   double *v);
 
-/*
- * getopt_long over argv with the options in `allowed` (their letters),
- * each handed to one(ctx, letter, optarg), which returns 0 or 2.  --help
- * prints usage to stdout and returns 1; an option not allowed prints it
- * to stderr and returns 2.  Arguments left start at argv[optind].
- */
-int cli_getopt(const char *cmd, const char *allowed, int argc, char **argv,
-	       const struct option *longopts, void (*usage)(FILE *out),
-	       int (*one)(void *ctx, int opt, const char *arg), void *ctx);
-
-/* --json FILE: "-" is stdout; NULL (and a message) when it cannot open. */
-FILE *cli_json_open(const char *path);
-void cli_json_close(FILE *f);
+/* A subcommand's options. */
+struct cli_cmd {
+	const char *name;		/* "ferry NAME" */
+	const char *allowed;		/* the letters of its options */
+	const struct option *longopts;	/* may hold other commands' too;
+					 * 'h' is --help */
+	void (*usage)(FILE *out);
+	/* One option into opts: 0, or 2 after saying what is wrong. */
+	int (*one)(const char *cmd, int opt, const char *arg, void *opts);
+};
 
 /*
- * The built-in VM, on `backing`, started: the hugetlb pool grown first
- * when the memory is hugetlb (cli_hugetlb_restore puts it back).  Prints
- * what failed and returns 2, or 0.
+ * getopt_long over argv with cmd's options, each handed to cmd->one.
+ * --help prints usage to stdout and returns 1; an option not allowed
+ * prints usage to stderr and returns 2.  Arguments left start at
+ * argv[optind].
  */
-int cli_start_guest(const struct ferry_guest_config *cfg,
-		    enum ferry_backing backing, uint64_t mem_size,
-		    struct ferry_guest_vm **gv, struct ferry_hugetlb_resv *resv);
+int cli_getopt(const struct cli_cmd *cmd, int argc, char **argv, void *opts);
+
+/* No argument left after the options, or cli_bad() saying so. */
+int cli_no_args(const char *cmd, int argc, char **argv);
+
+/* ---- the built-in VM ---------------------------------------------------- */
+
+/* What the commands that run the built-in VM take, by the same letters. */
+struct cli_guest {
+	uint64_t mem_size;		/* -m --mem */
+	unsigned long vcpus, seed;	/* -n --vcpus, -S --seed */
+	const char *workload;		/* -w --workload */
+	enum ferry_backing backing;	/* -b --backing */
+	bool backing_set;
+};
+
+/*
+ * Their entries in a longopts table (--seed stands apart: commands list it
+ * in other places); then --help and the table's end.  An entry's place
+ * shows in getopt's message about an ambiguous abbreviation.
+ */
+#define CLI_GUEST_LONGOPTS \
+	{ "mem", required_argument, NULL, 'm' }, \
+	{ "vcpus", required_argument, NULL, 'n' }, \
+	{ "workload", required_argument, NULL, 'w' }, \
+	{ "backing", required_argument, NULL, 'b' }
+#define CLI_SEED_LONGOPT	{ "seed", required_argument, NULL, 'S' }
+#define CLI_LONGOPTS_END \
+	{ "help", no_argument, NULL, 'h' }, \
+	{ NULL, 0, NULL, 0 }
+
+/* One of the options above (opt: its letter), or cli_bad() saying so. */
+int cli_guest_opt(const char *cmd, int opt, const char *arg,
+		  struct cli_guest *g);
+
+/* A reservation that changed nothing: ferry_hugetlb_restore() is a no-op. */
+#define CLI_RESV_INIT	{ .saved_nr_hugepages = -1 }
+
+/*
+ * Room in the hugetlb pool for `bytes` of guest memory when `backing` is
+ * hugetlb (ferry_hugetlb_restore() puts the pool back); 0 or -errno.
+ */
+int cli_hugetlb_reserve(enum ferry_backing backing, uint64_t bytes,
+			struct ferry_hugetlb_resv *resv);
+
+/*
+ * The built-in VM `g` describes, started, the hugetlb pool grown first
+ * when its memory is hugetlb.  Prints what failed and returns 2, or 0.
+ */
+int cli_start_guest(const char *cmd, const struct cli_guest *g,
+		    struct ferry_guest_vm **gv,
+		    struct ferry_hugetlb_resv *resv);
+
+/* Stop and free a VM (NULL is fine), and put the hugetlb pool back. */
+void cli_stop_guest(struct ferry_guest_vm *gv,
+		    struct ferry_hugetlb_resv *resv);
+
+/* Let the VM run for a while. */
+void cli_sleep(double secs);
+
+/* Guest memory a stream (or snapshot) describes, in bytes. */
+uint64_t cli_stream_bytes(const struct ferry_wire_stream *s);
 
 /*
  * ferry_guest_dest_ops() that first make room in the hugetlb pool when
@@ -79,8 +160,11 @@ int cli_start_guest(const struct ferry_guest_config *cfg,
  */
 struct cli_dest {
 	struct ferry_guest_dest dd;
-	struct ferry_hugetlb_resv resv;	/* put back by the caller */
+	struct ferry_hugetlb_resv resv;	/* cli_stop_guest() puts it back */
 };
+
+/* On g's backing if --backing was given, else on the stream's. */
+void cli_dest_init(struct cli_dest *cd, const struct cli_guest *g);
 
 const struct ferry_dest_ops *cli_dest_ops(void);
 

@@ -26,19 +26,16 @@
 struct mig_opts {
 	/* source */
 	const char *to;
-	uint64_t mem_size;
-	unsigned long vcpus, seed, channels, max_downtime_ms;
-	const char *workload;
+	unsigned long channels, max_downtime_ms;
 	double warmup_s;
 	enum ferry_mode mode;
 	bool at_once;
 	/* destination */
 	const char *listen;
-	bool backing_set;
 	double run_s, timeout_s;
 	bool verify;
-	/* both */
-	enum ferry_backing backing;
+	/* both: the VM (the destination takes only its backing) */
+	struct cli_guest guest;
 	const char *json;
 	bool quiet;
 };
@@ -54,11 +51,12 @@ struct dest_result {
 
 static void defaults(struct mig_opts *o)
 {
-	*o = (struct mig_opts){ .mem_size = 1ULL << 30, .vcpus = 2,
-		.seed = 1, .channels = 2, .max_downtime_ms = 50,
-		.workload = "random,read=20", .warmup_s = 1,
-		.mode = FERRY_MODE_HYBRID, .run_s = 1, .timeout_s = 60,
-		.backing = FERRY_BACKING_SHMEM };
+	*o = (struct mig_opts){ .channels = 2, .max_downtime_ms = 50,
+		.warmup_s = 1, .mode = FERRY_MODE_HYBRID, .run_s = 1,
+		.timeout_s = 60,
+		.guest = { .mem_size = 1ULL << 30, .vcpus = 2, .seed = 1,
+			   .workload = "random,read=20",
+			   .backing = FERRY_BACKING_SHMEM } };
 }
 
 /* ---- printing ----------------------------------------------------------- */
@@ -79,16 +77,6 @@ static void progress_line(const struct ferry_progress *p, void *arg)
 	fflush(stderr);
 }
 
-static double ms(uint64_t ns)
-{
-	return (double)ns / 1e6;
-}
-
-static double us(uint64_t ns)
-{
-	return (double)ns / 1e3;
-}
-
 static void print_source(const struct ferry_migrate_stats *s, FILE *out)
 {
 	char sent[32];
@@ -96,7 +84,7 @@ static void print_source(const struct ferry_migrate_stats *s, FILE *out)
 
 	fprintf(out, "migration   %s in %.3f s, downtime %.3f ms, %u "
 		"round%s\n", ferry_mode_name(s->mode), secs,
-		ms(s->downtime_ns), s->rounds, s->rounds == 1 ? "" : "s");
+		cli_ms(s->downtime_ns), s->rounds, s->rounds == 1 ? "" : "s");
 	fprintf(out, "sent        %s: %llu pages, %llu zero pages "
 		"(indices only), %.2f GB/s\n",
 		cli_bytes(s->bytes_sent, sent, sizeof(sent)),
@@ -120,9 +108,9 @@ static void print_dest(const struct ferry_migrate_stats *d, FILE *out)
 			"%.0f us, p99 %.0f us, max %.0f us\n",
 			(unsigned long long)d->minor_faults,
 			(unsigned long long)d->missing_faults,
-			us(d->fault_latency_p50_ns),
-			us(d->fault_latency_p99_ns),
-			us(d->fault_latency_max_ns));
+			cli_us(d->fault_latency_p50_ns),
+			cli_us(d->fault_latency_p99_ns),
+			cli_us(d->fault_latency_max_ns));
 	if (d->pmd_mapped_bytes)
 		fprintf(out, "huge pages  %.1f%% of guest memory PMD-mapped\n",
 			100.0 * (double)d->pmd_mapped_bytes /
@@ -148,67 +136,88 @@ static void print_verdict(const struct ferry_verify_report *r, FILE *out)
 			(unsigned long long)r->bad[i].expected);
 }
 
-/* Stable keys; a side that cannot see a figure leaves it out. */
-static int write_json(const char *path, const struct ferry_migrate_stats *s,
-		      const struct dest_result *d)
-{
-	const struct ferry_migrate_stats *m = s ? s : &d->stats;
-	FILE *f = cli_json_open(path);
+/* What one side saw: the source's stats, the destination's, or both. */
+struct migration {
+	const struct ferry_migrate_stats *src;
+	const struct dest_result *dst;
+};
 
-	if (!f)
-		return -EIO;
+static void json_source(FILE *f, const struct ferry_migrate_stats *s)
+{
+	fprintf(f, "  \"rounds\": %u,\n  \"bytes_sent\": %llu,\n"
+		"  \"pages_sent\": %llu,\n  \"zero_pages\": %llu,\n"
+		"  \"pages_pushed\": %llu,\n",
+		s->rounds, (unsigned long long)s->bytes_sent,
+		(unsigned long long)s->pages_sent,
+		(unsigned long long)s->zero_pages,
+		(unsigned long long)s->pages_pushed);
+}
+
+static void json_dest(FILE *f, const struct ferry_migrate_stats *t)
+{
+	fprintf(f, "  \"dest_downtime_ms\": %.3f,\n"
+		"  \"postcopy_faults\": %llu,\n"
+		"  \"minor_faults\": %llu,\n"
+		"  \"missing_faults\": %llu,\n"
+		"  \"fault_latency_us\": {\"p50\": %.1f, \"p99\": %.1f, "
+		"\"max\": %.1f},\n"
+		"  \"pages_installed\": %llu,\n"
+		"  \"faults_per_installed_page\": %.6f,\n"
+		"  \"pmd_mapped_pct\": %.1f,\n",
+		cli_ms(t->downtime_ns),
+		(unsigned long long)(t->minor_faults + t->missing_faults),
+		(unsigned long long)t->minor_faults,
+		(unsigned long long)t->missing_faults,
+		cli_us(t->fault_latency_p50_ns),
+		cli_us(t->fault_latency_p99_ns),
+		cli_us(t->fault_latency_max_ns),
+		(unsigned long long)t->pages_installed,
+		t->faults_per_installed_page,
+		t->guest_bytes ? 100.0 * (double)t->pmd_mapped_bytes /
+				 (double)t->guest_bytes : 0.0);
+}
+
+static void json_verdict(FILE *f, const struct ferry_verify_report *r)
+{
+	fprintf(f, "  \"lost\": %llu, \"torn\": %llu, \"duplicated\": "
+		"%llu,\n  \"vcpu_states\": [", (unsigned long long)r->lost,
+		(unsigned long long)r->torn,
+		(unsigned long long)r->duplicated);
+	for (unsigned int i = 0; i < r->nr_vcpus; i++)
+		fprintf(f, "%s\"%s\"", i ? ", " : "",
+			ferry_mp_state_name(r->vcpu[i].mp_state));
+	fprintf(f, "],\n");
+}
+
+/* Stable keys; a side that cannot see a figure leaves it out. */
+static void json_migration(FILE *f, const void *arg)
+{
+	const struct migration *mig = arg;
+	const struct dest_result *d = mig->dst;
+	const struct ferry_migrate_stats *m = mig->src ? mig->src : &d->stats;
+
 	fprintf(f, "{\n  \"mode\": \"%s\",\n", ferry_mode_name(m->mode));
 	if (d && d->verified)
 		fprintf(f, "  \"verdict\": \"%s\",\n",
 			d->report.ok ? "pass" : "fail");
 	fprintf(f, "  \"total_ms\": %.3f,\n  \"downtime_ms\": %.3f,\n",
-		ms(m->total_ns), ms(m->downtime_ns));
-	if (s)
-		fprintf(f, "  \"rounds\": %u,\n  \"bytes_sent\": %llu,\n"
-			"  \"pages_sent\": %llu,\n  \"zero_pages\": %llu,\n"
-			"  \"pages_pushed\": %llu,\n",
-			s->rounds, (unsigned long long)s->bytes_sent,
-			(unsigned long long)s->pages_sent,
-			(unsigned long long)s->zero_pages,
-			(unsigned long long)s->pages_pushed);
-	if (d) {
-		const struct ferry_migrate_stats *t = &d->stats;
-
-		fprintf(f, "  \"dest_downtime_ms\": %.3f,\n"
-			"  \"postcopy_faults\": %llu,\n"
-			"  \"minor_faults\": %llu,\n"
-			"  \"missing_faults\": %llu,\n"
-			"  \"fault_latency_us\": {\"p50\": %.1f, \"p99\": %.1f, "
-			"\"max\": %.1f},\n"
-			"  \"pages_installed\": %llu,\n"
-			"  \"faults_per_installed_page\": %.6f,\n"
-			"  \"pmd_mapped_pct\": %.1f,\n",
-			ms(t->downtime_ns),
-			(unsigned long long)(t->minor_faults + t->missing_faults),
-			(unsigned long long)t->minor_faults,
-			(unsigned long long)t->missing_faults,
-			us(t->fault_latency_p50_ns), us(t->fault_latency_p99_ns),
-			us(t->fault_latency_max_ns),
-			(unsigned long long)t->pages_installed,
-			t->faults_per_installed_page,
-			t->guest_bytes ? 100.0 * (double)t->pmd_mapped_bytes /
-					 (double)t->guest_bytes : 0.0);
-	}
-	if (d && d->verified) {
-		fprintf(f, "  \"lost\": %llu, \"torn\": %llu, \"duplicated\": "
-			"%llu,\n  \"vcpu_states\": [",
-			(unsigned long long)d->report.lost,
-			(unsigned long long)d->report.torn,
-			(unsigned long long)d->report.duplicated);
-		for (unsigned int i = 0; i < d->report.nr_vcpus; i++)
-			fprintf(f, "%s\"%s\"", i ? ", " : "",
-				ferry_mp_state_name(d->report.vcpu[i].mp_state));
-		fprintf(f, "],\n");
-	}
+		cli_ms(m->total_ns), cli_ms(m->downtime_ns));
+	if (mig->src)
+		json_source(f, mig->src);
+	if (d)
+		json_dest(f, &d->stats);
+	if (d && d->verified)
+		json_verdict(f, &d->report);
 	fprintf(f, "  \"guest_bytes\": %llu\n}\n",
 		(unsigned long long)m->guest_bytes);
-	cli_json_close(f);
-	return 0;
+}
+
+static int write_json(const char *path, const struct ferry_migrate_stats *s,
+		      const struct dest_result *d)
+{
+	struct migration mig = { .src = s, .dst = d };
+
+	return cli_json(path, json_migration, &mig);
 }
 
 /* ---- options ------------------------------------------------------------ */
@@ -275,27 +284,37 @@ static void usage_recv(FILE *out)
 		"2 error.\n");
 }
 
-static int parse_one(const char *cmd, int opt, const char *arg,
-		     struct mig_opts *o)
+static void usage_demo(FILE *out)
 {
+	fprintf(out,
+		"usage: ferry demo [--mem SIZE] [--vcpus N] [--workload SPEC]\n"
+		"                  [--backing B] [--mode M] [--channels N]\n"
+		"                  [--warmup S] [--run S] [--json FILE]\n\n"
+		"Live-migrates the built-in workload VM between two processes "
+		"on this\nmachine over loopback TCP: the source runs it "
+		"(--warmup), migrates it\n(--mode, default hybrid), the "
+		"destination runs it on (--run) and verifies\nthat no write "
+		"was lost, torn or duplicated and every vCPU kept its power\n"
+		"state.  Defaults: 1 GiB, 2 vCPUs, random,read=20, shmem, "
+		"hybrid.\nExit status: 0 verified, 1 verification failed, "
+		"2 error.\n");
+}
+
+static int parse_one(const char *cmd, int opt, const char *arg, void *opts)
+{
+	struct mig_opts *o = opts;
+
 	switch (opt) {
 	case 't': o->to = arg; return 0;
 	case 'l': o->listen = arg; return 0;
-	case 'w': o->workload = arg; return 0;
 	case 'j': o->json = arg; return 0;
 	case 'q': o->quiet = true; return 0;
 	case 'V': o->verify = true; return 0;
 	case 'A': o->at_once = true; return 0;
-	case 'm':
-		return cli_parse_size(arg, &o->mem_size) || !o->mem_size ?
-		       cli_bad(cmd, "--mem", arg, "want a size such as 1G") : 0;
-	case 'n': return cli_parse_num(cmd, "--vcpus", arg, 1,
-				   FERRY_GUEST_MAX_VCPUS, &o->vcpus);
 	case 'c': return cli_parse_num(cmd, "--channels", arg, 1,
 				   FERRY_NET_MAX_BULK, &o->channels);
 	case 'D': return cli_parse_num(cmd, "--max-downtime", arg, 1, 600000,
 				   &o->max_downtime_ms);
-	case 'S': return cli_parse_num(cmd, "--seed", arg, 0, ~0UL, &o->seed);
 	case 'W': return cli_parse_secs(cmd, "--warmup", arg, &o->warmup_s);
 	case 'r': return cli_parse_secs(cmd, "--run", arg, &o->run_s);
 	case 'T': return cli_parse_secs(cmd, "--timeout", arg, &o->timeout_s);
@@ -303,11 +322,8 @@ static int parse_one(const char *cmd, int opt, const char *arg,
 		return ferry_mode_parse(arg, &o->mode) ?
 		       cli_bad(cmd, "--mode", arg, "want precopy, postcopy or "
 			   "hybrid") : 0;
-	case 'b':
-		o->backing_set = true;
-		return ferry_backing_parse(arg, &o->backing) ?
-		       cli_bad(cmd, "--backing", arg, "want shmem, thp or "
-			   "hugetlb") : 0;
+	case 'm': case 'n': case 'w': case 'b': case 'S':
+		return cli_guest_opt(cmd, opt, arg, &o->guest);
 	default:
 		return 2;
 	}
@@ -316,55 +332,51 @@ static int parse_one(const char *cmd, int opt, const char *arg,
 static const struct option longopts[] = {
 	{ "to", required_argument, NULL, 't' },
 	{ "listen", required_argument, NULL, 'l' },
-	{ "mem", required_argument, NULL, 'm' },
-	{ "vcpus", required_argument, NULL, 'n' },
-	{ "workload", required_argument, NULL, 'w' },
-	{ "backing", required_argument, NULL, 'b' },
+	CLI_GUEST_LONGOPTS,
 	{ "warmup", required_argument, NULL, 'W' },
 	{ "mode", required_argument, NULL, 'M' },
 	{ "max-downtime", required_argument, NULL, 'D' },
 	{ "at-once", no_argument, NULL, 'A' },
 	{ "channels", required_argument, NULL, 'c' },
-	{ "seed", required_argument, NULL, 'S' },
+	CLI_SEED_LONGOPT,
 	{ "run", required_argument, NULL, 'r' },
 	{ "timeout", required_argument, NULL, 'T' },
 	{ "verify", no_argument, NULL, 'V' },
 	{ "json", required_argument, NULL, 'j' },
 	{ "quiet", no_argument, NULL, 'q' },
-	{ "help", no_argument, NULL, 'h' },
-	{ NULL, 0, NULL, 0 },
+	CLI_LONGOPTS_END,
 };
 
-struct parse_ctx {
-	const char *cmd;
-	struct mig_opts *o;
-};
-
-static int parse_ctx_one(void *ctx, int opt, const char *arg)
+static int parse_args(const struct cli_cmd *cmd, int argc, char **argv,
+		      struct mig_opts *o)
 {
-	struct parse_ctx *pc = ctx;
-
-	return parse_one(pc->cmd, opt, arg, pc->o);
-}
-
-/* `allowed`: the option letters this command takes. */
-static int parse_args(const char *cmd, const char *allowed, int argc,
-		      char **argv, struct mig_opts *o,
-		      void (*usage)(FILE *out))
-{
-	struct parse_ctx pc = { cmd, o };
 	int ret;
 
 	defaults(o);
-	ret = cli_getopt(cmd, allowed, argc, argv, longopts, usage,
-			 parse_ctx_one, &pc);
-	if (!ret && optind < argc)
-		return cli_bad(cmd, "argument", argv[optind], "unexpected");
+	ret = cli_getopt(cmd, argc, argv, o);
+	if (!ret)
+		ret = cli_no_args(cmd->name, argc, argv);
 	if (!ret && o->at_once && o->mode != FERRY_MODE_POSTCOPY)
-		return cli_bad(cmd, "--at-once", ferry_mode_name(o->mode),
+		return cli_bad(cmd->name, "--at-once",
+			       ferry_mode_name(o->mode),
 			       "needs --mode postcopy");
 	return ret;
 }
+
+static const struct cli_cmd send_cmd = {
+	.name = "send", .allowed = "tmnwbWMADcSjq", .longopts = longopts,
+	.usage = usage_send, .one = parse_one,
+};
+
+static const struct cli_cmd recv_cmd = {
+	.name = "recv", .allowed = "lbrVTj", .longopts = longopts,
+	.usage = usage_recv, .one = parse_one,
+};
+
+static const struct cli_cmd demo_cmd = {
+	.name = "demo", .allowed = "mnwbMcWrjS", .longopts = longopts,
+	.usage = usage_demo, .one = parse_one,
+};
 
 /* ---- the destination ---------------------------------------------------- */
 
@@ -374,7 +386,7 @@ static int run_on_and_verify(const struct mig_opts *o, struct cli_dest *rc,
 	struct ferry_guest *g = rc->dd.gv->guest;
 	int ret;
 
-	usleep((useconds_t)(o->run_s * 1e6));
+	cli_sleep(o->run_s);
 	ret = ferry_guest_stop(g);
 	if (!ret && o->verify) {
 		ret = ferry_guest_verify(g, &res->report);
@@ -390,13 +402,12 @@ static int run_on_and_verify(const struct mig_opts *o, struct cli_dest *rc,
 static void receive_one(const struct mig_opts *o, struct ferry_listener *l,
 			struct dest_result *res)
 {
-	struct cli_dest rc = { .dd = { .backing = o->backing,
-				       .keep_backing = !o->backing_set } };
 	struct ferry_migrate_opts mo;
 	struct ferry_session *s = NULL;
+	struct cli_dest rc;
 	struct ferry_vm vm;
 
-	rc.resv.saved_nr_hugepages = -1;
+	cli_dest_init(&rc, &o->guest);
 	ferry_migrate_opts_init(&mo);
 	res->ret = ferry_net_accept(l, (int)(o->timeout_s * 1000), &s);
 	if (!res->ret)
@@ -408,8 +419,7 @@ static void receive_one(const struct mig_opts *o, struct ferry_listener *l,
 	ferry_net_session_close(s);
 	if (!res->ret)
 		res->ret = run_on_and_verify(o, &rc, res);
-	ferry_guest_vm_destroy(rc.dd.gv);
-	ferry_hugetlb_restore(&rc.resv);
+	cli_stop_guest(rc.dd.gv, &rc.resv);
 }
 
 static int dest_exit(const struct dest_result *res)
@@ -424,7 +434,7 @@ int cmd_recv(int argc, char **argv)
 	struct dest_result res = { 0 };
 	struct ferry_listener *l;
 	struct mig_opts o;
-	int ret = parse_args("recv", "lbrVTj", argc, argv, &o, usage_recv);
+	int ret = parse_args(&recv_cmd, argc, argv, &o);
 
 	if (ret)
 		return ret == 1 ? 0 : ret;
@@ -453,31 +463,19 @@ int cmd_recv(int argc, char **argv)
 
 /* ---- the source --------------------------------------------------------- */
 
-static int make_source(const struct mig_opts *o, struct ferry_guest_vm **gv,
-		       struct ferry_hugetlb_resv *resv)
-{
-	struct ferry_guest_config cfg;
-
-	ferry_guest_config_init(&cfg);
-	cfg.nr_vcpus = (unsigned int)o->vcpus;
-	cfg.seed = o->seed;
-	if (ferry_guest_config_set_workload(&cfg, o->workload))
-		return cli_bad("send", "--workload", o->workload, "too long");
-	return cli_start_guest(&cfg, o->backing, o->mem_size, gv, resv);
-}
-
 static int send_one(const struct mig_opts *o, const char *to,
 		    struct ferry_migrate_stats *stats)
 {
-	struct ferry_hugetlb_resv resv = { .saved_nr_hugepages = -1 };
+	struct ferry_hugetlb_resv resv = CLI_RESV_INIT;
 	struct ferry_guest_vm *gv = NULL;
 	struct ferry_migrate_opts mo;
 	struct ferry_session *s = NULL;
-	int ret = make_source(o, &gv, &resv);
+	/* The demo's source too speaks as "send". */
+	int ret = cli_start_guest("send", &o->guest, &gv, &resv);
 
 	if (ret)
 		goto out;
-	usleep((useconds_t)(o->warmup_s * 1e6));
+	cli_sleep(o->warmup_s);
 	ferry_migrate_opts_init(&mo);
 	mo.mode = o->mode;
 	mo.max_downtime_ms = (unsigned int)o->max_downtime_ms;
@@ -493,8 +491,7 @@ static int send_one(const struct mig_opts *o, const char *to,
 	}
 out:
 	ferry_net_session_close(s);
-	ferry_guest_vm_destroy(gv);
-	ferry_hugetlb_restore(&resv);
+	cli_stop_guest(gv, &resv);
 	return ret;
 }
 
@@ -502,8 +499,7 @@ int cmd_send(int argc, char **argv)
 {
 	struct ferry_migrate_stats stats;
 	struct mig_opts o;
-	int ret = parse_args("send", "tmnwbWMADcSjq", argc, argv, &o,
-			     usage_send);
+	int ret = parse_args(&send_cmd, argc, argv, &o);
 
 	if (ret)
 		return ret == 1 ? 0 : ret;
@@ -519,22 +515,6 @@ int cmd_send(int argc, char **argv)
 }
 
 /* ---- the demo ----------------------------------------------------------- */
-
-static void usage_demo(FILE *out)
-{
-	fprintf(out,
-		"usage: ferry demo [--mem SIZE] [--vcpus N] [--workload SPEC]\n"
-		"                  [--backing B] [--mode M] [--channels N]\n"
-		"                  [--warmup S] [--run S] [--json FILE]\n\n"
-		"Live-migrates the built-in workload VM between two processes "
-		"on this\nmachine over loopback TCP: the source runs it "
-		"(--warmup), migrates it\n(--mode, default hybrid), the "
-		"destination runs it on (--run) and verifies\nthat no write "
-		"was lost, torn or duplicated and every vCPU kept its power\n"
-		"state.  Defaults: 1 GiB, 2 vCPUs, random,read=20, shmem, "
-		"hybrid.\nExit status: 0 verified, 1 verification failed, "
-		"2 error.\n");
-}
 
 /* The child: receive, run on, verify, hand the result up the pipe. */
 static void demo_child(const struct mig_opts *o, struct ferry_listener *l,
@@ -575,19 +555,20 @@ int cmd_demo(int argc, char **argv)
 	int fds[2], ret;
 	pid_t child;
 
-	ret = parse_args("demo", "mnwbMcWrjS", argc, argv, &o, usage_demo);
+	ret = parse_args(&demo_cmd, argc, argv, &o);
 	if (ret)
 		return ret == 1 ? 0 : ret;
 	o.verify = true;
-	o.backing_set = false;
+	o.guest.backing_set = false;
 	ret = ferry_net_listener_open("127.0.0.1:0", NULL, &l);
 	if (ret || pipe(fds)) {
 		cli_error("listening on loopback", ret ? ret : -errno);
 		return 2;
 	}
 	printf("ferry demo: %s guest, %lu vCPUs, workload %s, %s memory, "
-	       "%s migration over %s\n", cli_bytes(o.mem_size, (char[32]){ 0 },
-	       32), o.vcpus, o.workload, ferry_backing_name(o.backing),
+	       "%s migration over %s\n",
+	       cli_bytes(o.guest.mem_size, (char[32]){ 0 }, 32), o.guest.vcpus,
+	       o.guest.workload, ferry_backing_name(o.guest.backing),
 	       ferry_mode_name(o.mode), ferry_net_listener_addr(l));
 	fflush(stdout);
 	child = fork();

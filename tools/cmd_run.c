@@ -4,7 +4,6 @@
  * went and, with --verify, whether its memory holds every write.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,12 +14,8 @@
 #include "ferry/ferry.h"
 
 struct run_opts {
-	uint64_t mem_size;
-	unsigned long vcpus;
-	const char *workload;
-	enum ferry_backing backing;
+	struct cli_guest guest;
 	double seconds;
-	unsigned long seed;
 	unsigned long boot_off;
 	bool boot_off_set;
 	bool verify;
@@ -54,95 +49,78 @@ static void usage(FILE *out)
 		FERRY_GUEST_MAX_VCPUS, ferry_guest_workload_help());
 }
 
-static int bad_value(const char *opt, const char *text, const char *want)
+/* --mem and --seed say what they want in words of their own here. */
+static int parse_one(const char *cmd, int opt, const char *arg, void *opts)
 {
-	fprintf(stderr, "ferry run: %s '%s': %s\n", opt, text, want);
-	return 2;
-}
+	struct run_opts *o = opts;
 
-static int parse_one(int opt, const char *arg, struct run_opts *o)
-{
 	switch (opt) {
 	case 'm':
-		if (cli_parse_size(arg, &o->mem_size) || !o->mem_size)
-			return bad_value("--mem", arg,
-					 "want a size such as 256M");
-		return 0;
-	case 'n':
-		if (cli_parse_uint(arg, &o->vcpus) || !o->vcpus ||
-		    o->vcpus > FERRY_GUEST_MAX_VCPUS)
-			return bad_value("--vcpus", arg, "want 1 to 64");
-		return 0;
-	case 'w':
-		o->workload = arg;
-		return 0;
-	case 'b':
-		if (ferry_backing_parse(arg, &o->backing))
-			return bad_value("--backing", arg,
-					 "want shmem, thp or hugetlb");
-		return 0;
-	case 's':
-		if (cli_parse_seconds(arg, &o->seconds) || o->seconds <= 0)
-			return bad_value("--seconds", arg, "want seconds > 0");
+		if (cli_parse_size(arg, &o->guest.mem_size) ||
+		    !o->guest.mem_size)
+			return cli_bad(cmd, "--mem", arg,
+				       "want a size such as 256M");
 		return 0;
 	case 'S':
-		return cli_parse_uint(arg, &o->seed) ?
-		       bad_value("--seed", arg, "want a number") : 0;
+		return cli_parse_uint(arg, &o->guest.seed) ?
+		       cli_bad(cmd, "--seed", arg, "want a number") : 0;
+	case 's':
+		if (cli_parse_seconds(arg, &o->seconds) || o->seconds <= 0)
+			return cli_bad(cmd, "--seconds", arg,
+				       "want seconds > 0");
+		return 0;
 	case 'o':
 		o->boot_off_set = true;
 		return cli_parse_uint(arg, &o->boot_off) ?
-		       bad_value("--boot-off", arg, "want a bit mask") : 0;
+		       cli_bad(cmd, "--boot-off", arg, "want a bit mask") : 0;
 	case 'v':
 		o->verify = true;
 		return 0;
+	case 'n': case 'w': case 'b':
+		return cli_guest_opt(cmd, opt, arg, &o->guest);
 	default:
-		usage(stderr);
 		return 2;
 	}
 }
 
+static const struct option longopts[] = {
+	CLI_GUEST_LONGOPTS,
+	{ "seconds", required_argument, NULL, 's' },
+	CLI_SEED_LONGOPT,
+	{ "boot-off", required_argument, NULL, 'o' },
+	{ "verify", no_argument, NULL, 'v' },
+	CLI_LONGOPTS_END,
+};
+
+static const struct cli_cmd run_cmd = {
+	.name = "run", .allowed = "mnwbsSov", .longopts = longopts,
+	.usage = usage, .one = parse_one,
+};
+
 /* 0 to run, 1 when --help was asked (and answered), 2 for a usage error. */
 static int parse_args(int argc, char **argv, struct run_opts *o)
 {
-	static const struct option longopts[] = {
-		{ "mem", required_argument, NULL, 'm' },
-		{ "vcpus", required_argument, NULL, 'n' },
-		{ "workload", required_argument, NULL, 'w' },
-		{ "backing", required_argument, NULL, 'b' },
-		{ "seconds", required_argument, NULL, 's' },
-		{ "seed", required_argument, NULL, 'S' },
-		{ "boot-off", required_argument, NULL, 'o' },
-		{ "verify", no_argument, NULL, 'v' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
-	};
-	int opt, ret;
+	int ret;
 
-	*o = (struct run_opts){ .mem_size = 256ULL << 20, .vcpus = 2,
-		.workload = "random", .seconds = 5, .seed = 1 };
-	while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-		if (opt == 'h') {
-			usage(stdout);
-			return 1;
-		}
-		ret = parse_one(opt, optarg, o);
-		if (ret)
-			return ret;
-	}
-	if (optind < argc)
-		return bad_value("run", argv[optind], "unexpected argument");
-	return 0;
+	*o = (struct run_opts){ .guest = { .mem_size = 256ULL << 20,
+		.vcpus = 2, .workload = "random", .seed = 1 },
+		.seconds = 5 };
+	ret = cli_getopt(&run_cmd, argc, argv, o);
+	if (!ret && optind < argc)
+		return cli_bad("run", "run", argv[optind],
+			       "unexpected argument");
+	return ret;
 }
 
 static int make_config(const struct run_opts *o,
 		       struct ferry_guest_config *cfg)
 {
 	ferry_guest_config_init(cfg);
-	cfg->nr_vcpus = (unsigned int)o->vcpus;
-	cfg->seed = o->seed;
+	cfg->nr_vcpus = (unsigned int)o->guest.vcpus;
+	cfg->seed = o->guest.seed;
 	if (o->boot_off_set)
 		cfg->boot_off_mask = o->boot_off;
-	if (ferry_guest_config_set_workload(cfg, o->workload)) {
+	if (ferry_guest_config_set_workload(cfg, o->guest.workload)) {
 		cli_error("--workload", -ENAMETOOLONG);
 		return 2;
 	}
@@ -285,7 +263,7 @@ static int run_on(struct ferry_mem *mem, const struct run_opts *o)
 	}
 	printf("ferry run: %s %s, %u vCPUs, workload %s, seed %llu\n",
 	       cli_bytes(mem->total_size, size, sizeof(size)),
-	       ferry_backing_name(o->backing), cfg.nr_vcpus, cfg.workload,
+	       ferry_backing_name(o->guest.backing), cfg.nr_vcpus, cfg.workload,
 	       (unsigned long long)cfg.seed);
 	fflush(stdout);
 	ret = run_guest(g, o);
@@ -299,7 +277,8 @@ static int run_with_memory(const struct run_opts *o)
 	int ret = ferry_mem_create(&mem);
 
 	if (!ret)
-		ret = ferry_mem_add_region(mem, o->backing, o->mem_size, NULL);
+		ret = ferry_mem_add_region(mem, o->guest.backing,
+					   o->guest.mem_size, NULL);
 	if (ret) {
 		cli_error("allocating guest memory", ret);
 		ferry_mem_destroy(mem);
@@ -312,20 +291,16 @@ static int run_with_memory(const struct run_opts *o)
 
 int cmd_run(int argc, char **argv)
 {
-	struct ferry_hugetlb_resv resv = { .saved_nr_hugepages = -1 };
-	size_t huge = FERRY_HUGE_PAGE_SIZE;
+	struct ferry_hugetlb_resv resv = CLI_RESV_INIT;
 	struct run_opts o;
 	int ret = parse_args(argc, argv, &o);
 
 	if (ret)
 		return ret == 1 ? 0 : ret;
-	if (o.backing == FERRY_BACKING_HUGETLB) {
-		ret = ferry_hugetlb_reserve((o.mem_size + huge - 1) / huge,
-					    &resv);
-		if (ret) {
-			cli_error("reserving huge pages", ret);
-			return 1;
-		}
+	ret = cli_hugetlb_reserve(o.guest.backing, o.guest.mem_size, &resv);
+	if (ret) {
+		cli_error("reserving huge pages", ret);
+		return 1;
 	}
 	ret = run_with_memory(&o);
 	if (ferry_hugetlb_restore(&resv)) {

@@ -27,9 +27,6 @@
 struct snap_opts {
 	/* snapshot */
 	const char *out;
-	uint64_t mem_size;
-	unsigned long vcpus, seed;
-	const char *workload;
 	double seconds;
 	bool live, sync;
 	/* restore */
@@ -38,30 +35,20 @@ struct snap_opts {
 	const char *record_ws, *prefetch_ws;
 	bool prefetch_async;
 	unsigned long clones;
-	bool backing_set;
 	double run_s;
 	bool verify;
-	/* both */
-	enum ferry_backing backing;
+	/* both: the VM (restore takes only its backing) */
+	struct cli_guest guest;
 	const char *json;
 };
 
 static void defaults(struct snap_opts *o)
 {
-	*o = (struct snap_opts){ .mem_size = 256ULL << 20, .vcpus = 2,
-		.seed = 1, .workload = "random,read=20", .seconds = 1,
-		.mode = FERRY_RESTORE_LAZY, .run_s = 1,
-		.backing = FERRY_BACKING_SHMEM };
-}
-
-static double ms(uint64_t ns)
-{
-	return (double)ns / 1e6;
-}
-
-static double us(uint64_t ns)
-{
-	return (double)ns / 1e3;
+	*o = (struct snap_opts){ .seconds = 1, .mode = FERRY_RESTORE_LAZY,
+		.run_s = 1,
+		.guest = { .mem_size = 256ULL << 20, .vcpus = 2, .seed = 1,
+			   .workload = "random,read=20",
+			   .backing = FERRY_BACKING_SHMEM } };
 }
 
 /* ---- options ------------------------------------------------------------ */
@@ -158,30 +145,21 @@ static int parse_flag(int opt, struct snap_opts *o)
 	}
 }
 
-static int parse_one(const char *cmd, int opt, const char *arg,
-		     struct snap_opts *o)
+static int parse_one(const char *cmd, int opt, const char *arg, void *opts)
 {
+	struct snap_opts *o = opts;
+
 	switch (opt) {
 	case 'o': o->out = arg; return 0;
-	case 'w': o->workload = arg; return 0;
 	case 'j': o->json = arg; return 0;
 	case 'R': o->record_ws = arg; return 0;
 	case 'P': o->prefetch_ws = arg; return 0;
-	case 'm':
-		return cli_parse_size(arg, &o->mem_size) || !o->mem_size ?
-		       cli_bad(cmd, "--mem", arg, "want a size such as 1G") : 0;
-	case 'n': return cli_parse_num(cmd, "--vcpus", arg, 1,
-				   FERRY_GUEST_MAX_VCPUS, &o->vcpus);
-	case 'S': return cli_parse_num(cmd, "--seed", arg, 0, ~0UL, &o->seed);
 	case 'C': return cli_parse_num(cmd, "--clone", arg, 1, MAX_CLONES,
 				   &o->clones);
 	case 's': return cli_parse_secs(cmd, "--seconds", arg, &o->seconds);
 	case 'r': return cli_parse_secs(cmd, "--run", arg, &o->run_s);
-	case 'b':
-		o->backing_set = true;
-		return ferry_backing_parse(arg, &o->backing) ?
-		       cli_bad(cmd, "--backing", arg, "want shmem, thp or "
-			   "hugetlb") : 0;
+	case 'm': case 'n': case 'w': case 'b': case 'S':
+		return cli_guest_opt(cmd, opt, arg, &o->guest);
 	default:
 		return parse_flag(opt, o);
 	}
@@ -189,12 +167,9 @@ static int parse_one(const char *cmd, int opt, const char *arg,
 
 static const struct option longopts[] = {
 	{ "out", required_argument, NULL, 'o' },
-	{ "mem", required_argument, NULL, 'm' },
-	{ "vcpus", required_argument, NULL, 'n' },
-	{ "workload", required_argument, NULL, 'w' },
-	{ "backing", required_argument, NULL, 'b' },
+	CLI_GUEST_LONGOPTS,
 	{ "seconds", required_argument, NULL, 's' },
-	{ "seed", required_argument, NULL, 'S' },
+	CLI_SEED_LONGOPT,
 	{ "live", no_argument, NULL, 'L' },
 	{ "sync", no_argument, NULL, 'Y' },
 	{ "eager", no_argument, NULL, 'E' },
@@ -206,40 +181,32 @@ static const struct option longopts[] = {
 	{ "run", required_argument, NULL, 'r' },
 	{ "verify", no_argument, NULL, 'V' },
 	{ "json", required_argument, NULL, 'j' },
-	{ "help", no_argument, NULL, 'h' },
-	{ NULL, 0, NULL, 0 },
+	CLI_LONGOPTS_END,
 };
 
-struct parse_ctx {
-	const char *cmd;
-	struct snap_opts *o;
+static const struct cli_cmd snapshot_cmd = {
+	.name = "snapshot", .allowed = "omnwbsSLYj", .longopts = longopts,
+	.usage = usage_snapshot, .one = parse_one,
 };
 
-static int parse_cb(void *ctx, int opt, const char *arg)
-{
-	struct parse_ctx *pc = ctx;
+static const struct cli_cmd restore_cmd = {
+	.name = "restore", .allowed = "bEZRPACrVj", .longopts = longopts,
+	.usage = usage_restore, .one = parse_one,
+};
 
-	return parse_one(pc->cmd, opt, arg, pc->o);
-}
-
-/* 0 to go on, 1 after --help, 2 for a usage error. */
-static int parse_args(const char *cmd, const char *allowed, int argc,
-		      char **argv, struct snap_opts *o,
-		      void (*usage)(FILE *out))
+/* 0 to go on, 1 after --help, 2 for a usage error.  restore: FILE. */
+static int parse_args(const struct cli_cmd *cmd, int argc, char **argv,
+		      struct snap_opts *o)
 {
-	struct parse_ctx pc = { .cmd = cmd, .o = o };
 	int ret;
 
 	defaults(o);
-	ret = cli_getopt(cmd, allowed, argc, argv, longopts, usage, parse_cb,
-			 &pc);
+	ret = cli_getopt(cmd, argc, argv, o);
 	if (ret)
 		return ret;
-	if (optind < argc && !strcmp(cmd, "restore"))
+	if (optind < argc && cmd == &restore_cmd)
 		o->file = argv[optind++];
-	if (optind < argc)
-		return cli_bad(cmd, "argument", argv[optind], "unexpected");
-	return 0;
+	return cli_no_args(cmd->name, argc, argv);
 }
 
 static void print_vcpus(const struct ferry_verify_report *r, FILE *out)
@@ -273,20 +240,6 @@ static int verify(struct ferry_guest *g, const char *who)
 
 /* ---- ferry snapshot ----------------------------------------------------- */
 
-static int make_vm(const struct snap_opts *o, struct ferry_guest_vm **gv,
-		   struct ferry_hugetlb_resv *resv)
-{
-	struct ferry_guest_config cfg;
-
-	ferry_guest_config_init(&cfg);
-	cfg.nr_vcpus = (unsigned int)o->vcpus;
-	cfg.seed = o->seed;
-	if (ferry_guest_config_set_workload(&cfg, o->workload))
-		return cli_bad("snapshot", "--workload", o->workload,
-			       "too long");
-	return cli_start_guest(&cfg, o->backing, o->mem_size, gv, resv);
-}
-
 static void print_save(const struct snap_opts *o,
 		       const struct ferry_snapshot_stats *s)
 {
@@ -302,24 +255,29 @@ static void print_save(const struct snap_opts *o,
 	printf("file        %s long, %s on disk (sparse)\n",
 	       cli_bytes(s->file_size, size, sizeof(size)),
 	       cli_bytes(s->file_blocks, disk, sizeof(disk)));
-	printf("pause       %.3f ms (vCPU state%s)\n", ms(s->pause_ns),
+	printf("pause       %.3f ms (vCPU state%s)\n", cli_ms(s->pause_ns),
 	       o->live ? ", write protection armed" : ", every page");
 	if (o->live)
 		printf("held writes %llu, %.3f ms in all, max %.0f us, p99 "
 		       "%.0f us; %llu pages saved ahead of the sweep\n",
 		       (unsigned long long)s->held_writes,
-		       ms(s->held_total_ns), us(s->held_max_ns),
-		       us(s->held_p99_ns),
+		       cli_ms(s->held_total_ns), cli_us(s->held_max_ns),
+		       cli_us(s->held_p99_ns),
 		       (unsigned long long)s->saved_on_fault);
 }
 
-static int json_save(const struct snap_opts *o,
-		     const struct ferry_snapshot_stats *s)
-{
-	FILE *f = cli_json_open(o->json);
+/* What a save did, and how it was asked. */
+struct save_report {
+	const struct snap_opts *o;
+	const struct ferry_snapshot_stats *st;
+};
 
-	if (!f)
-		return 2;
+static void json_save(FILE *f, const void *arg)
+{
+	const struct save_report *rep = arg;
+	const struct snap_opts *o = rep->o;
+	const struct ferry_snapshot_stats *s = rep->st;
+
 	fprintf(f, "{\n  \"live\": %s,\n  \"total_ms\": %.3f,\n"
 		"  \"pause_ms\": %.3f,\n  \"pages\": %llu,\n"
 		"  \"zero_pages\": %llu,\n  \"bytes\": %llu,\n"
@@ -327,17 +285,15 @@ static int json_save(const struct snap_opts *o,
 		"  \"held_writes\": %llu,\n  \"held_total_ms\": %.3f,\n"
 		"  \"held_max_us\": %.1f,\n  \"held_p99_us\": %.1f,\n"
 		"  \"saved_on_fault\": %llu\n}\n", o->live ? "true" : "false",
-		ms(s->total_ns), ms(s->pause_ns),
+		cli_ms(s->total_ns), cli_ms(s->pause_ns),
 		(unsigned long long)s->pages,
 		(unsigned long long)s->zero_pages,
 		(unsigned long long)s->bytes,
 		(unsigned long long)s->file_size,
 		(unsigned long long)s->file_blocks,
-		(unsigned long long)s->held_writes, ms(s->held_total_ns),
-		us(s->held_max_ns), us(s->held_p99_ns),
+		(unsigned long long)s->held_writes, cli_ms(s->held_total_ns),
+		cli_us(s->held_max_ns), cli_us(s->held_p99_ns),
 		(unsigned long long)s->saved_on_fault);
-	cli_json_close(f);
-	return 0;
 }
 
 static int save_vm(const struct snap_opts *o, struct ferry_guest_vm *gv,
@@ -362,46 +318,38 @@ static int save_vm(const struct snap_opts *o, struct ferry_guest_vm *gv,
 
 int cmd_snapshot(int argc, char **argv)
 {
-	struct ferry_hugetlb_resv resv = { .saved_nr_hugepages = -1 };
+	struct ferry_hugetlb_resv resv = CLI_RESV_INIT;
 	struct ferry_snapshot_stats st;
+	struct save_report rep = { .st = &st };
 	struct ferry_guest_vm *gv = NULL;
 	struct snap_opts o;
 	char size[32];
-	int ret = parse_args("snapshot", "omnwbsSLYj", argc, argv, &o,
-			     usage_snapshot);
+	int ret = parse_args(&snapshot_cmd, argc, argv, &o);
 
 	if (ret)
 		return ret == 1 ? 0 : ret;
 	if (!o.out)
 		return cli_bad("snapshot", "--out", "", "is required");
-	ret = make_vm(&o, &gv, &resv);
+	ret = cli_start_guest("snapshot", &o.guest, &gv, &resv);
 	if (!ret) {
 		printf("ferry snapshot: %s %s, %lu vCPUs, workload %s, ran "
-		       "%.2f s\n", cli_bytes(o.mem_size, size, sizeof(size)),
-		       ferry_backing_name(o.backing), o.vcpus, o.workload,
-		       o.seconds);
+		       "%.2f s\n",
+		       cli_bytes(o.guest.mem_size, size, sizeof(size)),
+		       ferry_backing_name(o.guest.backing), o.guest.vcpus,
+		       o.guest.workload, o.seconds);
 		fflush(stdout);
-		usleep((useconds_t)(o.seconds * 1e6));
+		cli_sleep(o.seconds);
 		ret = save_vm(&o, gv, &st);
 	}
-	ferry_guest_vm_destroy(gv);
-	ferry_hugetlb_restore(&resv);
+	cli_stop_guest(gv, &resv);
 	if (ret)
 		return ret;
 	print_save(&o, &st);
-	return o.json ? json_save(&o, &st) : 0;
+	rep.o = &o;
+	return o.json ? cli_json(o.json, json_save, &rep) : 0;
 }
 
 /* ---- ferry restore ------------------------------------------------------ */
-
-static uint64_t stream_bytes(const struct ferry_wire_stream *s)
-{
-	uint64_t bytes = 0;
-
-	for (unsigned int i = 0; i < s->nr_regions; i++)
-		bytes += s->regions[i].size;
-	return bytes;
-}
 
 static void print_info(const struct snap_opts *o,
 		       const struct ferry_snapshot_info *in)
@@ -411,7 +359,7 @@ static void print_info(const struct snap_opts *o,
 
 	printf("ferry restore: %s: %s %s, %u vCPUs; %llu pages (%s), %llu "
 	       "zero pages, %llu extents\n", o->file,
-	       cli_bytes(stream_bytes(s), size, sizeof(size)),
+	       cli_bytes(cli_stream_bytes(s), size, sizeof(size)),
 	       ferry_backing_name(s->regions[0].backing), s->nr_vcpus,
 	       (unsigned long long)in->pages,
 	       cli_bytes(in->file_size > in->file_blocks ? in->file_blocks :
@@ -426,9 +374,10 @@ static void print_restore(const struct ferry_restore_stats *s)
 	char read[32];
 
 	printf("running     %.3f ms after the start (records %.3f ms%s",
-	       ms(s->resume_ns), ms(s->open_ns), s->prefetched ? "" : ")\n");
+	       cli_ms(s->resume_ns), cli_ms(s->open_ns),
+	       s->prefetched ? "" : ")\n");
 	if (s->prefetched)
-		printf(", working set %.3f ms)\n", ms(s->prefetch_ns));
+		printf(", working set %.3f ms)\n", cli_ms(s->prefetch_ns));
 	printf("pages       %llu from the file (%s read), %llu zero pages "
 	       "left as holes\n", (unsigned long long)s->pages,
 	       cli_bytes(s->bytes_read, read, sizeof(read)),
@@ -446,17 +395,14 @@ static void print_restore(const struct ferry_restore_stats *s)
 	       "us, p99 %.0f us, max %.0f us\n",
 	       (unsigned long long)s->missing_faults,
 	       (unsigned long long)s->minor_faults,
-	       us(s->fault_latency_p50_ns), us(s->fault_latency_p99_ns),
-	       us(s->fault_latency_max_ns));
+	       cli_us(s->fault_latency_p50_ns), cli_us(s->fault_latency_p99_ns),
+	       cli_us(s->fault_latency_max_ns));
 }
 
-static int json_restore(const struct snap_opts *o,
-			const struct ferry_restore_stats *s)
+static void json_restore(FILE *f, const void *arg)
 {
-	FILE *f = cli_json_open(o->json);
+	const struct ferry_restore_stats *s = arg;
 
-	if (!f)
-		return 2;
 	fprintf(f, "{\n  \"mode\": \"%s\",\n  \"resume_ms\": %.3f,\n"
 		"  \"open_ms\": %.3f,\n  \"prefetch_ms\": %.3f,\n"
 		"  \"total_ms\": %.3f,\n  \"pages\": %llu,\n"
@@ -468,8 +414,9 @@ static int json_restore(const struct snap_opts *o,
 		"\"max\": %.1f},\n  \"ws_recorded\": %llu,\n"
 		"  \"guest_bytes\": %llu\n}\n",
 		s->mode == FERRY_RESTORE_EAGER ? "eager" : "lazy",
-		ms(s->resume_ns), ms(s->open_ns), ms(s->prefetch_ns),
-		ms(s->total_ns), (unsigned long long)s->pages,
+		cli_ms(s->resume_ns), cli_ms(s->open_ns),
+		cli_ms(s->prefetch_ns),
+		cli_ms(s->total_ns), (unsigned long long)s->pages,
 		(unsigned long long)s->zero_pages,
 		(unsigned long long)s->bytes_read,
 		(unsigned long long)s->prefetched,
@@ -477,12 +424,11 @@ static int json_restore(const struct snap_opts *o,
 		(unsigned long long)s->filled,
 		(unsigned long long)s->minor_faults,
 		(unsigned long long)s->missing_faults,
-		us(s->fault_latency_p50_ns), us(s->fault_latency_p99_ns),
-		us(s->fault_latency_max_ns),
+		cli_us(s->fault_latency_p50_ns),
+		cli_us(s->fault_latency_p99_ns),
+		cli_us(s->fault_latency_max_ns),
 		(unsigned long long)s->ws_recorded,
 		(unsigned long long)s->guest_bytes);
-	cli_json_close(f);
-	return 0;
 }
 
 /* Run, then every page in place; pause and verify if asked. */
@@ -491,7 +437,7 @@ static int run_restored(const struct snap_opts *o, struct ferry_restore *rs,
 {
 	int ret;
 
-	usleep((useconds_t)(o->run_s * 1e6));
+	cli_sleep(o->run_s);
 	ret = ferry_restore_finish(rs, st);
 	if (ret) {
 		cli_error("restoring", ret);
@@ -511,28 +457,27 @@ static int run_restored(const struct snap_opts *o, struct ferry_restore *rs,
 
 static int restore_one(const struct snap_opts *o, int fd)
 {
-	struct cli_dest rc = { .dd = { .backing = o->backing,
-				       .keep_backing = !o->backing_set },
-			       .resv = { .saved_nr_hugepages = -1 } };
 	struct ferry_restore_opts ro = { .mode = o->mode,
 		.prefetch_ws = o->prefetch_ws,
 		.prefetch_async = o->prefetch_async,
 		.record_ws = o->record_ws != NULL };
 	struct ferry_restore_stats st;
 	struct ferry_restore *rs;
-	int ret = ferry_restore_start(fd, cli_dest_ops(), &rc, &ro, &rs);
+	struct cli_dest rc;
+	int ret;
 
+	cli_dest_init(&rc, &o->guest);
+	ret = ferry_restore_start(fd, cli_dest_ops(), &rc, &ro, &rs);
 	if (ret) {
 		cli_error("restoring", ret);
-		ferry_hugetlb_restore(&rc.resv);
+		cli_stop_guest(rc.dd.gv, &rc.resv);	/* none was left */
 		return 2;
 	}
 	ret = run_restored(o, rs, rc.dd.gv->guest, &st);
 	ferry_restore_destroy(rs);
-	ferry_guest_vm_destroy(rc.dd.gv);
-	ferry_hugetlb_restore(&rc.resv);
+	cli_stop_guest(rc.dd.gv, &rc.resv);
 	if (!ret && o->json)
-		ret = json_restore(o, &st);
+		ret = cli_json(o->json, json_restore, &st);
 	return ret;
 }
 
@@ -593,9 +538,9 @@ static void print_clones(const struct clone_run *cr)
 	char b[3][32];
 
 	printf("source      loaded into shared memory in %.3f ms: %s\n",
-	       ms(cr->load_ns), cli_bytes(cr->shared, b[0], 32));
+	       cli_ms(cr->load_ns), cli_bytes(cr->shared, b[0], 32));
 	printf("clones      %u, each running within %.3f ms (the first in "
-	       "%.3f ms)\n", cr->nr, ms(cr->max_ns), ms(cr->first_ns));
+	       "%.3f ms)\n", cr->nr, cli_ms(cr->max_ns), cli_ms(cr->first_ns));
 	for (unsigned int i = 0; i < cr->nr; i++)
 		printf("clone %-5u %s of its own, %s of the snapshot mapped\n",
 		       i, cli_bytes(cr->mem[i].private_bytes, b[0], 32),
@@ -608,16 +553,14 @@ static void print_clones(const struct clone_run *cr)
 	       cli_bytes(cr->shared * cr->nr, (char[32]){ 0 }, 32));
 }
 
-static int json_clones(const struct snap_opts *o, const struct clone_run *cr)
+static void json_clones(FILE *f, const void *arg)
 {
-	FILE *f = cli_json_open(o->json);
+	const struct clone_run *cr = arg;
 
-	if (!f)
-		return 2;
 	fprintf(f, "{\n  \"clones\": %u,\n  \"load_ms\": %.3f,\n"
 		"  \"clone_start_max_ms\": %.3f,\n  \"shared_bytes\": %llu,\n"
-		"  \"private_bytes\": [", cr->nr, ms(cr->load_ns),
-		ms(cr->max_ns), (unsigned long long)cr->shared);
+		"  \"private_bytes\": [", cr->nr, cli_ms(cr->load_ns),
+		cli_ms(cr->max_ns), (unsigned long long)cr->shared);
 	for (unsigned int i = 0; i < cr->nr; i++)
 		fprintf(f, "%s%llu", i ? ", " : "",
 			(unsigned long long)cr->mem[i].private_bytes);
@@ -625,8 +568,6 @@ static int json_clones(const struct snap_opts *o, const struct clone_run *cr)
 		"  \"separate_restores_bytes\": %llu\n}\n",
 		(unsigned long long)(cr->shared + cr->private_total),
 		(unsigned long long)(cr->shared * cr->nr));
-	cli_json_close(f);
-	return 0;
 }
 
 static int verify_clones(const struct clone_run *cr)
@@ -649,17 +590,15 @@ static int reserve_clones(const struct snap_opts *o,
 			  const struct ferry_snapshot_info *in,
 			  struct ferry_hugetlb_resv *resv)
 {
-	uint64_t pages = stream_bytes(&in->stream) / FERRY_HUGE_PAGE_SIZE;
-
-	if (in->stream.regions[0].backing != FERRY_BACKING_HUGETLB)
-		return 0;
-	return ferry_hugetlb_reserve(pages * (1 + o->clones), resv);
+	return cli_hugetlb_reserve(in->stream.regions[0].backing,
+				   cli_stream_bytes(&in->stream) *
+				   (1 + o->clones), resv);
 }
 
 static int restore_clones(const struct snap_opts *o, int fd,
 			  const struct ferry_snapshot_info *in)
 {
-	struct ferry_hugetlb_resv resv = { .saved_nr_hugepages = -1 };
+	struct ferry_hugetlb_resv resv = CLI_RESV_INIT;
 	struct clone_run *cr = calloc(1, sizeof(*cr));
 	int ret = cr ? reserve_clones(o, in, &resv) : -ENOMEM;
 
@@ -667,7 +606,7 @@ static int restore_clones(const struct snap_opts *o, int fd,
 		cli_error("reserving huge pages", ret);
 	ret = ret ? 2 : start_clones(o, fd, cr);
 	if (!ret) {
-		usleep((useconds_t)(o->run_s * 1e6));
+		cli_sleep(o->run_s);
 		ret = measure_clones(cr);
 	}
 	if (!ret) {
@@ -675,7 +614,7 @@ static int restore_clones(const struct snap_opts *o, int fd,
 		ret = o->verify ? verify_clones(cr) : 0;
 	}
 	if (!ret && o->json)
-		ret = json_clones(o, cr);
+		ret = cli_json(o->json, json_clones, cr);
 	for (unsigned int i = 0; cr && i < cr->nr; i++)
 		ferry_clone_destroy(cr->clone[i]);
 	if (cr)
@@ -693,7 +632,8 @@ static int check_restore_opts(const struct snap_opts *o)
 	    (o->record_ws || o->prefetch_ws))
 		return cli_bad("restore", "--eager", "", "working sets are for "
 			   "--lazy");
-	if (o->clones && (o->record_ws || o->prefetch_ws || o->backing_set))
+	if (o->clones &&
+	    (o->record_ws || o->prefetch_ws || o->guest.backing_set))
 		return cli_bad("restore", "--clone", "", "clones share the "
 			   "snapshot as it is: no working set, no --backing");
 	if (o->prefetch_async && !o->prefetch_ws)
@@ -706,8 +646,7 @@ int cmd_restore(int argc, char **argv)
 {
 	struct ferry_snapshot_info info;
 	struct snap_opts o;
-	int fd, ret = parse_args("restore", "bEZRPACrVj", argc, argv, &o,
-				 usage_restore);
+	int fd, ret = parse_args(&restore_cmd, argc, argv, &o);
 
 	if (!ret)
 		ret = check_restore_opts(&o);

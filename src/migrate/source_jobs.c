@@ -1,0 +1,166 @@
+// SPDX-License-Identifier: MIT
+/*
+ * source_jobs: the sender threads, one per bulk channel, and the jobs the
+ * main thread posts them (a round, a push), with progress while they run.
+ */
+#include <time.h>
+
+#include "base/error.h"
+#include "base/sys.h"
+#include "ferry/stats.h"
+#include "migrate/source.h"
+
+/* The job's work; the job's failure goes to src->sender_err. */
+static int do_job(struct sender *s, enum source_job job, bool live,
+		  unsigned int round)
+{
+	if (job == JOB_ROUND)
+		return sender_round(s, live, round);
+	if (job == JOB_PUSH)
+		return sender_push(s);
+	return 0;
+}
+
+static void *sender_main(void *arg)
+{
+	struct sender *s = arg;
+	struct source *src = s->src;
+	unsigned int gen = 0;
+
+	/* A migration that converges beats one that leaves the vCPUs a
+	 * little more CPU. */
+	sys_thread_boost(SYS_BOOST_BULK);
+	pthread_mutex_lock(&src->lock);
+	for (;;) {
+		enum source_job job;
+		bool live;
+		unsigned int round;
+		int ret;
+
+		while (src->gen == gen)
+			pthread_cond_wait(&src->cond, &src->lock);
+		gen = src->gen;
+		job = src->job;
+		live = src->live;
+		round = src->round;
+		if (job == JOB_EXIT)
+			break;
+		pthread_mutex_unlock(&src->lock);
+		ferry_errmsg_clear();	/* a failure's reason: this job's */
+		ret = do_job(s, job, live, round);
+		if (ret)
+			err_slot_set(&src->sender_err, ret);
+		pthread_mutex_lock(&src->lock);
+		src->done++;
+		pthread_cond_broadcast(&src->cond);
+	}
+	pthread_mutex_unlock(&src->lock);
+	return NULL;
+}
+
+static void report(struct source *src, enum ferry_phase phase,
+		   uint64_t remaining, uint64_t *last_bytes, uint64_t *last_ns)
+{
+	const struct ferry_migrate_opts *o = src->opts;
+	struct ferry_progress p = { .phase = phase, .round = src->round,
+				    .remaining = remaining, .eta_s = -1 };
+	uint64_t now = ferry_now_ns();
+
+	if (!o->progress)
+		return;
+	p.bytes_sent = atomic_load(&src->bytes_sent);
+	p.pages_requested = atomic_load(&src->requested);
+	p.elapsed_ns = now - src->start_ns;
+	if (phase == FERRY_PHASE_POSTCOPY) {	/* what is still owed now */
+		uint64_t sent = atomic_load(&src->pushed) +
+				atomic_load(&src->answered_owed);
+
+		p.remaining = sent < src->owed ? src->owed - sent : 0;
+	}
+	if (now > *last_ns && *last_ns)
+		p.rate_bps = (double)(p.bytes_sent - *last_bytes) * 1e9 /
+			     (double)(now - *last_ns);
+	else if (phase == FERRY_PHASE_DONE && p.elapsed_ns)
+		p.rate_bps = (double)p.bytes_sent * 1e9 / (double)p.elapsed_ns;
+	else	/* a round's start: no interval of its own yet */
+		p.rate_bps = src->rate_bps;
+	src->rate_bps = p.rate_bps;
+	if (p.rate_bps > 0)
+		p.eta_s = (double)remaining * 4096.0 / p.rate_bps;
+	*last_bytes = p.bytes_sent;
+	*last_ns = now;
+	o->progress(&p, o->progress_arg);
+}
+
+void source_notify_progress(struct source *src, enum ferry_phase phase)
+{
+	uint64_t b = 0, t = 0;
+
+	report(src, phase, 0, &b, &t);
+}
+
+/* A progress interval from now, for pthread_cond_timedwait. */
+static struct timespec progress_deadline(const struct source *src)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += (long)src->opts->progress_ms * 1000000L;
+	ts.tv_sec += ts.tv_nsec / 1000000000L;
+	ts.tv_nsec %= 1000000000L;
+	return ts;
+}
+
+int source_run_job(struct source *src, enum source_job job, bool live,
+		   enum ferry_phase phase, uint64_t remaining)
+{
+	uint64_t last_bytes = 0, last_ns = 0;
+
+	if (job == JOB_ROUND)	/* each round's start, with its dirty set */
+		report(src, phase, remaining, &last_bytes, &last_ns);
+	pthread_mutex_lock(&src->lock);
+	src->job = job;
+	src->live = live;
+	src->done = 0;
+	src->gen++;
+	pthread_cond_broadcast(&src->cond);
+	while (src->done < src->nr_senders) {
+		struct timespec ts = progress_deadline(src);
+
+		if (pthread_cond_timedwait(&src->cond, &src->lock, &ts)) {
+			pthread_mutex_unlock(&src->lock);
+			report(src, phase, remaining, &last_bytes, &last_ns);
+			pthread_mutex_lock(&src->lock);
+		}
+	}
+	pthread_mutex_unlock(&src->lock);
+	return err_slot_get(&src->sender_err);
+}
+
+int source_start_senders(struct source *src)
+{
+	for (unsigned int i = 0; i < src->nr_senders; i++) {
+		struct sender *s = &src->senders[i];
+		int ret;
+
+		s->src = src;
+		s->idx = i;
+		ferry_wire_writer_init(&s->writer, src->session->bulk[i]);
+		ret = threads_start(&src->sender_threads, sender_main, s,
+				    "sender");
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+/* An EXIT job wakes the senders idle on the condition; then join them. */
+void source_stop_senders(struct source *src)
+{
+	pthread_mutex_lock(&src->lock);
+	src->job = JOB_EXIT;
+	src->gen++;
+	pthread_cond_broadcast(&src->cond);
+	pthread_mutex_unlock(&src->lock);
+	threads_stop(&src->sender_threads);
+}

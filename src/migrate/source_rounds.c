@@ -1,0 +1,154 @@
+// SPDX-License-Identifier: MIT
+/*
+ * source_rounds: pre-copy.  Send every page that exists, then rounds of
+ * the pages written since the last one, until the rest fits the downtime
+ * budget or the rounds stop shrinking.
+ */
+#include <string.h>
+
+#include "base/bitmap.h"
+#include "ferry/stats.h"
+#include "migrate/source.h"
+
+int sender_round(struct sender *s, bool live, unsigned int round)
+{
+	const struct ferry_mem *mem = s->src->vm->mem;
+	struct ferry_wire_round_end re = { .round = round };
+	int ret = 0;
+
+	for (unsigned int i = 0; i < mem->nr_regions && !ret; i++)
+		for (uint64_t c = 0;
+		     c < source_nr_chunks(&mem->regions[i]) && !ret; c++)
+			if (sender_owns_chunk(s, i, c))
+				ret = sender_send_chunk(s, i, c, false, live);
+	if (!ret)
+		ret = sender_flush(s, live);
+	if (!ret)
+		ret = ferry_wire_enc_round_end(&s->frame, &re);
+	if (!ret)
+		ret = source_send_frame(s->src, &s->writer, &s->frame);
+	return ret;
+}
+
+static void clear_maps(struct source *src)
+{
+	const struct ferry_mem *mem = src->vm->mem;
+
+	for (unsigned int i = 0; i < mem->nr_regions; i++)
+		memset(src->send_map[i], 0,
+		       bitmap_words(mem->regions[i].nr_pages) * 8);
+}
+
+uint64_t source_count_maps(struct source *src)
+{
+	const struct ferry_mem *mem = src->vm->mem;
+	uint64_t n = 0;
+
+	for (unsigned int i = 0; i < mem->nr_regions; i++)
+		n += bitmap_weight(src->send_map[i], mem->regions[i].nr_pages);
+	return n;
+}
+
+int source_map_populated(struct source *src)
+{
+	const struct ferry_mem *mem = src->vm->mem;
+
+	for (unsigned int i = 0; i < mem->nr_regions; i++) {
+		ssize_t n = ferry_region_populated(&mem->regions[i],
+						   src->send_map[i]);
+
+		if (n < 0)
+			return (int)n;
+	}
+	return 0;
+}
+
+int source_map_dirty(struct source *src)
+{
+	for (unsigned int i = 0; src->dirty && i < src->vm->mem->nr_regions;
+	     i++) {
+		ssize_t n = ferry_dirty_collect(src->dirty, i,
+						src->send_map[i]);
+
+		if (n < 0)
+			return (int)n;
+	}
+	return 0;
+}
+
+int source_round(struct source *src, bool live, double *bps)
+{
+	uint64_t before = atomic_load(&src->bytes_sent), t0 = ferry_now_ns();
+	int ret = source_run_job(src, JOB_ROUND, live,
+				 live ? FERRY_PHASE_PRECOPY :
+					FERRY_PHASE_SWITCHOVER,
+				 source_count_maps(src));
+	uint64_t ns = ferry_now_ns() - t0;
+
+	if (!ret && ns)
+		*bps = (double)(atomic_load(&src->bytes_sent) - before) * 1e9 /
+		       (double)ns;
+	src->stats->rounds++;
+	src->round++;
+	return ret;
+}
+
+/*
+ * After a round, with the pages dirtied during it in the send maps: the
+ * mode to switch over in now, or false to go on with another round.
+ */
+static bool converged(struct source *src, uint64_t dirty, uint64_t prev,
+		      double bps, enum ferry_mode *switch_mode)
+{
+	const struct ferry_migrate_opts *o = src->opts;
+	uint64_t page = 4096;
+	double est_ms;
+
+	if (o->mode == FERRY_MODE_POSTCOPY) {
+		*switch_mode = FERRY_MODE_POSTCOPY;
+		return true;
+	}
+	if (src->vm->mem->nr_regions)
+		page = src->vm->mem->regions[0].page_size;
+	est_ms = bps > 0 ? (double)(dirty * page) * 1e3 / bps : 1e9;
+	if (est_ms <= o->max_downtime_ms) {
+		*switch_mode = FERRY_MODE_PRECOPY;
+		return true;
+	}
+	/* Not converging: the dirty set stopped shrinking by 10%. */
+	if (src->round >= o->max_rounds ||
+	    (src->round >= 2 && dirty * 10 > prev * 9)) {
+		*switch_mode = o->mode == FERRY_MODE_HYBRID ?
+			       FERRY_MODE_POSTCOPY : FERRY_MODE_PRECOPY;
+		return true;
+	}
+	return false;
+}
+
+int source_precopy(struct source *src, enum ferry_mode *switch_mode)
+{
+	uint64_t prev = UINT64_MAX, dirty;
+	double bps = 0;
+	int ret;
+
+	if (!src->dirty) {	/* nothing can tell what changed: all later */
+		*switch_mode = FERRY_MODE_POSTCOPY;
+		return 0;
+	}
+	clear_maps(src);
+	ret = source_map_populated(src);
+	for (;;) {
+		if (!ret)
+			ret = source_round(src, true, &bps);
+		if (ret)
+			return ret;
+		clear_maps(src);
+		ret = source_map_dirty(src);
+		if (ret)
+			return ret;
+		dirty = source_count_maps(src);
+		if (converged(src, dirty, prev, bps, switch_mode))
+			return 0;
+		prev = dirty;
+	}
+}
