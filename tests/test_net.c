@@ -623,7 +623,7 @@ static enum test_result half_session(struct test_ctx *ctx)
 	CHECK_OK(ctx, ferry_net_listener_open("127.0.0.1:0", &o, &l));
 	fd = raw_connect(l);
 	CHECK(ctx, fd >= 0, "connect");
-	hello_bytes(hello, FERRY_WIRE_VERSION, FERRY_CHAN_BULK, 0, 1, 42);
+	hello_bytes(hello, FERRY_NET_VERSION, FERRY_CHAN_BULK, 0, 1, 42);
 	CHECK_EQ(ctx, send(fd, hello, 32, 0), 32);
 	CHECK_EQ(ctx, ferry_net_accept(l, 500, &s), -ETIMEDOUT);
 	CHECK(ctx, strstr(ferry_errmsg(), "opened 1 of the 2 channels of its "

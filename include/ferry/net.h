@@ -21,6 +21,9 @@
  * the session; the listening side groups what it accepts into sessions.
  * docs/wire.md gives the hello's layout.
  *
+ * The transport knows nothing of what travels on a channel: the record
+ * format (ferry/wire.h) sits above it and versions itself.
+ *
  * Addresses: "HOST:PORT" (TCP; an IPv6 literal in brackets, "[::1]:4000";
  * HOST may be empty when listening: all addresses) and "unix:/path" (a Unix
  * stream socket; "unix:@name" for the abstract namespace).
@@ -28,6 +31,17 @@
  * A broken peer is an error (-EPIPE, -ECONNRESET, -ETIMEDOUT) with a
  * reason, never a hang or a SIGPIPE.
  */
+
+/*
+ * The session protocol's version: the one a hello and its answer carry,
+ * and the one a peer must speak for a session to open.  It belongs to the
+ * transport: it changes with how channels are opened and what they
+ * promise, never with the records they carry, whose format has its own
+ * version (FERRY_WIRE_VERSION), checked by a stream's first record.  The
+ * hello's layout itself never changes, so peers of any two versions can
+ * tell each other which one they speak.
+ */
+#define FERRY_NET_VERSION	1
 
 enum ferry_chan_role {
 	FERRY_CHAN_BULK = 1,
@@ -145,7 +159,7 @@ struct ferry_session {
  * and the urgent one, each connected, introduced by a hello and accepted
  * by the listener, within the connect timeout.  Errors: -ECONNREFUSED
  * (nobody listens), -ETIMEDOUT (no answer), -EPROTO (the listener speaks
- * another format version), -EINVAL (a bad address), each with a reason.
+ * another FERRY_NET_VERSION), -EINVAL (a bad address), each with a reason.
  */
 int ferry_net_connect(const char *addr, unsigned int nr_bulk,
 		      const struct ferry_net_opts *opts,
@@ -177,8 +191,9 @@ int ferry_net_listener_port(const struct ferry_listener *listener);
 /*
  * Wait up to timeout_ms (< 0: no limit) for a whole session.  Connections
  * whose hello is garbage, or never comes, are refused and closed, and the
- * wait goes on: a stray client does not end it.  A hello of another format
- * version ends it with -EPROTO (that peer is the one we were waiting for).
+ * wait goes on: a stray client does not end it.  A hello of another
+ * FERRY_NET_VERSION ends it with -EPROTO (that peer is the one we were
+ * waiting for).
  * -ETIMEDOUT when time runs out; its reason says what was refused.
  * Channels of other sessions stay with the listener for a later call.
  */

@@ -9,6 +9,9 @@
  */
 #include <stdint.h>
 
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+	       "the wire is little-endian: this host needs byte swapping");
+
 #define WIRE_REC_MAGIC		0x5246		/* "FR" */
 #define WIRE_STREAM_MAGIC	"FERRYSTR"	/* HEADER, first 8 bytes */
 

@@ -1,0 +1,204 @@
+// SPDX-License-Identifier: MIT
+/*
+ * net connect: open every channel of a session to a listener, each
+ * introduced by a hello, under one deadline.
+ *
+ *   connecting side                         listening side
+ *   connect() every channel  ──────────▶    accept(), non-blocking
+ *   HELLO (session id, role, index) ───▶    read HELLO, group by session id
+ *   read ACK ◀─────────────────────────     ACK: 0, or why it was refused
+ *   every channel ACKed: session ready      every channel in: session ready
+ *
+ * The handshake runs on non-blocking sockets, so a silent peer costs a
+ * timeout, never a hang; the channels then switch to blocking I/O.
+ */
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+
+#include "base/error.h"
+#include "base/sys.h"
+#include "net/addr.h"
+#include "net/hello.h"
+#include "net/session.h"
+#include "net/sock.h"
+
+static int connect_wait(int fd, int64_t deadline)
+{
+	socklen_t len = sizeof(int);
+	int err = 0, ret = net_wait_fd(fd, POLLOUT, deadline);
+
+	if (ret)
+		return ret;
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len))
+		return -errno;
+	return -err;
+}
+
+/*
+ * A unix socket whose backlog is full refuses a non-blocking connect with
+ * EAGAIN rather than queueing it; try again until the deadline.
+ */
+static int connect_fd(int fd, const struct net_addr *a, int64_t deadline)
+{
+	for (;;) {
+		if (!connect(fd, (const struct sockaddr *)&a->ss, a->len))
+			return 0;
+		if (errno == EINPROGRESS)
+			return connect_wait(fd, deadline);
+		if (errno != EAGAIN && errno != EINTR)
+			return -errno;
+		if (!net_ms_left(deadline))
+			return -ETIMEDOUT;
+		usleep(1000);
+	}
+}
+
+static int connect_fail(const struct net_addr *a, int err, int timeout_ms)
+{
+	if (err == -ETIMEDOUT)
+		return ferry_fail(err, "connect to %s: no answer within %d ms",
+				  a->text, timeout_ms);
+	if (err == -ECONNREFUSED)
+		return ferry_fail(err, "connect to %s: refused (is a ferry "
+				  "listener there?)", a->text);
+	return ferry_fail(err, "connect to %s: %s", a->text, strerror(-err));
+}
+
+static int connect_one(const struct net_addr *a, int64_t deadline,
+		       int timeout_ms)
+{
+	int fd = sys_ret(socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK |
+				SOCK_CLOEXEC, 0));
+	int ret;
+
+	if (fd < 0)
+		return ferry_fail(fd, "socket for %s: %s", a->text,
+				  strerror(-fd));
+	ret = connect_fd(fd, a, deadline);
+	if (!ret)
+		return fd;
+	close(fd);
+	return connect_fail(a, ret, timeout_ms);
+}
+
+/* The first candidate address that answers, for the first channel. */
+static int connect_first(struct net_addr *cand, int nr, int64_t deadline,
+			 int timeout_ms)
+{
+	int fd = -ENOENT;
+
+	for (int i = 0; i < nr; i++) {
+		fd = connect_one(&cand[i], deadline, timeout_ms);
+		if (fd >= 0) {
+			cand[0] = cand[i];
+			break;
+		}
+	}
+	return fd;
+}
+
+static int read_ack(int fd, const char *peer, int64_t deadline,
+		    int timeout_ms)
+{
+	struct net_ack a;
+	int ret = net_xfer(fd, &a, sizeof(a), false, deadline);
+
+	if (ret == -ETIMEDOUT)
+		return ferry_fail(ret, "%s did not answer the hello within %d "
+				  "ms: not a ferry listener?", peer,
+				  timeout_ms);
+	if (ret)
+		return ferry_fail(ret, "%s: reading the hello's answer: %s",
+				  peer, strerror(-ret));
+	return net_ack_check(&a, peer);
+}
+
+static int session_id(uint64_t *id)
+{
+	do {
+		if (getrandom(id, sizeof(*id), 0) != sizeof(*id))
+			return ferry_fail(-errno, "getrandom: %s",
+					  strerror(errno));
+	} while (!*id);
+	return 0;
+}
+
+/* Connect channel i (the first finds an address that answers), say hello. */
+static int connect_hello(const struct ferry_session *s, unsigned int i,
+			 struct net_addr *cand, int nr_cand, int64_t deadline,
+			 int timeout_ms)
+{
+	struct net_hello h = net_hello_make(s->id, s->nr_bulk, i);
+	int fd = connect_first(cand, i ? 1 : nr_cand, deadline, timeout_ms);
+	int ret;
+
+	if (fd < 0)
+		return fd;
+	ret = net_xfer(fd, &h, sizeof(h), true, deadline);
+	if (!ret)
+		return fd;
+	close(fd);
+	return ferry_fail(ret, "%s: sending hello: %s", cand[0].text,
+			  strerror(-ret));
+}
+
+/* Connect every channel and send its hello; then read every answer. */
+static int connect_all(struct ferry_session *s, struct net_addr *cand,
+		       int nr_cand, int *fds, const struct ferry_net_opts *o)
+{
+	int64_t deadline = net_now_ms() + o->connect_timeout_ms;
+	int ret = 0;
+
+	for (unsigned int i = 0; i <= s->nr_bulk && !ret; i++) {
+		fds[i] = connect_hello(s, i, cand, nr_cand, deadline,
+				       o->connect_timeout_ms);
+		ret = fds[i] < 0 ? fds[i] : 0;
+	}
+	for (unsigned int i = 0; i <= s->nr_bulk && !ret; i++)
+		ret = read_ack(fds[i], cand[0].text, deadline,
+			       o->connect_timeout_ms);
+	return ret;
+}
+
+/* Handshake every channel of s, then make them channels. */
+static int connect_session(struct ferry_session *s, struct net_addr *cand,
+			   int nr_cand, const struct ferry_net_opts *o)
+{
+	int fds[NET_MAX_CHANS], ret;
+
+	memset(fds, -1, sizeof(fds));
+	ret = session_id(&s->id);
+	if (!ret)
+		ret = connect_all(s, cand, nr_cand, fds, o);
+	if (!ret)
+		snprintf(s->peer, sizeof(s->peer), "%s", cand[0].text);
+	if (!ret)
+		ret = net_session_fill(s, fds, o, "to");
+	net_close_fds(fds, NET_MAX_CHANS);
+	return ret;
+}
+
+int ferry_net_connect(const char *addr, unsigned int nr_bulk,
+		      const struct ferry_net_opts *opts,
+		      struct ferry_session **out)
+{
+	struct ferry_net_opts o = net_opts_or_default(opts);
+	struct net_addr cand[NET_MAX_CANDIDATES];
+	struct ferry_session *s = NULL;
+	int nr_cand, ret;
+
+	nr_cand = net_addr_resolve(addr, false, cand);
+	if (nr_cand < 0)
+		return nr_cand;
+	ret = net_session_alloc(nr_bulk, cand[0].text, &s);
+	if (!ret)
+		ret = connect_session(s, cand, nr_cand, &o);
+	if (!ret)
+		*out = s;
+	else
+		ferry_net_session_close(s);
+	return ret;
+}

@@ -1,0 +1,27 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef FERRY_NET_SESSION_H
+#define FERRY_NET_SESSION_H
+
+/*
+ * Sessions (session.c): what connect and accept build once every channel
+ * of one has been handshaken.  A session's channels are numbered bulk
+ * 0..nr_bulk-1, then the urgent one (nr_bulk).
+ */
+#include "ferry/net.h"
+
+#define NET_MAX_CHANS	(FERRY_NET_MAX_BULK + 1)
+
+/* A session of nr_bulk bulk channels (1 to FERRY_NET_MAX_BULK), none open. */
+int net_session_alloc(unsigned int nr_bulk, const char *peer,
+		      struct ferry_session **out);
+
+/*
+ * Turn the handshaken sockets fds[0..nr_bulk] into the session's channels
+ * (named "bulk 2 <dir> <peer>"; dir is "to" or "from"), each socket tuned
+ * by o.  Each descriptor taken is set to -1; on failure the caller closes
+ * what is left and the session.
+ */
+int net_session_fill(struct ferry_session *s, int *fds,
+		     const struct ferry_net_opts *o, const char *dir);
+
+#endif
