@@ -200,7 +200,7 @@ static inline void bench_die(const char *fmt, ...)
 /* ret < 0 from a ferry call: die naming the step and the library's why. */
 static inline void bench_check(long ret, const char *what)
 {
-	const char *why = ferry_errmsg();
+	const char *why = ferry_error_msg();
 
 	if (ret >= 0)
 		return;
@@ -483,7 +483,7 @@ static inline void bench_finish(uint64_t start_ns)
 /*
  * Grow the hugetlb pool through the library; the exit and signal paths
  * know the old size from the moment the pool may change.  0, or -errno
- * when the pool cannot grow (ferry_errmsg() says why), with the pool as
+ * when the pool cannot grow (ferry_error_msg() says why), with the pool as
  * it was.
  */
 static inline int bench_hugetlb_reserve(size_t nr_pages,

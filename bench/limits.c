@@ -104,7 +104,7 @@ static bool pool_get(const struct variant *v, size_t size, const char *prefix,
 		return true;
 	if (!bench_hugetlb_reserve(pages, resv))
 		return true;
-	bench_put_text(prefix, "skip", ferry_errmsg());
+	bench_put_text(prefix, "skip", ferry_error_msg());
 	return false;
 }
 
@@ -242,7 +242,7 @@ static void install_print(enum install_method m, const struct variant *v,
 			  struct install_result *res)
 {
 	uint64_t bytes = (uint64_t)INSTALL_SIZE * INSTALL_REPS;
-	size_t page = ferry_backing_page_size(v->backing);
+	size_t page = ferry_mem_backing_page_size(v->backing);
 	char prefix[64];
 
 	snprintf(prefix, sizeof(prefix), "install_%s_%s", install_names[m],
@@ -317,7 +317,7 @@ static bool uffd_get(struct ferry_uffd *uffd, uint64_t feature,
 	int ret = ferry_uffd_open(uffd, feature, 0, false);
 
 	if (ret == -EOPNOTSUPP || ret == -EPERM) {
-		bench_put_text(prefix, "skip", ferry_errmsg());
+		bench_put_text(prefix, "skip", ferry_error_msg());
 		return false;
 	}
 	bench_check(ret, "opening a userfaultfd");
@@ -352,10 +352,10 @@ static void continue_measure(struct ferry_uffd *uffd, struct ferry_region *r,
 {
 	for (int rep = 0; rep < CONTINUE_REPS; rep++) {
 		res->chunk_gbps[rep] = continue_range(uffd, r, CONTINUE_CHUNK);
-		bench_check(ferry_region_zap(r, 0, r->size), "zapping");
+		bench_check(ferry_mem_region_zap(r, 0, r->size), "zapping");
 		res->whole_gbps[rep] = continue_range(uffd, r, r->size);
 		res->pmd_kib = pmd_mapped_kib(r->guest);
-		bench_check(ferry_region_zap(r, 0, r->size), "zapping");
+		bench_check(ferry_mem_region_zap(r, 0, r->size), "zapping");
 	}
 }
 
@@ -465,9 +465,9 @@ static int resolve_continue(struct bench_fault_server *srv, uint8_t *page)
 static void rtt_rearm(const struct rtt_case *c, struct ferry_region *r)
 {
 	if (c->mode == FERRY_UFFD_MISSING)
-		bench_check(ferry_region_punch(r, 0, r->size), "punching");
+		bench_check(ferry_mem_region_punch(r, 0, r->size), "punching");
 	else
-		bench_check(ferry_region_zap(r, 0, r->size), "zapping");
+		bench_check(ferry_mem_region_zap(r, 0, r->size), "zapping");
 }
 
 static size_t rtt_sample(const struct rtt_case *c, struct ferry_region *r,

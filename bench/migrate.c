@@ -310,7 +310,7 @@ static double install_fill(struct ferry_region *r, const uint8_t *src)
 
 		if (ret)
 			bench_die("installing into %s: %s",
-				  ferry_backing_name(r->backing),
+				  ferry_mem_backing_name(r->backing),
 				  strerror(-ret));
 	}
 	return bench_gbps(r->size, bench_now_ns() - t0);
@@ -411,7 +411,7 @@ struct backing_limits {
  */
 static void limit_backing(enum ferry_backing b, struct backing_limits *lim)
 {
-	const char *name = ferry_backing_name(b);
+	const char *name = ferry_mem_backing_name(b);
 	uint8_t *src = bench_alloc(FILL_SRC, 3);
 	uint8_t *buf = bench_alloc(CHAIN_CHUNK, 4);
 	double install[REPS], cold[REPS];
@@ -572,7 +572,7 @@ static bool limit_floor(struct floor *fl)
 	int ret = ferry_uffd_open(&uffd, FERRY_UFFD_F_MINOR_SHMEM, 0, false);
 
 	if (ret == -EOPNOTSUPP || ret == -EPERM) {
-		bench_put_text("limit_postcopy_floor", "skip", ferry_errmsg());
+		bench_put_text("limit_postcopy_floor", "skip", ferry_error_msg());
 		return false;
 	}
 	bench_check(ret, "opening a userfaultfd");
@@ -667,11 +667,11 @@ static int dest_receive(struct ferry_listener *l, struct ferry_guest_dest *dd,
 	ferry_migrate_opts_init(&o);
 	o.fault_latency = &rep->latency;
 	if (!ret)
-		ret = ferry_migrate_recv(s, ferry_guest_dest_ops(), dd, &o,
+		ret = ferry_migrate_recv(s, ferry_guest_vm_dest_ops(), dd, &o,
 					 &vm, &rep->stats);
 	if (ret)
 		snprintf(rep->reason, sizeof(rep->reason), "%s",
-			 ferry_errmsg());
+			 ferry_error_msg());
 	ferry_net_session_close(s);
 	return ret;
 }
@@ -686,7 +686,7 @@ static int dest_verify(struct ferry_guest_dest *dd, struct dest_report *rep)
 		ret = ferry_guest_verify(dd->gv->guest, &rep->verify);
 	if (ret)
 		snprintf(rep->reason, sizeof(rep->reason), "verifying: %s",
-			 ferry_errmsg());
+			 ferry_error_msg());
 	return ret;
 }
 
@@ -875,7 +875,7 @@ static void migrate_once(const struct mig_spec *sp, struct mig_result *res)
 	pid_t child;
 
 	memset(res, 0, sizeof(*res));
-	res->page_size = ferry_backing_page_size(sp->backing);
+	res->page_size = ferry_mem_backing_page_size(sp->backing);
 	if (sp->timeline) {
 		res->tl = calloc(TL_ROWS, sizeof(*res->tl));
 		if (!res->tl)
@@ -1017,7 +1017,7 @@ static void set_finish(const char *prefix, const struct mig_spec *sp,
 		for (size_t i = 0; i < r->tl_n; i++)
 			fprintf(f, "%.1f %s %u %llu %llu %llu\n",
 				r->tl[i].t_ns / 1e6,
-				ferry_phase_name(r->tl[i].phase),
+				ferry_migrate_phase_name(r->tl[i].phase),
 				r->tl[i].round,
 				(unsigned long long)r->tl[i].bytes_sent,
 				(unsigned long long)r->tl[i].remaining_bytes,
@@ -1210,7 +1210,7 @@ static void run_precopy(enum ferry_backing b, unsigned int channels,
 		sp.timeline = "ferry_precopy_idle_1g";
 	migrate_reps(&sp, &set);
 	snprintf(prefix, sizeof(prefix), "precopy_%s_x%u",
-		 ferry_backing_name(b), channels);
+		 ferry_mem_backing_name(b), channels);
 	fields(&set, f_switch_gbps, gbps);
 	put_spread(prefix, "gbps", gbps, set.n, 2);
 	put_ratio(prefix, "ratio_limit", gbps, set.n, lim->precopy_gbps);
@@ -1224,10 +1224,10 @@ static void run_precopy(enum ferry_backing b, unsigned int channels,
 		  5);
 	put_verified(prefix, &set);
 	snprintf(prefix, sizeof(prefix), "faults_per_page_precopy_%s_x%u",
-		 ferry_backing_name(b), channels);
+		 ferry_mem_backing_name(b), channels);
 	put_field(prefix, NULL, &set, f_dst_faults_per_page, 5);
 	snprintf(prefix, sizeof(prefix), "precopy_%s_x%u",
-		 ferry_backing_name(b), channels);
+		 ferry_mem_backing_name(b), channels);
 	set_finish(prefix, &sp, &set);
 }
 
@@ -1242,8 +1242,8 @@ static bool pool_get(enum ferry_backing b, struct ferry_hugetlb_resv *resv)
 	if (!bench_hugetlb_reserve(2 * PRECOPY_MEM / FERRY_HUGE_PAGE_SIZE,
 				   resv))
 		return true;
-	snprintf(prefix, sizeof(prefix), "precopy_%s", ferry_backing_name(b));
-	bench_put_text(prefix, "skip", ferry_errmsg());
+	snprintf(prefix, sizeof(prefix), "precopy_%s", ferry_mem_backing_name(b));
+	bench_put_text(prefix, "skip", ferry_error_msg());
 	return false;
 }
 
@@ -1463,7 +1463,7 @@ static void run_backings(struct backing_limits *shmem_lim, uint64_t start_ns)
 
 	for (size_t i = 0; i < 3 && selected("precopy"); i++) {
 		snprintf(prefix, sizeof(prefix), "precopy_%s",
-			 ferry_backing_name(backings[i]));
+			 ferry_mem_backing_name(backings[i]));
 		if (in_budget(prefix, start_ns))
 			run_backing(backings[i], i ? &lim : shmem_lim);
 	}

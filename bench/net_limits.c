@@ -382,7 +382,7 @@ static void run_floor(enum transport t)
 		 transport_names[t]);
 	ret = ferry_uffd_open(&uffd, FERRY_UFFD_F_MINOR_SHMEM, 0, false);
 	if (ret == -EOPNOTSUPP || ret == -EPERM) {
-		bench_put_text(prefix, "skip", ferry_errmsg());
+		bench_put_text(prefix, "skip", ferry_error_msg());
 		return;
 	}
 	bench_check(ret, "opening a userfaultfd");

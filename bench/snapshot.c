@@ -155,7 +155,7 @@ static struct ferry_restore *restore(int fd, struct ferry_guest_dest *dd,
 	struct ferry_restore *rs;
 
 	*dd = (struct ferry_guest_dest){ .keep_backing = true };
-	bench_check(ferry_restore_start(fd, ferry_guest_dest_ops(), dd, o,
+	bench_check(ferry_restore_start(fd, ferry_guest_vm_dest_ops(), dd, o,
 					&rs), "restoring");
 	return rs;
 }
@@ -409,7 +409,7 @@ static void clones(int fd, struct ferry_guest_vm *src)
 	for (int i = 0; i < NR_CLONES; i++) {
 		uint64_t t0 = bench_now_ns();
 
-		bench_check(ferry_clone_create(cs, ferry_guest_clone_ops(),
+		bench_check(ferry_clone_create(cs, ferry_guest_vm_clone_ops(),
 					       NULL, &c[i]), "clone");
 		if (bench_now_ns() - t0 > max_ns)
 			max_ns = bench_now_ns() - t0;

@@ -36,7 +36,7 @@ enum test_result tvm_settle(struct test_ctx *ctx, struct tvm *t)
 {
 	int ret = ferry_guest_start(t->g);
 
-	CHECK(ctx, ret == 0 || ret == -EBUSY, "start: %s", ferry_errmsg());
+	CHECK(ctx, ret == 0 || ret == -EBUSY, "start: %s", ferry_error_msg());
 	CHECK_OK(ctx, ferry_guest_wait_settled(t->g, 20000));
 	CHECK_OK(ctx, ferry_guest_pause(t->g));
 	return TEST_PASS;
@@ -97,7 +97,7 @@ enum test_result tvm_expect_mp(struct test_ctx *ctx, struct tvm *t,
 
 		CHECK_OK(ctx, ops->get_mp_state(t->g, i, &mp));
 		CHECK(ctx, mp == states[i], "vCPU %u is %s, want %s", i,
-		      ferry_mp_state_name(mp), ferry_mp_state_name(states[i]));
+		      ferry_vcpu_mp_state_name(mp), ferry_vcpu_mp_state_name(states[i]));
 	}
 	return TEST_PASS;
 }

@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ferry/hugetlb.h"
 #include "test.h"
 
 #define MAX_SUITES 64
@@ -229,14 +230,14 @@ static enum test_result run_hugetlb(const struct test_case *tc,
 	if (ret) {
 		snprintf(ctx->reason, sizeof(ctx->reason),
 			 "cannot reserve %u huge pages: %s", pages,
-			 ferry_errmsg());
+			 ferry_error_msg());
 		return TEST_SKIP;
 	}
 	result = run_child(tc, ctx);
 	ret = ferry_hugetlb_restore(&resv);
 	if (ret && result == TEST_PASS) {
 		snprintf(ctx->reason, sizeof(ctx->reason),
-			 "restoring the hugetlb pool: %s", ferry_errmsg());
+			 "restoring the hugetlb pool: %s", ferry_error_msg());
 		result = TEST_FAIL;
 	}
 	return result;
@@ -253,7 +254,7 @@ static void label(char *buf, size_t len, const struct test_case *tc,
 		snprintf(buf, len, "%s", tc->name);
 	else
 		snprintf(buf, len, "%s [%s]", tc->name,
-			 ferry_backing_name((enum ferry_backing)backing));
+			 ferry_mem_backing_name((enum ferry_backing)backing));
 }
 
 static void report(const char *name, enum test_result result,

@@ -88,7 +88,7 @@ enum test_result test_skip(struct test_ctx *ctx, const char *fmt, ...)
 		long long _r = (long long)(call);			\
 		if (_r < 0)						\
 			FAIL(ctx, "%s = %lld (%s): %s", #call, _r,	\
-			     strerror((int)-_r), ferry_errmsg());	\
+			     strerror((int)-_r), ferry_error_msg());	\
 	} while (0)
 
 /* A ferry call that must return exactly `want`. */

@@ -21,7 +21,7 @@ static enum test_result caps_agree_with_uffd(struct test_ctx *ctx)
 	for (int i = 0; i < FERRY_CAP_COUNT; i++)
 		CHECK(ctx, caps.cap[i].ok || caps.cap[i].fix[0],
 		      "%s is missing but says nothing to change",
-		      ferry_cap_name((enum ferry_cap)i));
+		      ferry_caps_name((enum ferry_cap)i));
 	return TEST_PASS;
 }
 
@@ -38,8 +38,8 @@ static enum test_result collapse_gives_pmds(struct test_ctx *ctx)
 		r->alias[off] = 3;
 	for (size_t off = 0; off < r->size; off += 4096)
 		CHECK_EQ(ctx, r->guest[off], 3);
-	CHECK_OK(ctx, ferry_region_collapse(r));
-	CHECK_OK(ctx, ferry_region_pmd_mapped(r, &pmd));
+	CHECK_OK(ctx, ferry_mem_region_collapse(r));
+	CHECK_OK(ctx, ferry_mem_region_pmd_mapped(r, &pmd));
 	CHECK_EQ(ctx, pmd, r->size);
 	CHECK_EQ(ctx, r->guest[r->size - 4096], 3);
 	ferry_mem_destroy(mem);

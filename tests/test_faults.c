@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "ferry/hugetlb.h"
 #include "ferry/pagefaults.h"
 #include "test.h"
 
@@ -139,8 +140,8 @@ static enum test_result hugetlb_too_small(struct test_ctx *ctx)
 	ret = ferry_mem_add_region(mem, FERRY_BACKING_HUGETLB,
 			(size_t)(free_now + 4) * FERRY_HUGE_PAGE_SIZE, &r);
 	CHECK_EQ(ctx, ret, -ENOMEM);
-	CHECK(ctx, strstr(ferry_errmsg(), "vm.nr_hugepages"),
-	      "reason does not name the sysctl: %s", ferry_errmsg());
+	CHECK(ctx, strstr(ferry_error_msg(), "vm.nr_hugepages"),
+	      "reason does not name the sysctl: %s", ferry_error_msg());
 	CHECK_EQ(ctx, mem->nr_regions, 0);
 	ferry_mem_destroy(mem);
 	return TEST_PASS;

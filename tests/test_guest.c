@@ -212,7 +212,7 @@ static enum test_result decode_fails(struct test_ctx *ctx, const uint8_t *b,
 
 	memset(&out, 0x5a, sizeof(out));
 	CHECK_EQ(ctx, ferry_guest_config_decode(b, len, &out), want);
-	CHECK(ctx, ferry_errmsg()[0], "no reason for a bad config");
+	CHECK(ctx, ferry_error_msg()[0], "no reason for a bad config");
 	CHECK_EQ(ctx, out.nr_vcpus, 0x5a5a5a5a);
 	return TEST_PASS;
 }
@@ -279,10 +279,10 @@ static enum test_result create_fails(struct test_ctx *ctx,
 	struct ferry_guest *g = NULL;
 
 	tvm_config(&cfg, nr, spec, 0);
-	ferry_errmsg_clear();
+	ferry_error_clear();
 	CHECK(ctx, ferry_guest_create(mem, &cfg, &g) == -EINVAL,
 	      "spec '%s' on %u vCPUs was accepted", spec, nr);
-	CHECK(ctx, ferry_errmsg()[0], "no reason given for '%s'", spec);
+	CHECK(ctx, ferry_error_msg()[0], "no reason given for '%s'", spec);
 	CHECK(ctx, g == NULL, "a VM came out of a failure");
 	return TEST_PASS;
 }

@@ -16,7 +16,7 @@ static enum test_result two_views(struct test_ctx *ctx)
 	CHECK_OK(ctx, ferry_mem_create(&mem));
 	CHECK_OK(ctx, ferry_mem_add_region(mem, ctx->backing, size, &r));
 	CHECK_EQ(ctx, r->size, size);
-	CHECK_EQ(ctx, r->page_size, ferry_backing_page_size(ctx->backing));
+	CHECK_EQ(ctx, r->page_size, ferry_mem_backing_page_size(ctx->backing));
 	CHECK(ctx, (uintptr_t)r->guest % r->page_size == 0, "guest unaligned");
 	for (size_t off = 0; off < size; off += r->page_size)
 		r->alias[off] = (uint8_t)(off / r->page_size + 1);
@@ -42,19 +42,19 @@ static enum test_result populated_pages(struct test_ctx *ctx)
 			test_region_size(ctx->backing, 300, 12), &r));
 	map = calloc((r->nr_pages + 63) / 64, 8);
 	CHECK(ctx, map, "out of memory");
-	CHECK_EQ(ctx, ferry_region_populated(r, map), 0);
+	CHECK_EQ(ctx, ferry_mem_region_populated(r, map), 0);
 	for (size_t p = 0; p < r->nr_pages; p++)
 		if (p % 5 == 1 || p == r->nr_pages - 1) {
 			r->guest[p * r->page_size + 1] = 1;
 			want++;
 		}
-	CHECK_EQ(ctx, ferry_region_populated(r, map), want);
+	CHECK_EQ(ctx, ferry_mem_region_populated(r, map), want);
 	for (size_t p = 0; p < r->nr_pages; p++)
 		CHECK_EQ(ctx, map[p / 64] >> (p % 64) & 1,
 			 p % 5 == 1 || p == r->nr_pages - 1);
 	/* Asking did not populate anything. */
 	memset(map, 0, (r->nr_pages + 63) / 64 * 8);
-	CHECK_EQ(ctx, ferry_region_populated(r, map), want);
+	CHECK_EQ(ctx, ferry_mem_region_populated(r, map), want);
 	free(map);
 	ferry_mem_destroy(mem);
 	return TEST_PASS;

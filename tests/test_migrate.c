@@ -51,10 +51,10 @@ static void *dest_main(void *arg)
 	ferry_migrate_opts_init(&o);
 	o.fault_latency = &m->latency;
 	if (!ret)
-		ret = ferry_migrate_recv(s, ferry_guest_dest_ops(), &m->dd,
+		ret = ferry_migrate_recv(s, ferry_guest_vm_dest_ops(), &m->dd,
 					 &o, &vm, &m->dst_stats);
 	m->dst_ret = ret;
-	snprintf(m->dst_reason, sizeof(m->dst_reason), "%s", ferry_errmsg());
+	snprintf(m->dst_reason, sizeof(m->dst_reason), "%s", ferry_error_msg());
 	ferry_net_session_close(s);
 	return NULL;
 }
@@ -114,8 +114,8 @@ static enum test_result check_dest(struct test_ctx *ctx, struct mig *m,
 	for (unsigned int i = 0; i < m->vcpus; i++)
 		CHECK(ctx, rep.vcpu[i].mp_state == want[i],
 		      "vCPU %u is %s after migration, was %s", i,
-		      ferry_mp_state_name(rep.vcpu[i].mp_state),
-		      ferry_mp_state_name(want[i]));
+		      ferry_vcpu_mp_state_name(rep.vcpu[i].mp_state),
+		      ferry_vcpu_mp_state_name(want[i]));
 	CHECK(ctx, rep.cells_written > 0, "the workload wrote nothing");
 	return TEST_PASS;
 }
@@ -163,14 +163,14 @@ static enum test_result migrate_once(struct test_ctx *ctx, struct mig *m)
 	ret = connect_and_send(m, src, &o);
 	pthread_join(dest, NULL);
 	ferry_net_listener_close(m->listener);
-	CHECK(ctx, ret == 0, "source: %s (destination: %s)", ferry_errmsg(),
+	CHECK(ctx, ret == 0, "source: %s (destination: %s)", ferry_error_msg(),
 	      m->dst_ret ? m->dst_reason : "ok");
 	CHECK(ctx, m->dst_ret == 0, "destination: %s", m->dst_reason);
 	if (getenv("FERRY_TEST_VERBOSE"))
 		fprintf(stderr, "    %s: %u rounds, %llu pages, %llu zero, "
 			"%llu pushed; dest %llu minor %llu missing %llu "
 			"requested, downtime %.3f ms\n",
-			ferry_mode_name(m->src_stats.mode), m->src_stats.rounds,
+			ferry_migrate_mode_name(m->src_stats.mode), m->src_stats.rounds,
 			(unsigned long long)m->src_stats.pages_sent,
 			(unsigned long long)m->src_stats.zero_pages,
 			(unsigned long long)m->src_stats.pages_pushed,
@@ -333,9 +333,9 @@ static void far_dest(struct netns_pair *ns, int fd)
 	if (!res.ret)
 		res.ret = ferry_net_accept(l, 30000, &s);
 	if (!res.ret)
-		res.ret = ferry_migrate_recv(s, ferry_guest_dest_ops(), &dd,
+		res.ret = ferry_migrate_recv(s, ferry_guest_vm_dest_ops(), &dd,
 					     NULL, &vm, &res.stats);
-	snprintf(res.reason, sizeof(res.reason), "%s", ferry_errmsg());
+	snprintf(res.reason, sizeof(res.reason), "%s", ferry_error_msg());
 	ferry_net_session_close(s);
 	ferry_net_listener_close(l);
 	if (!res.ret) {
@@ -392,8 +392,8 @@ static enum test_result far_check(struct test_ctx *ctx,
 	      (unsigned long long)rep->duplicated);
 	for (unsigned int i = 0; i < vcpus; i++)
 		CHECK(ctx, rep->vcpu[i].mp_state == want[i], "vCPU %u is %s, "
-		      "was %s", i, ferry_mp_state_name(rep->vcpu[i].mp_state),
-		      ferry_mp_state_name(want[i]));
+		      "was %s", i, ferry_vcpu_mp_state_name(rep->vcpu[i].mp_state),
+		      ferry_vcpu_mp_state_name(want[i]));
 	return TEST_PASS;
 }
 
@@ -437,7 +437,7 @@ static enum test_result far_migrate(struct test_ctx *ctx, const char *shape)
 	ret = far_connect(1, &s);
 	if (!ret)
 		ret = ferry_migrate_send(&src->vm, s, &o, &m.src_stats);
-	snprintf(why, sizeof(why), "%s", ferry_errmsg());
+	snprintf(why, sizeof(why), "%s", ferry_error_msg());
 	ferry_net_session_close(s);
 	source_states(src, want);
 	CHECK_EQ(ctx, read(fds[0], &res, sizeof(res)), sizeof(res));
@@ -526,7 +526,7 @@ static enum test_result broken_before_switchover(struct test_ctx *ctx)
 	ferry_net_listener_close(m.listener);
 	CHECK(ctx, ret == -EPIPE || ret == -ECONNRESET,
 	      "send returned %d (%s), want a broken connection", ret,
-	      ferry_errmsg());
+	      ferry_error_msg());
 	/* Still running: steps go on. */
 	CHECK_OK(ctx, ferry_guest_pause(src->guest));
 	CHECK_OK(ctx, ferry_guest_verify(src->guest, &before));

@@ -39,7 +39,7 @@ static void *connector_main(void *arg)
 	struct connector *c = arg;
 
 	c->ret = ferry_net_connect(c->addr, c->nr_bulk, &c->opts, &c->session);
-	snprintf(c->why, sizeof(c->why), "%s", ferry_errmsg());
+	snprintf(c->why, sizeof(c->why), "%s", ferry_error_msg());
 	return NULL;
 }
 
@@ -114,7 +114,7 @@ static void *worker_done(struct worker *w, int ret)
 {
 	w->ret = ret;
 	if (ret)
-		snprintf(w->why, sizeof(w->why), "%s", ferry_errmsg());
+		snprintf(w->why, sizeof(w->why), "%s", ferry_error_msg());
 	return NULL;
 }
 
@@ -362,7 +362,7 @@ static enum test_result session_tcp6(struct test_ctx *ctx)
 	struct ferry_listener *l;
 
 	if (ferry_net_listener_open("[::1]:0", NULL, &l))
-		SKIP(ctx, "no IPv6 loopback: %s", ferry_errmsg());
+		SKIP(ctx, "no IPv6 loopback: %s", ferry_error_msg());
 	ferry_net_listener_close(l);
 	return session_carries(ctx, "[::1]:0");
 }
@@ -416,9 +416,9 @@ static enum test_result disconnect_mid_record(struct test_ctx *ctx)
 	ferry_wire_reader_init(&r, server->bulk[0]);
 	CHECK_EQ(ctx, ferry_wire_recv(&r, buf, FERRY_WIRE_BUF_SIZE, &rec),
 		 -EPIPE);
-	CHECK(ctx, strstr(ferry_errmsg(), "record 0: stream ended inside a "
-			  "256.") && strstr(ferry_errmsg(), "KiB PAGES record"),
-	      "reason: %s", ferry_errmsg());
+	CHECK(ctx, strstr(ferry_error_msg(), "record 0: stream ended inside a "
+			  "256.") && strstr(ferry_error_msg(), "KiB PAGES record"),
+	      "reason: %s", ferry_error_msg());
 	ferry_net_session_close(server);
 	ferry_net_listener_close(l);
 	free(f);
@@ -443,9 +443,9 @@ static enum test_result send_to_closed_peer(struct test_ctx *ctx)
 	for (int i = 0; i < 1000 && n >= 0; i++)
 		n = ferry_chan_sendv(client->bulk[0], &iov, 1);
 	CHECK(ctx, n == -EPIPE || n == -ECONNRESET, "send: %zd", n);
-	CHECK(ctx, strstr(ferry_errmsg(), "bulk 0 to 127.0.0.1:") &&
-	      strstr(ferry_errmsg(), ": send: "), "reason: %s",
-	      ferry_errmsg());
+	CHECK(ctx, strstr(ferry_error_msg(), "bulk 0 to 127.0.0.1:") &&
+	      strstr(ferry_error_msg(), ": send: "), "reason: %s",
+	      ferry_error_msg());
 	ferry_net_session_close(client);
 	ferry_net_listener_close(l);
 	free(src);
@@ -463,9 +463,9 @@ static enum test_result io_timeout(struct test_ctx *ctx)
 	CHECK_OK(ctx, ferry_net_listener_open("127.0.0.1:0", &o, &l));
 	PAIR_OPEN(l, 1, &client, &server);
 	CHECK_EQ(ctx, ferry_chan_recv(server->urgent, &byte, 1), -ETIMEDOUT);
-	CHECK(ctx, strstr(ferry_errmsg(), "urgent from 127.0.0.1:") &&
-	      strstr(ferry_errmsg(), "recv: no progress for 200 ms"),
-	      "reason: %s", ferry_errmsg());
+	CHECK(ctx, strstr(ferry_error_msg(), "urgent from 127.0.0.1:") &&
+	      strstr(ferry_error_msg(), "recv: no progress for 200 ms"),
+	      "reason: %s", ferry_error_msg());
 	ferry_net_session_close(client);
 	ferry_net_session_close(server);
 	ferry_net_listener_close(l);
@@ -602,10 +602,10 @@ static enum test_result stranger_refused(struct test_ctx *ctx)
 	ferry_net_session_close(s);
 	fd = raw_connect(l);	/* connects, and says nothing */
 	CHECK_EQ(ctx, ferry_net_accept(l, 600, &s), -ETIMEDOUT);
-	CHECK(ctx, strstr(ferry_errmsg(), "refused 1 connection(s), the last: "
-			  "127.0.0.1:") && strstr(ferry_errmsg(),
+	CHECK(ctx, strstr(ferry_error_msg(), "refused 1 connection(s), the last: "
+			  "127.0.0.1:") && strstr(ferry_error_msg(),
 			  "sent no hello within 300 ms"), "reason: %s",
-	      ferry_errmsg());
+	      ferry_error_msg());
 	close(fd);
 	ferry_net_listener_close(l);
 	return TEST_PASS;
@@ -626,9 +626,9 @@ static enum test_result half_session(struct test_ctx *ctx)
 	hello_bytes(hello, FERRY_NET_VERSION, FERRY_CHAN_BULK, 0, 1, 42);
 	CHECK_EQ(ctx, send(fd, hello, 32, 0), 32);
 	CHECK_EQ(ctx, ferry_net_accept(l, 500, &s), -ETIMEDOUT);
-	CHECK(ctx, strstr(ferry_errmsg(), "opened 1 of the 2 channels of its "
+	CHECK(ctx, strstr(ferry_error_msg(), "opened 1 of the 2 channels of its "
 			  "session within 200 ms"), "reason: %s",
-	      ferry_errmsg());
+	      ferry_error_msg());
 	CHECK_EQ(ctx, ack_status(fd), 0);
 	close(fd);
 	ferry_net_listener_close(l);
@@ -649,9 +649,9 @@ static enum test_result version_mismatch(struct test_ctx *ctx)
 	hello_bytes(hello, 99, FERRY_CHAN_BULK, 0, 1, 42);
 	CHECK_EQ(ctx, send(fd, hello, 32, 0), 32);
 	CHECK_EQ(ctx, ferry_net_accept(l, 5000, &s), -EPROTO);
-	CHECK(ctx, strstr(ferry_errmsg(), "speaks format version 99; this "
+	CHECK(ctx, strstr(ferry_error_msg(), "speaks format version 99; this "
 			  "ferry speaks version 1"), "reason: %s",
-	      ferry_errmsg());
+	      ferry_error_msg());
 	CHECK_EQ(ctx, ack_status(fd), EPROTO);
 	close(fd);
 	ferry_net_listener_close(l);
@@ -707,8 +707,8 @@ static enum test_result listener_too_new(struct test_ctx *ctx)
 	snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
 	CHECK(ctx, !pthread_create(&thread, NULL, old_listener, &lfd), "thr");
 	CHECK_EQ(ctx, ferry_net_connect(addr, 1, &o, &s), -EPROTO);
-	CHECK(ctx, strstr(ferry_errmsg(), "speaks ferry format version 2; "
-			  "this ferry speaks 1"), "reason: %s", ferry_errmsg());
+	CHECK(ctx, strstr(ferry_error_msg(), "speaks ferry format version 2; "
+			  "this ferry speaks 1"), "reason: %s", ferry_error_msg());
 	pthread_join(thread, NULL);
 	close(lfd);
 	return TEST_PASS;
@@ -735,13 +735,13 @@ static enum test_result nobody_listens(struct test_ctx *ctx)
 	snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
 	CHECK_EQ(ctx, ferry_net_connect(addr, 2, &o, &s), -ECONNREFUSED);
 	CHECK(ctx, now_s() - start < 10, "refusal took the timeout");
-	CHECK(ctx, strstr(ferry_errmsg(), "connect to 127.0.0.1:") &&
-	      strstr(ferry_errmsg(), "refused (is a ferry listener there?)"),
-	      "reason: %s", ferry_errmsg());
+	CHECK(ctx, strstr(ferry_error_msg(), "connect to 127.0.0.1:") &&
+	      strstr(ferry_error_msg(), "refused (is a ferry listener there?)"),
+	      "reason: %s", ferry_error_msg());
 	CHECK_EQ(ctx, ferry_net_connect("unix:/nonexistent/ferry.sock", 1, &o,
 					&s), -ENOENT);
-	CHECK(ctx, strstr(ferry_errmsg(), "unix:/nonexistent/ferry.sock"),
-	      "reason: %s", ferry_errmsg());
+	CHECK(ctx, strstr(ferry_error_msg(), "unix:/nonexistent/ferry.sock"),
+	      "reason: %s", ferry_error_msg());
 	close(fd);
 	return TEST_PASS;
 }
@@ -757,8 +757,8 @@ static enum test_result no_answer(struct test_ctx *ctx)
 	CHECK(ctx, fd >= 0 && !listen(fd, 8), "listen");
 	snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
 	CHECK_EQ(ctx, ferry_net_connect(addr, 1, &o, &s), -ETIMEDOUT);
-	CHECK(ctx, strstr(ferry_errmsg(), "did not answer the hello within "
-			  "300 ms"), "reason: %s", ferry_errmsg());
+	CHECK(ctx, strstr(ferry_error_msg(), "did not answer the hello within "
+			  "300 ms"), "reason: %s", ferry_error_msg());
 	close(fd);
 	return TEST_PASS;
 }
@@ -787,8 +787,8 @@ static enum test_result addresses(struct test_ctx *ctx)
 	for (size_t i = 0; i < sizeof(bad_addrs) / sizeof(bad_addrs[0]); i++) {
 		CHECK_EQ(ctx, ferry_net_connect(bad_addrs[i].addr, 1, NULL, &s),
 			 -EINVAL);
-		CHECK(ctx, strstr(ferry_errmsg(), bad_addrs[i].reason),
-		      "%s: %s", bad_addrs[i].addr, ferry_errmsg());
+		CHECK(ctx, strstr(ferry_error_msg(), bad_addrs[i].reason),
+		      "%s: %s", bad_addrs[i].addr, ferry_error_msg());
 	}
 	memset(path, 'x', sizeof(path));
 	memcpy(path, "unix:/", 6);

@@ -225,7 +225,7 @@ static enum test_result postcopy_serves_all(struct test_ctx *ctx)
 	CHECK_EQ(ctx, postcopy_owed(s.pc, 0), 0);
 	CHECK_OK(ctx, postcopy_finish(s.pc));
 	if (ctx->backing == FERRY_BACKING_THP) {
-		CHECK_OK(ctx, ferry_region_pmd_mapped(s.r, &pmd));
+		CHECK_OK(ctx, ferry_mem_region_pmd_mapped(s.r, &pmd));
 		CHECK(ctx, pmd * 100 >= s.r->size * 95, "only %llu of %zu "
 		      "bytes PMD-mapped after post-copy",
 		      (unsigned long long)pmd, s.r->size);
@@ -258,8 +258,8 @@ static enum test_result postcopy_refuses_bad_pages(struct test_ctx *ctx)
 		 -EINVAL);
 	CHECK_EQ(ctx, postcopy_store(pc, 1, 0, 1, page), -EINVAL);
 	CHECK_EQ(ctx, postcopy_install(pc, 0, UINT64_MAX, page), -EINVAL);
-	CHECK(ctx, strstr(ferry_errmsg(), "outside guest memory"),
-	      "reason: %s", ferry_errmsg());
+	CHECK(ctx, strstr(ferry_error_msg(), "outside guest memory"),
+	      "reason: %s", ferry_error_msg());
 	postcopy_destroy(pc);
 	ferry_mem_destroy(mem);
 	return TEST_PASS;

@@ -14,6 +14,8 @@
 #include <xxhash.h>
 
 #include "ferry-vm/guest_vm.h"
+#include "ferry/clone.h"
+#include "ferry/restore.h"
 #include "ferry/snapshot.h"
 #include "guest_test.h"
 
@@ -103,8 +105,8 @@ static enum test_result check_guest(struct test_ctx *ctx,
 	for (unsigned int i = 0; i < nr; i++)
 		CHECK(ctx, rep.vcpu[i].mp_state == want[i],
 		      "vCPU %u is %s after restore, was %s", i,
-		      ferry_mp_state_name(rep.vcpu[i].mp_state),
-		      ferry_mp_state_name(want[i]));
+		      ferry_vcpu_mp_state_name(rep.vcpu[i].mp_state),
+		      ferry_vcpu_mp_state_name(want[i]));
 	return TEST_PASS;
 }
 
@@ -125,7 +127,7 @@ static enum test_result restore(struct test_ctx *ctx, int fd,
 				struct ferry_restore **rs)
 {
 	*dd = (struct ferry_guest_dest){ .keep_backing = true };
-	CHECK_OK(ctx, ferry_restore_start(fd, ferry_guest_dest_ops(), dd, o,
+	CHECK_OK(ctx, ferry_restore_start(fd, ferry_guest_vm_dest_ops(), dd, o,
 					  rs));
 	CHECK(ctx, dd->gv, "no VM built");
 	return TEST_PASS;
@@ -454,10 +456,10 @@ static enum test_result ws_refused(struct test_ctx *ctx, int fd,
 	byte ^= 0x40;
 	CHECK_EQ(ctx, pwrite(wfd, &byte, 1, 30), 1);
 	close(wfd);
-	CHECK_EQ(ctx, ferry_restore_start(fd, ferry_guest_dest_ops(), &dd, &o,
+	CHECK_EQ(ctx, ferry_restore_start(fd, ferry_guest_vm_dest_ops(), &dd, &o,
 					  &rs), -EBADMSG);
-	CHECK(ctx, strstr(ferry_errmsg(), "checksum"), "reason: %s",
-	      ferry_errmsg());
+	CHECK(ctx, strstr(ferry_error_msg(), "checksum"), "reason: %s",
+	      ferry_error_msg());
 	CHECK(ctx, !dd.gv, "a VM was left behind");
 	return TEST_PASS;
 }
@@ -496,7 +498,7 @@ static uint64_t clone_digest(struct test_ctx *ctx, struct ferry_clone *c)
 	if (ferry_guest_pause(g) || ferry_guest_digest(g, &digest) ||
 	    ferry_guest_resume(g))
 		snprintf(ctx->reason, sizeof(ctx->reason), "%s",
-			 ferry_errmsg());
+			 ferry_error_msg());
 	return digest;
 }
 
@@ -523,7 +525,7 @@ static enum test_result clone_writes(struct test_ctx *ctx,
  */
 static enum test_result clones(struct test_ctx *ctx)
 {
-	const struct ferry_clone_ops *ops = ferry_guest_clone_ops();
+	const struct ferry_clone_ops *ops = ferry_guest_vm_clone_ops();
 	struct ferry_clone_source *cs;
 	struct ferry_clone *c[3];
 	struct ferry_clone_mem m;
@@ -595,12 +597,12 @@ static enum test_result refused(struct test_ctx *ctx, int fd,
 	struct ferry_restore_opts o = { .mode = mode };
 	struct ferry_guest_dest dd = { .keep_backing = true };
 	struct ferry_restore *rs = NULL;
-	int ret = ferry_restore_start(fd, ferry_guest_dest_ops(), &dd, &o, &rs);
+	int ret = ferry_restore_start(fd, ferry_guest_vm_dest_ops(), &dd, &o, &rs);
 
 	CHECK(ctx, ret == -EBADMSG, "%s: restore returned %d (%s)", what, ret,
-	      ferry_errmsg());
-	CHECK(ctx, !why || strstr(ferry_errmsg(), why),
-	      "%s: reason '%s' does not say '%s'", what, ferry_errmsg(), why);
+	      ferry_error_msg());
+	CHECK(ctx, !why || strstr(ferry_error_msg(), why),
+	      "%s: reason '%s' does not say '%s'", what, ferry_error_msg(), why);
 	CHECK(ctx, !dd.gv, "%s: a VM was left behind", what);
 	return TEST_PASS;
 }
@@ -697,11 +699,11 @@ static enum test_result bad_page(struct test_ctx *ctx, int good, int bad)
 	b ^= 1;
 	CHECK_EQ(ctx, pwrite(bad, &b, 1, data + 100), 1);
 	TRY(refused(ctx, bad, FERRY_RESTORE_EAGER, "checksum", "bad page"));
-	CHECK_OK(ctx, ferry_restore_start(bad, ferry_guest_dest_ops(), &dd, &o,
+	CHECK_OK(ctx, ferry_restore_start(bad, ferry_guest_vm_dest_ops(), &dd, &o,
 					  &rs));
 	CHECK_EQ(ctx, ferry_restore_finish(rs, NULL), -EBADMSG);
-	CHECK(ctx, strstr(ferry_errmsg(), "checksum"), "reason: %s",
-	      ferry_errmsg());
+	CHECK(ctx, strstr(ferry_error_msg(), "checksum"), "reason: %s",
+	      ferry_error_msg());
 	ferry_restore_destroy(rs);
 	ferry_guest_vm_destroy(dd.gv);
 	return TEST_PASS;
@@ -797,7 +799,7 @@ static enum test_result dense(struct test_ctx *ctx, int good, int bad,
 		CHECK_EQ(ctx, pwrite(bad, buf, (size_t)n, off), n);
 	}
 	CHECK_EQ(ctx, lseek(bad, 0, SEEK_HOLE), st.st_size);
-	CHECK_OK(ctx, ferry_restore_start(bad, ferry_guest_dest_ops(), &dd, &o,
+	CHECK_OK(ctx, ferry_restore_start(bad, ferry_guest_vm_dest_ops(), &dd, &o,
 					  &rs));
 	CHECK_OK(ctx, ferry_restore_finish(rs, NULL));
 	CHECK_OK(ctx, ferry_guest_pause(dd.gv->guest));

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 /* stats: percentiles within the histogram's resolution. */
-#include "ferry/stats.h"
+#include "ferry/hist.h"
 #include "test.h"
 
 static enum test_result hist_percentiles(struct test_ctx *ctx)

@@ -282,7 +282,7 @@ struct registered {
 static int setup_registered(struct test_ctx *ctx, struct registered *s,
 			    uint64_t modes, size_t pages)
 {
-	size_t size = pages * ferry_backing_page_size(ctx->backing);
+	size_t size = pages * ferry_mem_backing_page_size(ctx->backing);
 	int ret = ferry_mem_create(&s->mem);
 
 	if (!ret)
@@ -412,8 +412,8 @@ static enum test_result minor_on_anon(struct test_ctx *ctx)
 	CHECK_OK(ctx, ferry_uffd_open(&u, FERRY_UFFD_F_MINOR_SHMEM, 0, false));
 	ret = ferry_uffd_register(&u, p, len, FERRY_UFFD_MINOR, NULL);
 	CHECK_EQ(ctx, ret, -EINVAL);
-	CHECK(ctx, strstr(ferry_errmsg(), "MINOR"),
-	      "reason does not name the mode: %s", ferry_errmsg());
+	CHECK(ctx, strstr(ferry_error_msg(), "MINOR"),
+	      "reason does not name the mode: %s", ferry_error_msg());
 	/* MISSING on the same memory is fine: the refusal is about MINOR. */
 	CHECK_OK(ctx, ferry_uffd_register(&u, p, len, FERRY_UFFD_MISSING,
 					  NULL));
@@ -444,8 +444,8 @@ static enum test_result open_names_missing(struct test_ctx *ctx)
 	int ret = ferry_uffd_open(&u, unknown, 0, false);
 
 	CHECK_EQ(ctx, ret, -EOPNOTSUPP);
-	CHECK(ctx, strstr(ferry_errmsg(), "lacks"), "reason: %s",
-	      ferry_errmsg());
+	CHECK(ctx, strstr(ferry_error_msg(), "lacks"), "reason: %s",
+	      ferry_error_msg());
 	CHECK_EQ(ctx, u.fd, -1);
 	CHECK(ctx, strcmp(ferry_uffd_feature_name(FERRY_UFFD_F_WP_ASYNC),
 			  "WP_ASYNC") == 0, "feature name table");

@@ -24,14 +24,14 @@ static enum test_result ops_complete(struct test_ctx *ctx)
 	CHECK_OK(ctx, ferry_vcpu_ops_check(ops()));
 	broken.reset = NULL;
 	CHECK_EQ(ctx, ferry_vcpu_ops_check(&broken), -EINVAL);
-	CHECK(ctx, strstr(ferry_errmsg(), "reset"), "reason: %s",
-	      ferry_errmsg());
-	CHECK(ctx, !strcmp(ferry_mp_state_name(FERRY_MP_SUSPENDED),
+	CHECK(ctx, strstr(ferry_error_msg(), "reset"), "reason: %s",
+	      ferry_error_msg());
+	CHECK(ctx, !strcmp(ferry_vcpu_mp_state_name(FERRY_MP_SUSPENDED),
 			   "SUSPENDED"), "name");
-	CHECK(ctx, !strcmp(ferry_mp_state_name((enum ferry_mp_state)7), "?"),
+	CHECK(ctx, !strcmp(ferry_vcpu_mp_state_name((enum ferry_mp_state)7), "?"),
 	      "name of 7");
-	CHECK(ctx, ferry_mp_state_valid(2) && !ferry_mp_state_valid(3) &&
-	      !ferry_mp_state_valid(-1), "validity");
+	CHECK(ctx, ferry_vcpu_mp_state_valid(2) && !ferry_vcpu_mp_state_valid(3) &&
+	      !ferry_vcpu_mp_state_valid(-1), "validity");
 	return TEST_PASS;
 }
 
@@ -104,7 +104,7 @@ static enum test_result call(struct test_ctx *ctx, struct tvm *t,
 
 	CHECK_OK(ctx, ferry_guest_psci(t->g, caller, fn, target, &got));
 	CHECK(ctx, got == want, "vCPU %u %s(%u) = %d, want %d", caller,
-	      ferry_psci_fn_name(fn), target, got, want);
+	      ferry_guest_psci_fn_name(fn), target, got, want);
 	return TEST_PASS;
 }
 
@@ -413,11 +413,11 @@ static enum test_result load_fails(struct test_ctx *ctx, struct tvm *t,
 	int ret;
 
 	TRY(save_all(ctx, t, before));
-	ferry_errmsg_clear();
+	ferry_error_clear();
 	ret = ops()->load(t->g, 1, b, len);
 	CHECK(ctx, ret == want, "%s: load = %d, want %d (%s)", what, ret, want,
-	      ferry_errmsg());
-	CHECK(ctx, ferry_errmsg()[0], "%s: no reason", what);
+	      ferry_error_msg());
+	CHECK(ctx, ferry_error_msg()[0], "%s: no reason", what);
 	return same_blobs(ctx, t, before);
 }
 
@@ -476,8 +476,8 @@ static enum test_result blob_other_machine(struct test_ctx *ctx)
 	TRY(tvm_create(ctx, &b, &cfg));
 	CHECK_EQ(ctx, ops()->save(a.g, 0, blob, sizeof(blob)), sizeof(blob));
 	CHECK_EQ(ctx, ops()->load(b.g, 0, blob, sizeof(blob)), -EINVAL);
-	CHECK(ctx, strstr(ferry_errmsg(), "different machine"), "reason: %s",
-	      ferry_errmsg());
+	CHECK(ctx, strstr(ferry_error_msg(), "different machine"), "reason: %s",
+	      ferry_error_msg());
 	/* The rate cap only says when, not what: the blob loads. */
 	tvm_destroy(&b);
 	ferry_guest_config_set_workload(&cfg, "random,rate=1M");

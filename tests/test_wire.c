@@ -691,8 +691,8 @@ static enum test_result live_torn_page(struct test_ctx *ctx)
 	for (uint32_t i = 0; i < 4; i++)
 		CHECK_EQ(ctx, ferry_wire_page_torn(&v.pages, i), i == 2);
 	CHECK_EQ(ctx, next(&fx, &r, &s, &rec, &v), -EBADMSG);
-	CHECK(ctx, strstr(ferry_errmsg(), "record 2: PAGES page 2 (index 7) "
-			  "checksum mismatch"), "reason: %s", ferry_errmsg());
+	CHECK(ctx, strstr(ferry_error_msg(), "record 2: PAGES page 2 (index 7) "
+			  "checksum mismatch"), "reason: %s", ferry_error_msg());
 	fixture_fini(&fx);
 	return TEST_PASS;
 }
@@ -736,9 +736,9 @@ static enum test_result corrupt_every_byte(struct test_ctx *ctx)
 			copy[pos] ^= masks[m];
 			ret = decode_bytes(copy, len, &nr);
 			CHECK(ctx, ret == -EBADMSG && corruption_reason(
-			      ferry_errmsg()), "byte %zu ^ 0x%02x: %d after %u "
+			      ferry_error_msg()), "byte %zu ^ 0x%02x: %d after %u "
 			      "records: %s", pos, masks[m], ret, nr,
-			      ferry_errmsg());
+			      ferry_error_msg());
 		}
 	}
 	free(copy);
@@ -800,23 +800,23 @@ static enum test_result truncate_every_length(struct test_ctx *ctx)
 		CHECK_EQ(ctx, nr, whole + boundary);
 		if (boundary || !cut)
 			CHECK(ctx, n == 0, "cut at %zu: %zd: %s", cut, n,
-			      ferry_errmsg());
+			      ferry_error_msg());
 		else
-			CHECK(ctx, n == -EPIPE && strstr(ferry_errmsg(),
+			CHECK(ctx, n == -EPIPE && strstr(ferry_error_msg(),
 			      "stream ended inside a"), "cut at %zu: %zd: %s",
-			      cut, n, ferry_errmsg());
+			      cut, n, ferry_error_msg());
 		whole += boundary;
 	}
 	fx.chan.limit = len - 1;
 	CHECK_EQ(ctx, drain(&fx, &nr), -EPIPE);
-	CHECK(ctx, strstr(ferry_errmsg(), "record 10: stream ended inside a "
+	CHECK(ctx, strstr(ferry_error_msg(), "record 10: stream ended inside a "
 			  "48-byte COMPLETE record (47 of 48 bytes)"),
-	      "reason: %s", ferry_errmsg());
+	      "reason: %s", ferry_error_msg());
 	fx.chan.limit = ends[0] + 10;
 	CHECK_EQ(ctx, drain(&fx, &nr), -EPIPE);
-	CHECK(ctx, strstr(ferry_errmsg(), "record 1: stream ended inside a "
+	CHECK(ctx, strstr(ferry_error_msg(), "record 1: stream ended inside a "
 			  "record header (10 of 32 bytes)"),
-	      "reason: %s", ferry_errmsg());
+	      "reason: %s", ferry_error_msg());
 	free(bytes);
 	fixture_fini(&fx);
 	return TEST_PASS;
@@ -961,11 +961,11 @@ static enum test_result crafted_fields(struct test_ctx *ctx)
 
 		memcpy(copy, bytes, len);
 		CHECK_OK(ctx, apply(copy, len, p));
-		ferry_errmsg_clear();
+		ferry_error_clear();
 		ret = decode_bytes(copy, len, &nr);
-		CHECK(ctx, ret == p->err && strstr(ferry_errmsg(), p->reason),
+		CHECK(ctx, ret == p->err && strstr(ferry_error_msg(), p->reason),
 		      "patch %zu (%s): %d (%s), want %d (%s)", i,
-		      ferry_wire_type_name(p->type), ret, ferry_errmsg(),
+		      ferry_wire_type_name(p->type), ret, ferry_error_msg(),
 		      p->err, p->reason);
 	}
 	free(copy);
@@ -986,9 +986,9 @@ static enum test_result oversized(struct test_ctx *ctx)
 	CHECK_OK(ctx, send_batch(&fx, FERRY_WIRE_PAGES, 1, &one, 1, false));
 	ferry_wire_reader_init(&r, &fx.chan.base);
 	CHECK_EQ(ctx, ferry_wire_recv(&r, fx.rbuf, 1 << 20, &rec), -E2BIG);
-	CHECK(ctx, strstr(ferry_errmsg(), "record 0: 2.0 MiB PAGES record "
+	CHECK(ctx, strstr(ferry_error_msg(), "record 0: 2.0 MiB PAGES record "
 			  "does not fit the 1.0 MiB receive buffer"),
-	      "reason: %s", ferry_errmsg());
+	      "reason: %s", ferry_error_msg());
 	CHECK_EQ(ctx, fx.chan.pos, FERRY_WIRE_HDR_SIZE);
 	fixture_fini(&fx);
 	return TEST_PASS;
@@ -1078,8 +1078,8 @@ static enum test_result encoder_checks(struct test_ctx *ctx)
 	CHECK(ctx, f, "out of memory");
 	stream_desc(&s, R0_PAGES);
 	CHECK_EQ(ctx, ferry_wire_enc_zero_pages(f, &s, &b), -EINVAL);
-	CHECK(ctx, strstr(ferry_errmsg(), "encoding: ZERO_PAGES indices not "
-			  "ascending at 1 (4 after 5)"), "%s", ferry_errmsg());
+	CHECK(ctx, strstr(ferry_error_msg(), "encoding: ZERO_PAGES indices not "
+			  "ascending at 1 (4 after 5)"), "%s", ferry_error_msg());
 	b = (struct ferry_wire_batch){ .count = 1, .index = beyond };
 	CHECK_EQ(ctx, ferry_wire_enc_zero_pages(f, &s, &b), -EINVAL);
 	CHECK_EQ(ctx, ferry_wire_enc_vcpu(f, &s, &v), -EINVAL);
@@ -1087,8 +1087,8 @@ static enum test_result encoder_checks(struct test_ctx *ctx)
 	b.count = 3;
 	b.region = 1;
 	CHECK_EQ(ctx, ferry_wire_enc_pages(f, &s, &b), -EINVAL);
-	CHECK(ctx, strstr(ferry_errmsg(), "PAGES of 3 pages is 6291456 bytes"),
-	      "%s", ferry_errmsg());
+	CHECK(ctx, strstr(ferry_error_msg(), "PAGES of 3 pages is 6291456 bytes"),
+	      "%s", ferry_error_msg());
 	s.regions[1].guest_base = 0;
 	CHECK_EQ(ctx, ferry_wire_enc_header(f, &s), -EINVAL);
 	CHECK_EQ(ctx, ferry_wire_enc_switchover(f, 0), -EINVAL);

@@ -14,7 +14,7 @@
 
 void cli_error(const char *what, int err)
 {
-	const char *why = ferry_errmsg();
+	const char *why = ferry_error_msg();
 
 	fprintf(stderr, "ferry: %s: %s\n", what,
 		why[0] ? why : strerror(err < 0 ? -err : err));
@@ -180,7 +180,7 @@ int cli_guest_opt(const char *cmd, int opt, const char *arg,
 		return 0;
 	case 'b':
 		g->backing_set = true;
-		return ferry_backing_parse(arg, &g->backing) ?
+		return ferry_mem_backing_parse(arg, &g->backing) ?
 		       cli_bad(cmd, "--backing", arg, "want shmem, thp or "
 			       "hugetlb") : 0;
 	default:
@@ -261,14 +261,14 @@ static int dest_create(void *arg, const struct ferry_wire_stream *s,
 						     cd->dd.backing;
 	int ret = cli_hugetlb_reserve(b, cli_stream_bytes(s), &cd->resv);
 
-	return ret ? ret : ferry_guest_dest_ops()->create(&cd->dd, s, vm);
+	return ret ? ret : ferry_guest_vm_dest_ops()->create(&cd->dd, s, vm);
 }
 
 static void dest_discard(void *arg, struct ferry_vm *vm)
 {
 	struct cli_dest *cd = arg;
 
-	ferry_guest_dest_ops()->discard(&cd->dd, vm);
+	ferry_guest_vm_dest_ops()->discard(&cd->dd, vm);
 }
 
 static const struct ferry_dest_ops dest_ops = {

@@ -17,6 +17,7 @@
 #include <stdio.h>
 
 #include "ferry-vm/guest_vm.h"
+#include "ferry/hugetlb.h"
 
 int cmd_doctor(int argc, char **argv);
 int cmd_run(int argc, char **argv);
@@ -155,7 +156,7 @@ void cli_sleep(double secs);
 uint64_t cli_stream_bytes(const struct ferry_wire_stream *s);
 
 /*
- * ferry_guest_dest_ops() that first make room in the hugetlb pool when
+ * ferry_guest_vm_dest_ops() that first make room in the hugetlb pool when
  * the VM's memory is hugetlb; the argument is a struct cli_dest.
  */
 struct cli_dest {

@@ -58,7 +58,7 @@ static int print_caps(const struct ferry_caps *caps)
 		const struct ferry_cap_status *c = &caps->cap[i];
 
 		printf("  %-4s %-38s %s\n", c->ok ? "ok" : "NO",
-		       ferry_cap_name((enum ferry_cap)i), c->detail);
+		       ferry_caps_name((enum ferry_cap)i), c->detail);
 		if (!c->ok) {
 			printf("       to enable: %s\n", c->fix);
 			missing++;

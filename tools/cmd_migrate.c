@@ -67,7 +67,7 @@ static void progress_line(const struct ferry_progress *p, void *arg)
 
 	(void)arg;
 	fprintf(stderr, "\r\033[K%-10s round %-3u sent %-10s %6.2f GB/s  "
-		"remaining %llu pages", ferry_phase_name(p->phase), p->round,
+		"remaining %llu pages", ferry_migrate_phase_name(p->phase), p->round,
 		cli_bytes(p->bytes_sent, sent, sizeof(sent)),
 		p->rate_bps / 1e9, (unsigned long long)p->remaining);
 	if (p->eta_s >= 0 && p->phase == FERRY_PHASE_PRECOPY)
@@ -83,7 +83,7 @@ static void print_source(const struct ferry_migrate_stats *s, FILE *out)
 	double secs = (double)s->total_ns / 1e9;
 
 	fprintf(out, "migration   %s in %.3f s, downtime %.3f ms, %u "
-		"round%s\n", ferry_mode_name(s->mode), secs,
+		"round%s\n", ferry_migrate_mode_name(s->mode), secs,
 		cli_ms(s->downtime_ns), s->rounds, s->rounds == 1 ? "" : "s");
 	fprintf(out, "sent        %s: %llu pages, %llu zero pages "
 		"(indices only), %.2f GB/s\n",
@@ -121,7 +121,7 @@ static void print_verdict(const struct ferry_verify_report *r, FILE *out)
 {
 	fprintf(out, "vCPUs      ");
 	for (unsigned int i = 0; i < r->nr_vcpus; i++)
-		fprintf(out, " %u:%s", i, ferry_mp_state_name(r->vcpu[i].mp_state));
+		fprintf(out, " %u:%s", i, ferry_vcpu_mp_state_name(r->vcpu[i].mp_state));
 	fprintf(out, "\nverify      %s: %llu cells written, %llu lost, %llu "
 		"torn, %llu duplicated, %llu read errors\n",
 		r->ok ? "PASS" : "FAIL", (unsigned long long)r->cells_written,
@@ -185,7 +185,7 @@ static void json_verdict(FILE *f, const struct ferry_verify_report *r)
 		(unsigned long long)r->duplicated);
 	for (unsigned int i = 0; i < r->nr_vcpus; i++)
 		fprintf(f, "%s\"%s\"", i ? ", " : "",
-			ferry_mp_state_name(r->vcpu[i].mp_state));
+			ferry_vcpu_mp_state_name(r->vcpu[i].mp_state));
 	fprintf(f, "],\n");
 }
 
@@ -196,7 +196,7 @@ static void json_migration(FILE *f, const void *arg)
 	const struct dest_result *d = mig->dst;
 	const struct ferry_migrate_stats *m = mig->src ? mig->src : &d->stats;
 
-	fprintf(f, "{\n  \"mode\": \"%s\",\n", ferry_mode_name(m->mode));
+	fprintf(f, "{\n  \"mode\": \"%s\",\n", ferry_migrate_mode_name(m->mode));
 	if (d && d->verified)
 		fprintf(f, "  \"verdict\": \"%s\",\n",
 			d->report.ok ? "pass" : "fail");
@@ -319,7 +319,7 @@ static int parse_one(const char *cmd, int opt, const char *arg, void *opts)
 	case 'r': return cli_parse_secs(cmd, "--run", arg, &o->run_s);
 	case 'T': return cli_parse_secs(cmd, "--timeout", arg, &o->timeout_s);
 	case 'M':
-		return ferry_mode_parse(arg, &o->mode) ?
+		return ferry_migrate_mode_parse(arg, &o->mode) ?
 		       cli_bad(cmd, "--mode", arg, "want precopy, postcopy or "
 			   "hybrid") : 0;
 	case 'm': case 'n': case 'w': case 'b': case 'S':
@@ -358,7 +358,7 @@ static int parse_args(const struct cli_cmd *cmd, int argc, char **argv,
 		ret = cli_no_args(cmd->name, argc, argv);
 	if (!ret && o->at_once && o->mode != FERRY_MODE_POSTCOPY)
 		return cli_bad(cmd->name, "--at-once",
-			       ferry_mode_name(o->mode),
+			       ferry_migrate_mode_name(o->mode),
 			       "needs --mode postcopy");
 	return ret;
 }
@@ -394,7 +394,7 @@ static int run_on_and_verify(const struct mig_opts *o, struct cli_dest *rc,
 	}
 	if (ret)
 		snprintf(res->reason, sizeof(res->reason), "verifying: %s",
-			 ferry_errmsg());
+			 ferry_error_msg());
 	return ret;
 }
 
@@ -415,7 +415,7 @@ static void receive_one(const struct mig_opts *o, struct ferry_listener *l,
 					      &res->stats);
 	if (res->ret)
 		snprintf(res->reason, sizeof(res->reason), "%s",
-			 ferry_errmsg());
+			 ferry_error_msg());
 	ferry_net_session_close(s);
 	if (!res->ret)
 		res->ret = run_on_and_verify(o, &rc, res);
@@ -568,8 +568,8 @@ int cmd_demo(int argc, char **argv)
 	printf("ferry demo: %s guest, %lu vCPUs, workload %s, %s memory, "
 	       "%s migration over %s\n",
 	       cli_bytes(o.guest.mem_size, (char[32]){ 0 }, 32), o.guest.vcpus,
-	       o.guest.workload, ferry_backing_name(o.guest.backing),
-	       ferry_mode_name(o.mode), ferry_net_listener_addr(l));
+	       o.guest.workload, ferry_mem_backing_name(o.guest.backing),
+	       ferry_migrate_mode_name(o.mode), ferry_net_listener_addr(l));
 	fflush(stdout);
 	child = fork();
 	if (child == 0)

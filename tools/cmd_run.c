@@ -157,7 +157,7 @@ static void print_vcpus(const struct ferry_guest_stats *st)
 		const struct ferry_guest_vcpu_stats *v = &st->vcpu[i];
 
 		printf("  vcpu %-2u %-9s %12llu steps %12llu writes %12llu "
-		       "reads\n", i, ferry_mp_state_name(v->mp_state),
+		       "reads\n", i, ferry_vcpu_mp_state_name(v->mp_state),
 		       (unsigned long long)v->steps,
 		       (unsigned long long)v->writes,
 		       (unsigned long long)v->reads);
@@ -263,7 +263,7 @@ static int run_on(struct ferry_mem *mem, const struct run_opts *o)
 	}
 	printf("ferry run: %s %s, %u vCPUs, workload %s, seed %llu\n",
 	       cli_bytes(mem->total_size, size, sizeof(size)),
-	       ferry_backing_name(o->guest.backing), cfg.nr_vcpus, cfg.workload,
+	       ferry_mem_backing_name(o->guest.backing), cfg.nr_vcpus, cfg.workload,
 	       (unsigned long long)cfg.seed);
 	fflush(stdout);
 	ret = run_guest(g, o);

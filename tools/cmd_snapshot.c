@@ -20,7 +20,7 @@
 #include "ferry/ferry.h"
 #include "ferry-vm/guest_vm.h"
 #include "ferry/snapshot.h"
-#include "ferry/stats.h"
+#include "ferry/hist.h"
 
 #define MAX_CLONES	64
 
@@ -214,7 +214,7 @@ static void print_vcpus(const struct ferry_verify_report *r, FILE *out)
 	fprintf(out, "vCPUs      ");
 	for (unsigned int i = 0; i < r->nr_vcpus; i++)
 		fprintf(out, " %u:%s", i,
-			ferry_mp_state_name(r->vcpu[i].mp_state));
+			ferry_vcpu_mp_state_name(r->vcpu[i].mp_state));
 	fputc('\n', out);
 }
 
@@ -335,7 +335,7 @@ int cmd_snapshot(int argc, char **argv)
 		printf("ferry snapshot: %s %s, %lu vCPUs, workload %s, ran "
 		       "%.2f s\n",
 		       cli_bytes(o.guest.mem_size, size, sizeof(size)),
-		       ferry_backing_name(o.guest.backing), o.guest.vcpus,
+		       ferry_mem_backing_name(o.guest.backing), o.guest.vcpus,
 		       o.guest.workload, o.seconds);
 		fflush(stdout);
 		cli_sleep(o.seconds);
@@ -360,7 +360,7 @@ static void print_info(const struct snap_opts *o,
 	printf("ferry restore: %s: %s %s, %u vCPUs; %llu pages (%s), %llu "
 	       "zero pages, %llu extents\n", o->file,
 	       cli_bytes(cli_stream_bytes(s), size, sizeof(size)),
-	       ferry_backing_name(s->regions[0].backing), s->nr_vcpus,
+	       ferry_mem_backing_name(s->regions[0].backing), s->nr_vcpus,
 	       (unsigned long long)in->pages,
 	       cli_bytes(in->file_size > in->file_blocks ? in->file_blocks :
 			 in->file_size, data, sizeof(data)),
@@ -494,16 +494,16 @@ struct clone_run {
 static int start_clones(const struct snap_opts *o, int fd,
 			struct clone_run *cr)
 {
-	uint64_t t0 = ferry_now_ns();
+	uint64_t t0 = ferry_clock_now_ns();
 	int ret = ferry_clone_source_create(fd, &cr->src);
 
-	cr->load_ns = ferry_now_ns() - t0;
+	cr->load_ns = ferry_clock_now_ns() - t0;
 	for (unsigned int i = 0; !ret && i < o->clones; i++) {
-		uint64_t t = ferry_now_ns(), took;
+		uint64_t t = ferry_clock_now_ns(), took;
 
-		ret = ferry_clone_create(cr->src, ferry_guest_clone_ops(), NULL,
+		ret = ferry_clone_create(cr->src, ferry_guest_vm_clone_ops(), NULL,
 					 &cr->clone[i]);
-		took = ferry_now_ns() - t;
+		took = ferry_clock_now_ns() - t;
 		cr->nr += !ret;
 		cr->first_ns = i ? cr->first_ns : took;
 		cr->max_ns = took > cr->max_ns ? took : cr->max_ns;

@@ -18,8 +18,9 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "ferry/clock.h"
 #include "ferry/error.h"
-#include "ferry/stats.h"
+#include "ferry/hist.h"
 #include "verify.h"
 
 #define FOUND_TORN	UINT64_MAX	/* found[] marker: not one write */
@@ -137,15 +138,15 @@ static void verify_slice(struct verify *vf, const struct workload *wl,
 			 const struct verify_vcpu *vc)
 {
 	const struct wl_part *p = vc->part;
-	uint64_t t0 = ferry_now_ns(), t1;
+	uint64_t t0 = ferry_clock_now_ns(), t1;
 
 	memset(vf->found, 0, p->nr * sizeof(*vf->found));
 	memset(vf->expected, 0, p->nr * sizeof(*vf->expected));
 	scan_cells(vf, p->first, p->nr, p->vcpu);
-	t1 = ferry_now_ns();
+	t1 = ferry_clock_now_ns();
 	workload_replay(wl, p, vc->regs.writes, vf->expected);
 	vf->rep->scan_ns += t1 - t0;
-	vf->rep->replay_ns += ferry_now_ns() - t1;
+	vf->rep->replay_ns += ferry_clock_now_ns() - t1;
 	fill_torn_expected(vf, p);
 	compare_slice(vf, p, &vf->rep->vcpu[p->vcpu]);
 }
@@ -191,10 +192,10 @@ static int verify_run(struct verify *vf, const struct workload *wl,
 	free(vf->expected);
 	vf->found = vf->expected = NULL;
 	/* Past the working set nothing is ever written. */
-	t0 = ferry_now_ns();
+	t0 = ferry_clock_now_ns();
 	scan_cells(vf, wl->ws_cells, vf->map->nr_cells - wl->ws_cells,
 		   NO_OWNER);
-	vf->rep->scan_ns += ferry_now_ns() - t0;
+	vf->rep->scan_ns += ferry_clock_now_ns() - t0;
 	return 0;
 }
 

@@ -40,7 +40,7 @@ struct ferry_caps {
 	struct ferry_cap_status cap[FERRY_CAP_COUNT];
 };
 
-const char *ferry_cap_name(enum ferry_cap cap);
+const char *ferry_caps_name(enum ferry_cap cap);
 
 /* Probe everything; 0, or -errno if even the basics could not be read. */
 int ferry_caps_probe(struct ferry_caps *caps);

@@ -6,20 +6,20 @@
  * Every ferry function returns 0 (or a count) on success and -errno on
  * failure.  The library never prints; when it fails it also records a short
  * human-readable reason in a thread-local buffer, which the caller fetches
- * with ferry_errmsg() right after the failing call.
+ * with ferry_error_msg() right after the failing call.
  */
 
 /*
  * The reason recorded by the last failing ferry call on this thread, or ""
  * if none.  Valid until the next ferry call on this thread.
  */
-const char *ferry_errmsg(void);
+const char *ferry_error_msg(void);
 
 /* Forget the recorded reason. */
-void ferry_errmsg_clear(void);
+void ferry_error_clear(void);
 
 /*
- * Leave a reason for ferry_errmsg() from code ferry calls back or that
+ * Leave a reason for ferry_error_msg() from code ferry calls back or that
  * builds on ferry: a vCPU operation (struct ferry_vcpu_ops), a
  * destination or clone operation (struct ferry_dest_ops, ferry_clone_ops),
  * a VM implementation.  ferry passes the -errno such a callback returns up

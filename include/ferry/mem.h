@@ -49,11 +49,11 @@ struct ferry_mem {
 };
 
 /* "shmem", "thp", "hugetlb" and back; parse returns 0 or -EINVAL. */
-const char *ferry_backing_name(enum ferry_backing backing);
-int ferry_backing_parse(const char *name, enum ferry_backing *out);
+const char *ferry_mem_backing_name(enum ferry_backing backing);
+int ferry_mem_backing_parse(const char *name, enum ferry_backing *out);
 
 /* Page size that userfaultfd faults and installs at for this backing. */
-size_t ferry_backing_page_size(enum ferry_backing backing);
+size_t ferry_mem_backing_page_size(enum ferry_backing backing);
 
 /* An empty set of regions. */
 int ferry_mem_create(struct ferry_mem **out);
@@ -87,7 +87,7 @@ int ferry_mem_add_region_fd(struct ferry_mem *mem, int memfd,
  * alias is the guest view itself, since another private mapping would not
  * see the guest's copies.  So nothing may write through the alias while
  * the view is registered with userfaultfd, and nothing ever writes the
- * file through this region (ferry_region_punch refuses it).  Mapped with
+ * file through this region (ferry_mem_region_punch refuses it).  Mapped with
  * MAP_NORESERVE: on hugetlbfs a copy on write needs a free huge page in
  * the pool when it happens.  The fd is duplicated, as above.
  */
@@ -110,13 +110,13 @@ struct ferry_region *ferry_mem_find_gpa(const struct ferry_mem *mem,
  * (MADV_DONTNEED); the memfd keeps its contents.  The next guest access is
  * a minor fault.
  */
-int ferry_region_zap(struct ferry_region *region, size_t offset, size_t len);
+int ferry_mem_region_zap(struct ferry_region *region, size_t offset, size_t len);
 
 /*
  * Free the pages of a range in the file itself (FALLOC_FL_PUNCH_HOLE); the
  * next access is a missing fault and reads zeroes.
  */
-int ferry_region_punch(struct ferry_region *region, size_t offset,
+int ferry_mem_region_punch(struct ferry_region *region, size_t offset,
 		       size_t len);
 
 /*
@@ -127,7 +127,7 @@ int ferry_region_punch(struct ferry_region *region, size_t offset,
  * in the file), the pages mapped in either view (mincore).
  * Returns how many pages are populated, or -errno.
  */
-ssize_t ferry_region_populated(const struct ferry_region *region,
+ssize_t ferry_mem_region_populated(const struct ferry_region *region,
 			       uint64_t *bitmap);
 
 /*
@@ -137,30 +137,14 @@ ssize_t ferry_region_populated(const struct ferry_region *region,
  * (the rest are collapsed); -EOPNOTSUPP when every one was refused as
  * before Linux 6.1; other backings are a no-op.
  */
-int ferry_region_collapse(struct ferry_region *region);
+int ferry_mem_region_collapse(struct ferry_region *region);
 
 /*
  * How many bytes of the guest view the kernel maps with PMDs (smaps'
  * ShmemPmdMapped, or the whole mapping for hugetlb once populated:
  * Private_Hugetlb + Shared_Hugetlb).
  */
-int ferry_region_pmd_mapped(const struct ferry_region *region,
+int ferry_mem_region_pmd_mapped(const struct ferry_region *region,
 			    uint64_t *bytes);
-
-/*
- * hugetlb pool.  ferry_hugetlb_reserve() makes sure at least `nr_pages`
- * free 2 MiB pages are in the pool, raising vm.nr_hugepages if it must (as
- * root), and remembers what it changed; ferry_hugetlb_restore() puts the
- * pool back exactly as it found it.  When the pool cannot grow, -ENOMEM or
- * -EPERM with a reason that names the sysctl to set.
- */
-struct ferry_hugetlb_resv {
-	long saved_nr_hugepages;	/* -1: nothing changed */
-	long reserved;			/* pages this reservation added */
-};
-
-int ferry_hugetlb_pool(long *total, long *free_pages);
-int ferry_hugetlb_reserve(size_t nr_pages, struct ferry_hugetlb_resv *resv);
-int ferry_hugetlb_restore(struct ferry_hugetlb_resv *resv);
 
 #endif

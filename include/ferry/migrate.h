@@ -7,7 +7,7 @@
 
 #include "ferry/mem.h"
 #include "ferry/net.h"
-#include "ferry/stats.h"
+#include "ferry/hist.h"
 #include "ferry/vcpu.h"
 #include "ferry/wire.h"
 
@@ -50,8 +50,8 @@ enum ferry_mode {
 	FERRY_MODE_HYBRID,	/* pre-copy; post-copy if it stops converging */
 };
 
-const char *ferry_mode_name(enum ferry_mode mode);
-int ferry_mode_parse(const char *name, enum ferry_mode *mode);
+const char *ferry_migrate_mode_name(enum ferry_mode mode);
+int ferry_migrate_mode_parse(const char *name, enum ferry_mode *mode);
 
 enum ferry_phase {
 	FERRY_PHASE_SETUP,
@@ -61,7 +61,7 @@ enum ferry_phase {
 	FERRY_PHASE_DONE,
 };
 
-const char *ferry_phase_name(enum ferry_phase phase);
+const char *ferry_migrate_phase_name(enum ferry_phase phase);
 
 /* What a progress callback sees. */
 struct ferry_progress {

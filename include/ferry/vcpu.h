@@ -136,10 +136,10 @@ struct ferry_vcpu_ops {
 };
 
 /* "RUNNABLE", "STOPPED", "SUSPENDED"; "?" for anything else. */
-const char *ferry_mp_state_name(enum ferry_mp_state state);
+const char *ferry_vcpu_mp_state_name(enum ferry_mp_state state);
 
 /* Is `state` one of the three MP states? */
-bool ferry_mp_state_valid(int state);
+bool ferry_vcpu_mp_state_valid(int state);
 
 /* 0 if every operation is filled in; -EINVAL naming the missing one. */
 int ferry_vcpu_ops_check(const struct ferry_vcpu_ops *ops);

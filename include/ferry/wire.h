@@ -32,7 +32,7 @@
  * Everything received is hostile until a decoder has accepted it: a bad
  * stream is -EBADMSG (-EPROTO for another format version, -E2BIG for a
  * record larger than the buffer, -EPIPE for a stream that ends inside a
- * record), with a reason naming the record, via ferry_errmsg().
+ * record), with a reason naming the record, via ferry_error_msg().
  */
 
 #define FERRY_WIRE_VERSION	1

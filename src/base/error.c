@@ -8,12 +8,12 @@
 
 static _Thread_local char errmsg[512];
 
-const char *ferry_errmsg(void)
+const char *ferry_error_msg(void)
 {
 	return errmsg;
 }
 
-void ferry_errmsg_clear(void)
+void ferry_error_clear(void)
 {
 	errmsg[0] = '\0';
 }

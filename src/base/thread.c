@@ -127,7 +127,7 @@ void err_slot_set(struct err_slot *slot, int err)
 	if (!slot->err) {
 		slot->err = err;
 		snprintf(slot->reason, sizeof(slot->reason), "%s",
-			 ferry_errmsg()[0] ? ferry_errmsg() : strerror(-err));
+			 ferry_error_msg()[0] ? ferry_error_msg() : strerror(-err));
 	}
 	pthread_mutex_unlock(&slot->lock);
 }

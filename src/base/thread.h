@@ -70,7 +70,7 @@ struct err_slot {
 void err_slot_init(struct err_slot *slot);
 void err_slot_fini(struct err_slot *slot);
 
-/* Keep err and this thread's ferry_errmsg() if nothing failed before. */
+/* Keep err and this thread's ferry_error_msg() if nothing failed before. */
 void err_slot_set(struct err_slot *slot, int err);
 
 /*

@@ -11,14 +11,14 @@ static const char *const mp_state_names[FERRY_MP_STATE_COUNT] = {
 	[FERRY_MP_SUSPENDED] = "SUSPENDED",
 };
 
-bool ferry_mp_state_valid(int state)
+bool ferry_vcpu_mp_state_valid(int state)
 {
 	return state >= 0 && state < FERRY_MP_STATE_COUNT;
 }
 
-const char *ferry_mp_state_name(enum ferry_mp_state state)
+const char *ferry_vcpu_mp_state_name(enum ferry_mp_state state)
 {
-	if (!ferry_mp_state_valid((int)state))
+	if (!ferry_vcpu_mp_state_valid((int)state))
 		return "?";
 	return mp_state_names[state];
 }

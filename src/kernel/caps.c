@@ -8,6 +8,7 @@
 
 #include "base/error.h"
 #include "ferry/caps.h"
+#include "ferry/hugetlb.h"
 #include "ferry/mem.h"
 #include "base/sys.h"
 
@@ -21,7 +22,7 @@ static const char *const cap_names[FERRY_CAP_COUNT] = {
 	[FERRY_CAP_LIVE_SNAPSHOT] = "live snapshot (write-protect)",
 };
 
-const char *ferry_cap_name(enum ferry_cap cap)
+const char *ferry_caps_name(enum ferry_cap cap)
 {
 	return (unsigned int)cap < FERRY_CAP_COUNT ? cap_names[cap] : "?";
 }
@@ -67,7 +68,7 @@ static void probe_shmem(struct ferry_caps *caps)
 					   NULL);
 	set_cap(&caps->cap[FERRY_CAP_MEM_SHMEM], ret == 0,
 		"memfd_create must work (Linux 3.17, CONFIG_MEMFD_CREATE)",
-		"%s", ret ? ferry_errmsg() : "memfd mapped twice");
+		"%s", ret ? ferry_error_msg() : "memfd mapped twice");
 	ferry_mem_destroy(mem);
 }
 
@@ -85,13 +86,13 @@ static void probe_thp(struct ferry_caps *caps)
 					   FERRY_HUGE_PAGE_SIZE, &r);
 	if (!ret) {
 		memset(r->guest, 1, r->size);
-		ret = ferry_region_collapse(r);
+		ret = ferry_mem_region_collapse(r);
 	}
 	if (!ret)
-		ret = ferry_region_pmd_mapped(r, &pmd);
+		ret = ferry_mem_region_pmd_mapped(r, &pmd);
 	if (ret)
 		set_cap(c, false, "MADV_COLLAPSE needs Linux 6.1 with "
-			"CONFIG_TRANSPARENT_HUGEPAGE", "%s", ferry_errmsg());
+			"CONFIG_TRANSPARENT_HUGEPAGE", "%s", ferry_error_msg());
 	else
 		set_cap(c, pmd == r->size, "MADV_COLLAPSE did not give a PMD "
 			"mapping: check /sys/kernel/mm/transparent_hugepage",
@@ -111,7 +112,7 @@ static void probe_hugetlb(struct ferry_caps *caps)
 
 	if (ret) {
 		set_cap(c, false, "the kernel needs CONFIG_HUGETLBFS with 2 MiB "
-			"pages", "%s", ferry_errmsg());
+			"pages", "%s", ferry_error_msg());
 		return;
 	}
 	set_cap(c, caps->hugetlb_free > 0 || caps->root,

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "base/error.h"
+#include "ferry/hugetlb.h"
 #include "ferry/mem.h"
 #include "base/sys.h"
 

@@ -19,14 +19,14 @@ static const char *const backing_names[FERRY_BACKING_COUNT] = {
 	[FERRY_BACKING_HUGETLB] = "hugetlb",
 };
 
-const char *ferry_backing_name(enum ferry_backing backing)
+const char *ferry_mem_backing_name(enum ferry_backing backing)
 {
 	if ((unsigned int)backing >= FERRY_BACKING_COUNT)
 		return "?";
 	return backing_names[backing];
 }
 
-int ferry_backing_parse(const char *name, enum ferry_backing *out)
+int ferry_mem_backing_parse(const char *name, enum ferry_backing *out)
 {
 	for (int b = 0; b < FERRY_BACKING_COUNT; b++) {
 		if (strcmp(name, backing_names[b]) == 0) {
@@ -38,7 +38,7 @@ int ferry_backing_parse(const char *name, enum ferry_backing *out)
 			  name);
 }
 
-size_t ferry_backing_page_size(enum ferry_backing backing)
+size_t ferry_mem_backing_page_size(enum ferry_backing backing)
 {
 	return backing == FERRY_BACKING_HUGETLB ? FERRY_HUGE_PAGE_SIZE : 4096;
 }
@@ -116,7 +116,7 @@ static int map_failed(struct ferry_region *r, int err)
 				  "vm.nr_hugepages=%zu) or run ferry as root",
 				  r->size >> 20, r->nr_pages);
 	return ferry_fail(err, "mmap of a %zu MiB %s region: %s",
-			  r->size >> 20, ferry_backing_name(r->backing),
+			  r->size >> 20, ferry_mem_backing_name(r->backing),
 			  strerror(-err));
 }
 
@@ -196,14 +196,14 @@ int ferry_mem_add_region(struct ferry_mem *mem, enum ferry_backing backing,
 	if ((unsigned int)backing >= FERRY_BACKING_COUNT || size == 0)
 		return ferry_fail(-EINVAL, "bad region: backing %d, size %zu",
 				  backing, size);
-	r.page_size = ferry_backing_page_size(backing);
+	r.page_size = ferry_mem_backing_page_size(backing);
 	r.size = round_up(size, backing_align(backing));
 	if (backing == FERRY_BACKING_HUGETLB)
 		flags |= MFD_HUGETLB | MFD_HUGE_2MB;
 	r.memfd = sys_memfd_create("ferry-guest", flags);
 	if (r.memfd < 0)
 		return ferry_fail(r.memfd, "memfd_create(%s): %s",
-				  ferry_backing_name(backing),
+				  ferry_mem_backing_name(backing),
 				  strerror(-r.memfd));
 	ret = sys_ftruncate(r.memfd, (off_t)r.size);
 	if (ret) {
@@ -237,7 +237,7 @@ static int check_fd_kind(int fd, enum ferry_backing backing, size_t size)
 	if (huge != (backing == FERRY_BACKING_HUGETLB))
 		return ferry_fail(-EINVAL, "fd %d is %s, not %s", fd,
 				  huge ? "hugetlbfs" : "shmem",
-				  ferry_backing_name(backing));
+				  ferry_mem_backing_name(backing));
 	if (huge && (size_t)sfs.f_bsize != FERRY_HUGE_PAGE_SIZE)
 		return ferry_fail(-EINVAL, "fd %d has %ld KiB huge pages; "
 				  "ferry uses 2 MiB", fd, (long)sfs.f_bsize >> 10);
@@ -259,7 +259,7 @@ static int add_fd_region(struct ferry_mem *mem, int memfd,
 	if ((unsigned int)backing >= FERRY_BACKING_COUNT || size == 0)
 		return ferry_fail(-EINVAL, "bad region: backing %d, size %zu",
 				  backing, size);
-	r.page_size = ferry_backing_page_size(backing);
+	r.page_size = ferry_mem_backing_page_size(backing);
 	if (size % backing_align(backing))
 		return ferry_fail(-EINVAL, "region size %zu is not a multiple "
 				  "of %zu", size, backing_align(backing));
@@ -337,7 +337,7 @@ static int check_span(struct ferry_region *r, size_t off, size_t len)
 	return 0;
 }
 
-int ferry_region_zap(struct ferry_region *r, size_t off, size_t len)
+int ferry_mem_region_zap(struct ferry_region *r, size_t off, size_t len)
 {
 	int ret = check_span(r, off, len);
 
@@ -349,7 +349,7 @@ int ferry_region_zap(struct ferry_region *r, size_t off, size_t len)
 	return 0;
 }
 
-int ferry_region_punch(struct ferry_region *r, size_t off, size_t len)
+int ferry_mem_region_punch(struct ferry_region *r, size_t off, size_t len)
 {
 	int ret = check_span(r, off, len);
 
@@ -381,7 +381,7 @@ static int collapse_range(uint8_t *addr)
 	return ret;
 }
 
-int ferry_region_collapse(struct ferry_region *r)
+int ferry_mem_region_collapse(struct ferry_region *r)
 {
 	size_t busy = 0, refused = 0;
 	int last = 0;
@@ -454,7 +454,7 @@ static int smaps_entry(const void *addr, char *out, size_t len)
 	return 0;
 }
 
-int ferry_region_pmd_mapped(const struct ferry_region *r, uint64_t *bytes)
+int ferry_mem_region_pmd_mapped(const struct ferry_region *r, uint64_t *bytes)
 {
 	char entry[4096];
 	int ret = smaps_entry(r->guest, entry, sizeof(entry));
@@ -520,7 +520,7 @@ static ssize_t populated_mincore(const struct ferry_region *r,
 	return (ssize_t)n;
 }
 
-ssize_t ferry_region_populated(const struct ferry_region *r,
+ssize_t ferry_mem_region_populated(const struct ferry_region *r,
 			       uint64_t *bitmap)
 {
 	/*

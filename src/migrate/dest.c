@@ -3,7 +3,7 @@
  * dest: the receiving side of a live migration, the flow.  Read the
  * HEADER, build the VM it describes, receive until every bulk channel is
  * at SWITCHOVER, switch over; on any failure stop everything and tell the
- * source why.  dest.h says which file does what.
+ * source why.  dest_int.h says which file does what.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,8 +11,9 @@
 
 #include "base/bitmap.h"
 #include "base/error.h"
-#include "ferry/stats.h"
-#include "migrate/dest.h"
+#include "ferry/clock.h"
+#include "ferry/hist.h"
+#include "migrate/dest_int.h"
 #include "pages/postcopy.h"
 
 static int alloc_tables(struct dest *d)
@@ -117,13 +118,13 @@ static void collect_stats(struct dest *d)
 	st->install_page_faults = faults;
 	st->faults_per_installed_page = bytes ?
 		(double)faults * 4096.0 / (double)bytes : 0;
-	st->total_ns = ferry_now_ns() - d->start_ns;
+	st->total_ns = ferry_clock_now_ns() - d->start_ns;
 	if (d->vm_created) {
 		st->guest_bytes = d->vm.mem->total_size;
 		for (unsigned int i = 0; i < d->vm.mem->nr_regions; i++) {
 			uint64_t b = 0;
 
-			if (!ferry_region_pmd_mapped(&d->vm.mem->regions[i], &b))
+			if (!ferry_mem_region_pmd_mapped(&d->vm.mem->regions[i], &b))
 				st->pmd_mapped_bytes += b;
 		}
 	}
@@ -143,7 +144,7 @@ static int run(struct dest *d)
 		char why[512];
 
 		/* Stop every thread: they may sit in I/O or wait on pages. */
-		snprintf(why, sizeof(why), "%s", ferry_errmsg());
+		snprintf(why, sizeof(why), "%s", ferry_error_msg());
 		dest_tell_source(d, ret, why);
 		ferry_net_session_shutdown(d->session);
 		threads_stop(&d->threads);
@@ -194,7 +195,7 @@ static int dest_create(struct ferry_session *session,
 			    .opts = opts, .stats = stats,
 			    .nr_receivers = session->nr_bulk,
 			    .threads = { .stop_fd = -1 },
-			    .start_ns = ferry_now_ns() };
+			    .start_ns = ferry_clock_now_ns() };
 	pthread_mutex_init(&d->lock, NULL);
 	pthread_cond_init(&d->cond, NULL);
 	pthread_mutex_init(&d->urgent_lock, NULL);

@@ -11,7 +11,7 @@
 #include "base/bitmap.h"
 #include "base/error.h"
 #include "base/sys.h"
-#include "migrate/dest.h"
+#include "migrate/dest_int.h"
 #include "pages/postcopy.h"
 
 static int misplaced(struct receiver *rv, const struct ferry_wire_rec *rec)
@@ -229,7 +229,7 @@ static void *receiver_main(void *arg)
 	struct dest *d = rv->d;
 	int ret;
 
-	ferry_errmsg_clear();
+	ferry_error_clear();
 	sys_thread_boost(rv->urgent ? SYS_BOOST_URGENT : SYS_BOOST_BULK);
 	ferry_pagefaults_start(&rv->faults, FERRY_PAGEFAULTS_THREAD);
 	ret = receive(rv);

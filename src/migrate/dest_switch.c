@@ -7,8 +7,9 @@
  * service ends and the source hears COMPLETE.
  */
 #include "base/error.h"
-#include "ferry/stats.h"
-#include "migrate/dest.h"
+#include "ferry/clock.h"
+#include "ferry/hist.h"
+#include "migrate/dest_int.h"
 #include "pages/postcopy.h"
 
 /* ---- the urgent writer -------------------------------------------------- */
@@ -75,7 +76,7 @@ static int load_vcpus(struct dest *d)
 		if (!s->seen)
 			return ferry_fail(-EBADMSG, "vCPU %u's state never "
 					  "came", i);
-		if (!ferry_mp_state_valid((int)s->mp_state))
+		if (!ferry_vcpu_mp_state_valid((int)s->mp_state))
 			return ferry_fail(-EINVAL, "vCPU %u: MP state %u is "
 					  "not one ferry knows", i,
 					  s->mp_state);
@@ -156,7 +157,7 @@ int dest_switchover(struct dest *d)
 {
 	const struct ferry_vm *vm = &d->vm;
 	bool post = d->mode == FERRY_WIRE_SWITCH_POSTCOPY;
-	uint64_t t0 = ferry_now_ns();
+	uint64_t t0 = ferry_clock_now_ns();
 	int ret = post ? start_postcopy(d) : 0;
 
 	if (!ret)
@@ -169,7 +170,7 @@ int dest_switchover(struct dest *d)
 		ret = confirm(d, false);
 	if (!ret)
 		ret = vm->ops->resume(vm->handle);
-	d->stats->downtime_ns = ferry_now_ns() - t0;
+	d->stats->downtime_ns = ferry_clock_now_ns() - t0;
 	d->stats->mode = post ? FERRY_MODE_POSTCOPY : FERRY_MODE_PRECOPY;
 	if (!ret && post)
 		ret = finish_postcopy(d);

@@ -20,12 +20,12 @@ static const char *const phase_names[] = {
 	[FERRY_PHASE_DONE] = "done",
 };
 
-const char *ferry_mode_name(enum ferry_mode mode)
+const char *ferry_migrate_mode_name(enum ferry_mode mode)
 {
 	return (unsigned int)mode <= FERRY_MODE_HYBRID ? mode_names[mode] : "?";
 }
 
-int ferry_mode_parse(const char *name, enum ferry_mode *mode)
+int ferry_migrate_mode_parse(const char *name, enum ferry_mode *mode)
 {
 	for (int m = FERRY_MODE_PRECOPY; m <= FERRY_MODE_HYBRID; m++) {
 		if (strcmp(name, mode_names[m]) == 0) {
@@ -37,7 +37,7 @@ int ferry_mode_parse(const char *name, enum ferry_mode *mode)
 			  "hybrid)", name);
 }
 
-const char *ferry_phase_name(enum ferry_phase phase)
+const char *ferry_migrate_phase_name(enum ferry_phase phase)
 {
 	return (unsigned int)phase <= FERRY_PHASE_DONE ? phase_names[phase] :
 							 "?";
@@ -79,7 +79,7 @@ bool migrate_bit_take(uint64_t *map, uint64_t bit)
 
 static bool same_page_size(enum ferry_backing a, enum ferry_backing b)
 {
-	return ferry_backing_page_size(a) == ferry_backing_page_size(b);
+	return ferry_mem_backing_page_size(a) == ferry_mem_backing_page_size(b);
 }
 
 int ferry_migrate_mem_create(const struct ferry_wire_stream *stream,
@@ -97,10 +97,10 @@ int ferry_migrate_mem_create(const struct ferry_wire_stream *stream,
 			ret = ferry_fail(-EINVAL, "the source's region %u is "
 					 "%s (%llu-byte pages); it cannot live "
 					 "on %s here: use --backing %s", i,
-					 ferry_backing_name(wr->backing),
+					 ferry_mem_backing_name(wr->backing),
 					 (unsigned long long)wr->page_size,
-					 ferry_backing_name(backing),
-					 ferry_backing_name(wr->backing));
+					 ferry_mem_backing_name(backing),
+					 ferry_mem_backing_name(wr->backing));
 			break;
 		}
 		ret = ferry_mem_add_region(mem, backing, wr->size, &r);

@@ -2,7 +2,7 @@
 /*
  * source: the sending side of a live migration, the flow.  Set up, send
  * the HEADER, arm dirty tracking, pre-copy, switch over, and in post-copy
- * push the rest; then account.  source.h says which file does what.
+ * push the rest; then account.  source_int.h says which file does what.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -10,8 +10,9 @@
 #include "base/bitmap.h"
 #include "base/error.h"
 #include "base/sys.h"
-#include "ferry/stats.h"
-#include "migrate/source.h"
+#include "ferry/clock.h"
+#include "ferry/hist.h"
+#include "migrate/source_int.h"
 
 static int send_header(struct source *src)
 {
@@ -56,7 +57,7 @@ static void fill_stats(struct source *src, enum ferry_mode mode,
 
 	st->mode = mode;
 	st->downtime_ns = downtime_ns;
-	st->total_ns = ferry_now_ns() - src->start_ns;
+	st->total_ns = ferry_clock_now_ns() - src->start_ns;
 	st->bytes_sent = atomic_load(&src->bytes_sent);
 	st->pages_sent = atomic_load(&src->pages_sent);
 	st->zero_pages = atomic_load(&src->zero_pages);
@@ -170,7 +171,7 @@ static int source_create(const struct ferry_vm *vm,
 	if (!src)
 		return ferry_fail(-ENOMEM, "out of memory");
 	*src = (struct source){ .vm = vm, .session = session, .opts = opts,
-				.stats = stats, .start_ns = ferry_now_ns(),
+				.stats = stats, .start_ns = ferry_clock_now_ns(),
 				.sender_threads = { .stop_fd = -1 },
 				.urgent_thread = { .stop_fd = -1 } };
 	pthread_mutex_init(&src->lock, NULL);
@@ -223,7 +224,7 @@ int ferry_migrate_send(const struct ferry_vm *vm,
 	}
 	if (opts->postcopy_at_once && opts->mode != FERRY_MODE_POSTCOPY)
 		return ferry_fail(-EINVAL, "postcopy_at_once needs mode "
-				  "postcopy, not %s", ferry_mode_name(opts->mode));
+				  "postcopy, not %s", ferry_migrate_mode_name(opts->mode));
 	memset(stats, 0, sizeof(*stats));
 	ret = source_create(vm, session, opts, stats, &src);
 	if (ret)

@@ -2,7 +2,7 @@
 /* source_batch: a sender's batches of pages, sent as PAGES records. */
 #include "base/bitmap.h"
 #include "base/sys.h"
-#include "migrate/source.h"
+#include "migrate/source_int.h"
 
 /*
  * The first round also sends pages the guest never touched here (received

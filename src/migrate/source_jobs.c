@@ -7,19 +7,9 @@
 
 #include "base/error.h"
 #include "base/sys.h"
-#include "ferry/stats.h"
-#include "migrate/source.h"
-
-/* The job's work; the job's failure goes to src->sender_err. */
-static int do_job(struct sender *s, enum source_job job, bool live,
-		  unsigned int round)
-{
-	if (job == JOB_ROUND)
-		return sender_round(s, live, round);
-	if (job == JOB_PUSH)
-		return sender_push(s);
-	return 0;
-}
+#include "ferry/clock.h"
+#include "ferry/hist.h"
+#include "migrate/source_int.h"
 
 static void *sender_main(void *arg)
 {
@@ -32,7 +22,7 @@ static void *sender_main(void *arg)
 	sys_thread_boost(SYS_BOOST_BULK);
 	pthread_mutex_lock(&src->lock);
 	for (;;) {
-		enum source_job job;
+		source_job_fn job;
 		bool live;
 		unsigned int round;
 		int ret;
@@ -43,11 +33,11 @@ static void *sender_main(void *arg)
 		job = src->job;
 		live = src->live;
 		round = src->round;
-		if (job == JOB_EXIT)
+		if (!job)
 			break;
 		pthread_mutex_unlock(&src->lock);
-		ferry_errmsg_clear();	/* a failure's reason: this job's */
-		ret = do_job(s, job, live, round);
+		ferry_error_clear();	/* a failure's reason: this job's */
+		ret = job(s, live, round);
 		if (ret)
 			err_slot_set(&src->sender_err, ret);
 		pthread_mutex_lock(&src->lock);
@@ -64,7 +54,7 @@ static void report(struct source *src, enum ferry_phase phase,
 	const struct ferry_migrate_opts *o = src->opts;
 	struct ferry_progress p = { .phase = phase, .round = src->round,
 				    .remaining = remaining, .eta_s = -1 };
-	uint64_t now = ferry_now_ns();
+	uint64_t now = ferry_clock_now_ns();
 
 	if (!o->progress)
 		return;
@@ -111,12 +101,14 @@ static struct timespec progress_deadline(const struct source *src)
 	return ts;
 }
 
-int source_run_job(struct source *src, enum source_job job, bool live,
+int source_run_job(struct source *src, source_job_fn job, bool live,
 		   enum ferry_phase phase, uint64_t remaining)
 {
 	uint64_t last_bytes = 0, last_ns = 0;
 
-	if (job == JOB_ROUND)	/* each round's start, with its dirty set */
+	/* A round's start is reported with its dirty set; the push's after
+	 * its first interval. */
+	if (phase != FERRY_PHASE_POSTCOPY)
 		report(src, phase, remaining, &last_bytes, &last_ns);
 	pthread_mutex_lock(&src->lock);
 	src->job = job;
@@ -154,11 +146,11 @@ int source_start_senders(struct source *src)
 	return 0;
 }
 
-/* An EXIT job wakes the senders idle on the condition; then join them. */
+/* No job wakes the senders idle on the condition; then join them. */
 void source_stop_senders(struct source *src)
 {
 	pthread_mutex_lock(&src->lock);
-	src->job = JOB_EXIT;
+	src->job = NULL;
 	src->gen++;
 	pthread_cond_broadcast(&src->cond);
 	pthread_mutex_unlock(&src->lock);

@@ -5,7 +5,7 @@
  * while the urgent thread answers requests; then COMPLETE on every
  * channel.
  */
-#include "migrate/source.h"
+#include "migrate/source_int.h"
 
 /* The chunk of the latest page request, and its region. */
 static uint64_t hint_chunk(struct sender *s, unsigned int *region)
@@ -61,13 +61,15 @@ static int push_from(struct sender *s, unsigned int region, uint64_t chunk,
  * latest request and jumping there again whenever a newer request comes,
  * so pages near where the guest faults arrive first.
  */
-int sender_push(struct sender *s)
+int sender_push(struct sender *s, bool live, unsigned int round)
 {
 	uint64_t seen_gen = atomic_load(&s->src->hint_gen);
 	unsigned int region;
 	uint64_t chunk = hint_chunk(s, &region);
 	int ret;
 
+	(void)live;	/* the VM is paused: nothing is torn */
+	(void)round;
 	/*
 	 * First near the faults, then a pass that ignores them, which is the
 	 * one that guarantees every owed page goes out: pages already taken
@@ -99,7 +101,7 @@ int source_postcopy(struct source *src)
 
 	if (ret)
 		return ret;
-	ret = source_run_job(src, JOB_PUSH, false, FERRY_PHASE_POSTCOPY,
+	ret = source_run_job(src, sender_push, false, FERRY_PHASE_POSTCOPY,
 			     src->owed);
 	if (ret)	/* the urgent thread may sit in recv: wake it */
 		ferry_net_session_shutdown(src->session);

@@ -7,8 +7,9 @@
 #include <string.h>
 
 #include "base/bitmap.h"
-#include "ferry/stats.h"
-#include "migrate/source.h"
+#include "ferry/clock.h"
+#include "ferry/hist.h"
+#include "migrate/source_int.h"
 
 int sender_round(struct sender *s, bool live, unsigned int round)
 {
@@ -54,7 +55,7 @@ int source_map_populated(struct source *src)
 	const struct ferry_mem *mem = src->vm->mem;
 
 	for (unsigned int i = 0; i < mem->nr_regions; i++) {
-		ssize_t n = ferry_region_populated(&mem->regions[i],
+		ssize_t n = ferry_mem_region_populated(&mem->regions[i],
 						   src->send_map[i]);
 
 		if (n < 0)
@@ -78,12 +79,12 @@ int source_map_dirty(struct source *src)
 
 int source_round(struct source *src, bool live, double *bps)
 {
-	uint64_t before = atomic_load(&src->bytes_sent), t0 = ferry_now_ns();
-	int ret = source_run_job(src, JOB_ROUND, live,
+	uint64_t before = atomic_load(&src->bytes_sent), t0 = ferry_clock_now_ns();
+	int ret = source_run_job(src, sender_round, live,
 				 live ? FERRY_PHASE_PRECOPY :
 					FERRY_PHASE_SWITCHOVER,
 				 source_count_maps(src));
-	uint64_t ns = ferry_now_ns() - t0;
+	uint64_t ns = ferry_clock_now_ns() - t0;
 
 	if (!ret && ns)
 		*bps = (double)(atomic_load(&src->bytes_sent) - before) * 1e9 /

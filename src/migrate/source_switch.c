@@ -8,8 +8,9 @@
 #include <stdlib.h>
 
 #include "base/error.h"
-#include "ferry/stats.h"
-#include "migrate/source.h"
+#include "ferry/clock.h"
+#include "ferry/hist.h"
+#include "migrate/source_int.h"
 
 static int send_vcpus(struct source *src)
 {
@@ -173,10 +174,10 @@ int source_switchover(struct source *src, enum ferry_mode mode,
 
 	if (ret)
 		return ferry_fail_ctx(ret, "pausing the vCPUs");
-	pause_ns = ferry_now_ns();
+	pause_ns = ferry_clock_now_ns();
 	ret = mode == FERRY_MODE_PRECOPY ? switch_precopy(src) :
 					   switch_postcopy(src);
-	resumed_ns = ferry_now_ns();
+	resumed_ns = ferry_clock_now_ns();
 	if (ret) {
 		vm->ops->resume(vm->handle);
 		return ferry_fail_ctx(ret, "switchover (the VM runs here "

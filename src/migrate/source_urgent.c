@@ -10,7 +10,7 @@
 
 #include "base/error.h"
 #include "base/sys.h"
-#include "migrate/source.h"
+#include "migrate/source_int.h"
 
 /* Read the destination's next urgent record, of type `want`. */
 static int urgent_expect(struct source *src, enum ferry_wire_type want,
@@ -55,7 +55,7 @@ int source_peer_reason(struct source *src, int err)
 
 	if (err != -EPIPE && err != -ECONNRESET)
 		return err;
-	snprintf(ours, sizeof(ours), "%s", ferry_errmsg());
+	snprintf(ours, sizeof(ours), "%s", ferry_error_msg());
 	/* A last word comes at once if at all: 200 ms for it. */
 	if (evfd_wait(fd, src->sender_threads.stop_fd, 200) != 1 ||
 	    ferry_wire_recv(&src->urgent_reader, src->main_buf,

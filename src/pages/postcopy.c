@@ -8,6 +8,7 @@
 #include "base/io.h"
 #include "base/sys.h"
 #include "base/thread.h"
+#include "ferry/clock.h"
 #include "pages/postcopy.h"
 
 static const struct faultsvc_ops fault_ops;
@@ -183,7 +184,7 @@ static int store_zero(struct ferry_region *r,
 
 	for (uint64_t i = 0; i < count && !ret; i++)
 		if (was[i] != PAGE_MISSING)
-			ret = ferry_region_punch(r, (size_t)(first + i) *
+			ret = ferry_mem_region_punch(r, (size_t)(first + i) *
 						 r->page_size, r->page_size);
 	return ret;
 }
@@ -307,7 +308,7 @@ static void record_latency(struct postcopy *pc, unsigned int region,
 		return;
 	t0 = atomic_load_explicit(&pc->fault_us[region][page],
 				  memory_order_relaxed);
-	now_us = (ferry_now_ns() - pc->start_ns) / 1000;
+	now_us = (ferry_clock_now_ns() - pc->start_ns) / 1000;
 	ferry_hist_record(&pc->fault_latency, (now_us - t0) * 1000);
 }
 
@@ -354,7 +355,7 @@ static int request_once(struct postcopy *pc, unsigned int region,
 			uint64_t page)
 {
 	uint64_t bit = 1ULL << (page % 64);
-	uint32_t now_us = (uint32_t)((ferry_now_ns() - pc->start_ns) / 1000);
+	uint32_t now_us = (uint32_t)((ferry_clock_now_ns() - pc->start_ns) / 1000);
 
 	/* The time goes in first, so whoever sees the bit sees the time. */
 	if (was_requested(pc, region, page))
@@ -498,7 +499,7 @@ int postcopy_start(struct postcopy *pc, const struct postcopy_ops *ops,
 		return ferry_fail(-EBUSY, "post-copy already started");
 	pc->ops = ops;
 	pc->ops_arg = arg;
-	pc->start_ns = ferry_now_ns();
+	pc->start_ns = ferry_clock_now_ns();
 	ret = uffdmem_open(&pc->um, FERRY_UFFD_MISSING | FERRY_UFFD_MINOR,
 			   UFFDMEM_KERNEL_FAULTS);
 	if (ret)
@@ -549,7 +550,7 @@ int postcopy_finish(struct postcopy *pc)
 	 * either way, and the PMD-mapped share is reported.
 	 */
 	for (unsigned int i = 0; i < pc->mem->nr_regions; i++) {
-		int err = ferry_region_collapse(region_of(pc, i));
+		int err = ferry_mem_region_collapse(region_of(pc, i));
 
 		if (err && err != -EAGAIN && err != -EOPNOTSUPP && !ret)
 			ret = err;

@@ -38,7 +38,7 @@
 #include <stdatomic.h>
 
 #include "ferry/mem.h"
-#include "ferry/stats.h"
+#include "ferry/hist.h"
 #include "ferry/uffd.h"
 #include "pages/faultsvc.h"
 #include "pages/mapper.h"

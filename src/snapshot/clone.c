@@ -30,6 +30,7 @@
 #include "base/bitmap.h"
 #include "base/error.h"
 #include "base/sys.h"
+#include "ferry/clone.h"
 #include "pages/faultsvc.h"
 #include "pages/mapper.h"
 #include "pages/uffdmem.h"

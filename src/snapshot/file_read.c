@@ -202,7 +202,7 @@ static int take_vcpu(struct snap_parser *p, const struct ferry_wire_rec *rec)
 		return ferry_fail(-EBADMSG, "snapshot record %llu: vCPU %u "
 				  "saved twice", (unsigned long long)rec->nr,
 				  v.index);
-	if (!ferry_mp_state_valid((int)v.mp_state))
+	if (!ferry_vcpu_mp_state_valid((int)v.mp_state))
 		return ferry_fail(-EBADMSG, "snapshot record %llu: vCPU %u in "
 				  "MP state %u, not one ferry knows",
 				  (unsigned long long)rec->nr, v.index,

@@ -14,6 +14,7 @@
 
 #include "base/error.h"
 #include "base/sys.h"
+#include "ferry/clock.h"
 #include "snapshot/restore.h"
 
 /* ---- before resume ------------------------------------------------------ */
@@ -81,7 +82,7 @@ static void warm_ws(struct ferry_restore *rs)
 /* Everything that must be done before the vCPUs resume. */
 static int restore_lazy(struct ferry_restore *rs)
 {
-	uint64_t t0 = ferry_now_ns();
+	uint64_t t0 = ferry_clock_now_ns();
 	int ret = 0;
 
 	if (rs->nr_prefetch) {
@@ -100,7 +101,7 @@ static int restore_lazy(struct ferry_restore *rs)
 		ret = restore_wait_mapped(rs, atomic_load(&rs->stored));
 	if (!ret && rs->nr_prefetch && !rs->opts.prefetch_async)
 		warm_ws(rs);
-	rs->stats.prefetch_ns = rs->nr_prefetch ? ferry_now_ns() - t0 : 0;
+	rs->stats.prefetch_ns = rs->nr_prefetch ? ferry_clock_now_ns() - t0 : 0;
 	return ret;
 }
 
@@ -133,7 +134,7 @@ static void *rest_main(void *arg)
 		ret = restore_alloc_owed(rs);
 	if (ret)
 		err_slot_set(&rs->err, ret);
-	rs->stats.open_ns = ferry_now_ns() - rs->start_ns;
+	rs->stats.open_ns = ferry_clock_now_ns() - rs->start_ns;
 	return NULL;
 }
 
@@ -186,7 +187,7 @@ static int run(struct ferry_restore *rs, int fd)
 		ret = snap_load_vcpus(rs->file, &rs->vm);
 	if (!ret)
 		ret = rs->vm.ops->resume(rs->vm.handle);
-	rs->stats.resume_ns = ferry_now_ns() - rs->start_ns;
+	rs->stats.resume_ns = ferry_clock_now_ns() - rs->start_ns;
 	/*
 	 * The readers start once the vCPUs run: making threads takes a
 	 * while here, and a request made meanwhile waits in the queue.
@@ -251,7 +252,7 @@ int ferry_restore_start(int fd, const struct ferry_dest_ops *ops, void *arg,
 	if (!rs)
 		return ferry_fail(-ENOMEM, "out of memory");
 	*rs = (struct ferry_restore){ .ops = ops, .ops_arg = arg,
-		.opts = *opts, .start_ns = ferry_now_ns(), .demand_fd = -1,
+		.opts = *opts, .start_ns = ferry_clock_now_ns(), .demand_fd = -1,
 		.fill_fd = -1, .readers = { .stop_fd = -1 } };
 	rs->stats.mode = opts->mode;
 	ret = init(rs);
@@ -260,7 +261,7 @@ int ferry_restore_start(int fd, const struct ferry_dest_ops *ops, void *arg,
 	if (ret) {
 		char why[sizeof(rs->err.reason)];
 
-		snprintf(why, sizeof(why), "%s", ferry_errmsg());
+		snprintf(why, sizeof(why), "%s", ferry_error_msg());
 		restore_readers_stop(rs);
 		postcopy_destroy(rs->pc);
 		rs->pc = NULL;
@@ -284,7 +285,7 @@ int ferry_restore_wait(struct ferry_restore *rs, int timeout_ms)
 {
 	struct pollfd pfd = { .fd = postcopy_done_fd(rs->pc),
 			      .events = POLLIN };
-	uint64_t deadline = ferry_now_ns() + (uint64_t)timeout_ms * 1000000;
+	uint64_t deadline = ferry_clock_now_ns() + (uint64_t)timeout_ms * 1000000;
 	int ret;
 
 	if (rs->finished)
@@ -296,7 +297,7 @@ int ferry_restore_wait(struct ferry_restore *rs, int timeout_ms)
 			ferry_fail_ctx(ret, "fault service failed");
 		if (ret || poll(&pfd, 1, 10) > 0 || postcopy_done(rs->pc))
 			break;
-		if (timeout_ms >= 0 && ferry_now_ns() > deadline)
+		if (timeout_ms >= 0 && ferry_clock_now_ns() > deadline)
 			return ferry_fail(-ETIMEDOUT, "pages still owed after "
 					  "%d ms", timeout_ms);
 	}
@@ -333,7 +334,7 @@ static uint64_t pmd_mapped(struct ferry_restore *rs)
 	for (unsigned int i = 0; i < rs->vm.mem->nr_regions; i++) {
 		uint64_t b = 0;
 
-		if (!ferry_region_pmd_mapped(&rs->vm.mem->regions[i], &b))
+		if (!ferry_mem_region_pmd_mapped(&rs->vm.mem->regions[i], &b))
 			bytes += b;
 	}
 	return bytes;
@@ -349,7 +350,7 @@ int ferry_restore_finish(struct ferry_restore *rs,
 		err = postcopy_finish(rs->pc);
 		rs->result = ret ? ret : err;
 		rs->finished = true;
-		rs->stats.total_ns = ferry_now_ns() - rs->start_ns;
+		rs->stats.total_ns = ferry_clock_now_ns() - rs->start_ns;
 	} else if (!rs->stats.total_ns) {
 		rs->stats.total_ns = rs->stats.resume_ns;
 	}

@@ -33,6 +33,7 @@
 #include <stdatomic.h>
 
 #include "base/thread.h"
+#include "ferry/restore.h"
 #include "pages/postcopy.h"
 #include "snapshot/snapshot.h"
 

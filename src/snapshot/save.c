@@ -36,7 +36,8 @@
 #include "base/io.h"
 #include "base/sys.h"
 #include "base/thread.h"
-#include "ferry/stats.h"
+#include "ferry/clock.h"
+#include "ferry/hist.h"
 #include "migrate/migrate.h"
 #include "pages/faultsvc.h"
 #include "pages/uffdmem.h"
@@ -263,7 +264,7 @@ static int handle_wp(struct saver *sv, const struct uffd_msg *msg, uint64_t t0)
 				       uffdmem_addr(&sv->um, idx, page), ps);
 	n = 1 + claim_after(sv, e, page);
 	ret = save_claimed(sv, e, page, n, sv->fault_buf);
-	held = ferry_now_ns() - t0;
+	held = ferry_clock_now_ns() - t0;
 	ferry_hist_record(&sv->held, held);
 	atomic_fetch_add_explicit(&sv->held_writes, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&sv->held_total_ns, held,
@@ -289,7 +290,7 @@ static int keep(struct saver *sv, const struct uffd_msg *msg)
 		sv->early_cap = cap;
 	}
 	sv->early[sv->nr_early++] = (struct early_write){ .msg = *msg,
-		.t0 = ferry_now_ns() };
+		.t0 = ferry_clock_now_ns() };
 	return 0;
 }
 
@@ -301,7 +302,7 @@ static int on_fault(void *arg, const struct uffd_msg *msg)
 {
 	struct saver *sv = arg;
 
-	return sv->planned ? handle_wp(sv, msg, ferry_now_ns()) :
+	return sv->planned ? handle_wp(sv, msg, ferry_clock_now_ns()) :
 			     keep(sv, msg);
 }
 
@@ -385,7 +386,7 @@ static void disarm(struct saver *sv)
 	uffdmem_close(&sv->um);
 	for (unsigned int i = 0; i < mem->nr_regions; i++)
 		if (!mem->regions[i].private_view)
-			ferry_region_collapse(&mem->regions[i]);
+			ferry_mem_region_collapse(&mem->regions[i]);
 }
 
 /* ---- the save ----------------------------------------------------------- */
@@ -453,7 +454,7 @@ static int capture_pages(struct saver *sv)
 	int ret = 0;
 
 	for (unsigned int i = 0; !ret && i < vm->mem->nr_regions; i++) {
-		ssize_t n = ferry_region_populated(&vm->mem->regions[i],
+		ssize_t n = ferry_mem_region_populated(&vm->mem->regions[i],
 						   sv->populated[i]);
 
 		ret = n < 0 ? (int)n : 0;
@@ -492,7 +493,7 @@ static int save_pages(struct saver *sv, struct ferry_snapshot_stats *st)
 
 	if (!ret && sv->live)
 		ret = make_service(sv);
-	t0 = ferry_now_ns();
+	t0 = ferry_clock_now_ns();
 	if (!ret)
 		ret = vm->ops->pause(vm->handle);
 	if (ret)
@@ -503,7 +504,7 @@ static int save_pages(struct saver *sv, struct ferry_snapshot_stats *st)
 	if (!ret && !sv->live)
 		ret = sweep(sv);
 	resumed = vm->ops->resume(vm->handle);
-	st->pause_ns = ferry_now_ns() - t0;
+	st->pause_ns = ferry_clock_now_ns() - t0;
 	if (!ret && sv->live)
 		ret = faultsvc_start(sv->svc, &sv->um.uffd, sv->plan_fd);
 	if (!ret && sv->live)
@@ -555,7 +556,7 @@ int ferry_snapshot_save(const struct ferry_vm *vm, int fd,
 			struct ferry_snapshot_stats *stats)
 {
 	struct saver *sv = calloc(1, sizeof(*sv));
-	uint64_t t0 = ferry_now_ns();
+	uint64_t t0 = ferry_clock_now_ns();
 	int ret;
 
 	memset(stats, 0, sizeof(*stats));
@@ -575,7 +576,7 @@ int ferry_snapshot_save(const struct ferry_vm *vm, int fd,
 	if (!ret)
 		ret = finish_file(sv, opts && opts->sync);
 	fill_stats(sv, stats);
-	stats->total_ns = ferry_now_ns() - t0;
+	stats->total_ns = ferry_clock_now_ns() - t0;
 	free_tables(sv);
 	free(sv);
 	return ret;

@@ -157,12 +157,12 @@ static int check_backing(const struct wire_chk *ck, unsigned int i,
 	if ((unsigned int)r->backing >= FERRY_BACKING_COUNT)
 		return wire_bad(ck, "region %u: unknown backing %u", i,
 				(unsigned int)r->backing);
-	want = ferry_backing_page_size(r->backing);
+	want = ferry_mem_backing_page_size(r->backing);
 	if (r->page_size != want)
 		return wire_bad(ck, "region %u: page size %llu does not match "
 				"%s backing (%zu)", i,
 				(unsigned long long)r->page_size,
-				ferry_backing_name(r->backing), want);
+				ferry_mem_backing_name(r->backing), want);
 	return 0;
 }
 

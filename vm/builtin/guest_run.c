@@ -40,8 +40,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "ferry/clock.h"
 #include "ferry/error.h"
-#include "ferry/stats.h"
+#include "ferry/hist.h"
 #include "guest.h"
 #include "psci.h"
 
@@ -209,7 +210,7 @@ static bool vcpu_may_run(struct vcpu *v, struct run_cache *rc)
 			vcpu_wait(v, &v->wake, true, 0);
 			continue;
 		}
-		if (rc->sleep_until && ferry_now_ns() < rc->sleep_until) {
+		if (rc->sleep_until && ferry_clock_now_ns() < rc->sleep_until) {
 			vcpu_wait(v, &v->wake, false, rc->sleep_until);
 			continue;
 		}
@@ -233,7 +234,7 @@ static bool rate_throttle(struct vcpu *v, struct run_cache *rc,
 	v->tokens -= (double)cells * CELL_SIZE;
 	if (v->tokens >= 0)
 		return false;
-	now = ferry_now_ns();
+	now = ferry_clock_now_ns();
 	v->tokens += (double)(now - v->tokens_ns) * rc->rate;
 	v->tokens_ns = now;
 	if (v->tokens > burst)
@@ -259,7 +260,7 @@ static void vcpu_run_steps(struct vcpu *v, struct run_cache *rc)
 
 		guest_publish(v);
 		if (idle) {
-			rc->sleep_until = ferry_now_ns() + IDLE_TICK_NS;
+			rc->sleep_until = ferry_clock_now_ns() + IDLE_TICK_NS;
 			return;
 		}
 		if (rc->rate > 0 && cells && rate_throttle(v, rc, cells))
@@ -277,7 +278,7 @@ static void *vcpu_main(void *arg)
 	if (g->wl.rate)
 		rc.rate = (double)g->wl.rate / g->nr_vcpus / 1e9;
 	v->tokens = 0;
-	v->tokens_ns = ferry_now_ns();
+	v->tokens_ns = ferry_clock_now_ns();
 	for (;;) {
 		pthread_mutex_lock(&g->lock);
 		run = vcpu_may_run(v, &rc);
@@ -438,7 +439,7 @@ int ferry_guest_set_step_limit(struct ferry_guest *g, uint64_t limit)
 
 int ferry_guest_wait_settled(struct ferry_guest *g, int timeout_ms)
 {
-	uint64_t deadline = ferry_now_ns() + (uint64_t)timeout_ms * 1000000;
+	uint64_t deadline = ferry_clock_now_ns() + (uint64_t)timeout_ms * 1000000;
 	struct timespec ts;
 	int ret = 0;
 

@@ -136,7 +136,7 @@ static int decode_power(const struct vcpu *v, const uint8_t *b,
 	flags = le32_load(b + OFF_FLAGS);
 	pc = le32_load(b + OFF_PC);
 	cursor = le32_load(b + OFF_CURSOR);
-	if (!ferry_mp_state_valid((int)mp) || (flags & ~FLAGS_KNOWN) ||
+	if (!ferry_vcpu_mp_state_valid((int)mp) || (flags & ~FLAGS_KNOWN) ||
 	    pc >= VCPU_PC_COUNT || cursor > v->part.nr_events)
 		return ferry_error_set(-EINVAL, "vCPU state out of range: MP "
 				       "state %u, flags %#x, position %u, "

@@ -118,7 +118,7 @@ static const struct ferry_dest_ops guest_dest_ops = {
 	.discard = dest_discard,
 };
 
-const struct ferry_dest_ops *ferry_guest_dest_ops(void)
+const struct ferry_dest_ops *ferry_guest_vm_dest_ops(void)
 {
 	return &guest_dest_ops;
 }
@@ -166,7 +166,7 @@ static const struct ferry_clone_ops guest_clone_ops = {
 	.destroy = clone_destroy,
 };
 
-const struct ferry_clone_ops *ferry_guest_clone_ops(void)
+const struct ferry_clone_ops *ferry_guest_vm_clone_ops(void)
 {
 	return &guest_clone_ops;
 }

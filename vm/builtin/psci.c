@@ -22,7 +22,7 @@ static const char *const fn_names[FERRY_PSCI_FN_COUNT] = {
 	[FERRY_PSCI_WAKE] = "WAKE",
 };
 
-const char *ferry_psci_fn_name(enum ferry_psci_fn fn)
+const char *ferry_guest_psci_fn_name(enum ferry_psci_fn fn)
 {
 	if ((unsigned int)fn >= FERRY_PSCI_FN_COUNT)
 		return "?";
@@ -189,7 +189,7 @@ int psci_call_locked(struct ferry_guest *g, struct vcpu *caller,
 /* KVM_SET_MP_STATE's meaning; the registers stay as they are. */
 int psci_set_mp_state_locked(struct vcpu *v, enum ferry_mp_state state)
 {
-	if (!ferry_mp_state_valid((int)state))
+	if (!ferry_vcpu_mp_state_valid((int)state))
 		return ferry_error_set(-EINVAL, "MP state %d is not RUNNABLE "
 				       "(0), STOPPED (1) or SUSPENDED (2)",
 				       (int)state);

@@ -254,7 +254,7 @@ int ferry_guest_psci(struct ferry_guest *g, unsigned int caller,
 		     enum ferry_psci_fn fn, unsigned int target,
 		     int *psci_ret);
 
-const char *ferry_psci_fn_name(enum ferry_psci_fn fn);
+const char *ferry_guest_psci_fn_name(enum ferry_psci_fn fn);
 
 struct ferry_guest_vcpu_stats {
 	enum ferry_mp_state mp_state;

@@ -3,7 +3,9 @@
 #define FERRY_GUEST_VM_H
 
 #include "ferry-vm/guest.h"
+#include "ferry/clone.h"
 #include "ferry/migrate.h"
+#include "ferry/restore.h"
 #include "ferry/snapshot.h"
 
 /*
@@ -43,13 +45,13 @@ struct ferry_guest_dest {
 	struct ferry_guest_vm *gv;	/* out: the VM built */
 };
 
-const struct ferry_dest_ops *ferry_guest_dest_ops(void);
+const struct ferry_dest_ops *ferry_guest_vm_dest_ops(void);
 
 /*
  * Clones (ferry_clone_create): the built-in VM on the memory ferry lays
  * out for a clone, from the snapshot's machine description, started
  * paused.  The ops take no argument (NULL).
  */
-const struct ferry_clone_ops *ferry_guest_clone_ops(void);
+const struct ferry_clone_ops *ferry_guest_vm_clone_ops(void);
 
 #endif

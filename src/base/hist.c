@@ -1,17 +1,27 @@
 // SPDX-License-Identifier: MIT
-/* stats: latency histograms and the clock. */
+/* hist: latency histograms. */
 #include <stdint.h>
 #include <string.h>
-#include <time.h>
 
-#include "ferry/stats.h"
+#include "ferry/hist.h"
 
 void ferry_hist_init(struct ferry_hist *h)
 {
-	for (int i = 0; i < FERRY_HIST_BUCKETS; i++)
-		atomic_init(&h->count[i], 0);
-	atomic_init(&h->total, 0);
-	atomic_init(&h->max, 0);
+	memset(h, 0, sizeof(*h));
+}
+
+/*
+ * The counters are plain uint64_t in the public struct (a C++ or C99
+ * program can include it); every access here is a relaxed atomic.
+ */
+static uint64_t load(const uint64_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static void add(uint64_t *p, uint64_t v)
+{
+	__atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
 
 /*
@@ -53,25 +63,23 @@ static uint64_t bucket_high(unsigned int b)
 
 void ferry_hist_record(struct ferry_hist *h, uint64_t v)
 {
-	uint_fast64_t old = atomic_load_explicit(&h->max,
-						 memory_order_relaxed);
+	uint64_t old = load(&h->max);
 
-	atomic_fetch_add_explicit(&h->count[bucket_of(v)], 1,
-				  memory_order_relaxed);
-	atomic_fetch_add_explicit(&h->total, 1, memory_order_relaxed);
-	while (v > old && !atomic_compare_exchange_weak_explicit(&h->max,
-			&old, v, memory_order_relaxed, memory_order_relaxed))
+	add(&h->count[bucket_of(v)], 1);
+	add(&h->total, 1);
+	while (v > old && !__atomic_compare_exchange_n(&h->max, &old, v, 1,
+			__ATOMIC_RELAXED, __ATOMIC_RELAXED))
 		;
 }
 
 uint64_t ferry_hist_count(const struct ferry_hist *h)
 {
-	return atomic_load_explicit(&h->total, memory_order_relaxed);
+	return load(&h->total);
 }
 
 uint64_t ferry_hist_max(const struct ferry_hist *h)
 {
-	return atomic_load_explicit(&h->max, memory_order_relaxed);
+	return load(&h->max);
 }
 
 uint64_t ferry_hist_bucket(const struct ferry_hist *h, unsigned int b,
@@ -83,7 +91,7 @@ uint64_t ferry_hist_bucket(const struct ferry_hist *h, unsigned int b,
 	}
 	*low = bucket_low(b);
 	*high = bucket_high(b);
-	return atomic_load_explicit(&h->count[b], memory_order_relaxed);
+	return load(&h->count[b]);
 }
 
 void ferry_hist_add(struct ferry_hist *dst, const struct ferry_hist *src)
@@ -91,14 +99,10 @@ void ferry_hist_add(struct ferry_hist *dst, const struct ferry_hist *src)
 	uint64_t max = ferry_hist_max(src);
 
 	for (unsigned int b = 0; b < FERRY_HIST_BUCKETS; b++)
-		atomic_fetch_add_explicit(&dst->count[b],
-			atomic_load_explicit(&src->count[b],
-					     memory_order_relaxed),
-			memory_order_relaxed);
-	atomic_fetch_add_explicit(&dst->total, ferry_hist_count(src),
-				  memory_order_relaxed);
+		add(&dst->count[b], load(&src->count[b]));
+	add(&dst->total, ferry_hist_count(src));
 	if (max > ferry_hist_max(dst))
-		atomic_store_explicit(&dst->max, max, memory_order_relaxed);
+		__atomic_store_n(&dst->max, max, __ATOMIC_RELAXED);
 }
 
 uint64_t ferry_hist_percentile(const struct ferry_hist *h, double pct)
@@ -111,8 +115,7 @@ uint64_t ferry_hist_percentile(const struct ferry_hist *h, double pct)
 	if (rank < 1)
 		rank = 1;
 	for (unsigned int b = 0; b < FERRY_HIST_BUCKETS; b++) {
-		uint64_t n = atomic_load_explicit(&h->count[b],
-						  memory_order_relaxed);
+		uint64_t n = load(&h->count[b]);
 		uint64_t low, high;
 
 		if (seen + n < rank) {
@@ -126,12 +129,4 @@ uint64_t ferry_hist_percentile(const struct ferry_hist *h, double pct)
 		return low < ferry_hist_max(h) ? low : ferry_hist_max(h);
 	}
 	return ferry_hist_max(h);
-}
-
-uint64_t ferry_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }

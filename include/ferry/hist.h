@@ -1,23 +1,23 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef FERRY_STATS_H
-#define FERRY_STATS_H
+#ifndef FERRY_HIST_H
+#define FERRY_HIST_H
 
-#include <stdatomic.h>
 #include <stdint.h>
 
 /*
  * Latency histogram: log2 buckets, each split into 8 linear sub-buckets,
  * so a percentile is within ~9% of the true value over the whole range of
- * a uint64 nanosecond count.  Recording is one relaxed atomic add; any
- * thread may record, any thread may read.
+ * a uint64 nanosecond count.  Recording is a few relaxed atomic adds; any
+ * thread may record, any thread may read.  The fields are the library's:
+ * read a histogram through the calls below, never directly.
  */
 #define FERRY_HIST_SUB		8
 #define FERRY_HIST_BUCKETS	(64 * FERRY_HIST_SUB)
 
 struct ferry_hist {
-	atomic_uint_fast64_t count[FERRY_HIST_BUCKETS];
-	atomic_uint_fast64_t total;
-	atomic_uint_fast64_t max;
+	uint64_t count[FERRY_HIST_BUCKETS];
+	uint64_t total;
+	uint64_t max;
 };
 
 void ferry_hist_init(struct ferry_hist *h);
@@ -40,8 +40,5 @@ uint64_t ferry_hist_bucket(const struct ferry_hist *h, unsigned int b,
 
 /* Add src's samples to dst (neither may be recorded into meanwhile). */
 void ferry_hist_add(struct ferry_hist *dst, const struct ferry_hist *src);
-
-/* CLOCK_MONOTONIC in nanoseconds. */
-uint64_t ferry_now_ns(void);
 
 #endif

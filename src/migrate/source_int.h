@@ -36,7 +36,14 @@
 #include "ferry/dirty.h"
 #include "migrate/migrate.h"
 
-enum source_job { JOB_IDLE, JOB_ROUND, JOB_PUSH, JOB_EXIT };
+struct sender;
+
+/*
+ * A job: one sender's share of a round or of the push.  The layer that
+ * posts a job names its work, so the sender threads know no job kind.
+ */
+typedef int (*source_job_fn)(struct sender *s, bool live,
+			     unsigned int round);
 
 struct source;
 
@@ -75,7 +82,7 @@ struct source {
 	 * sender does it once and counts itself into done. */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	enum source_job job;
+	source_job_fn job;		/* NULL: the senders exit */
 	unsigned int gen, done;
 	bool live;			/* the VM runs while this job reads */
 	unsigned int round;		/* bumped between jobs; senders read */
@@ -156,7 +163,7 @@ void source_stop_senders(struct source *src);
  * Post a job to every sender and wait for all, reporting progress in
  * `phase` with `remaining` pages.  0, or the first sender's failure.
  */
-int source_run_job(struct source *src, enum source_job job, bool live,
+int source_run_job(struct source *src, source_job_fn job, bool live,
 		   enum ferry_phase phase, uint64_t remaining);
 
 /* One progress call, if the caller asked for them. */
@@ -221,7 +228,7 @@ void source_stop_urgent(struct source *src);
 /* ---- source_push.c: post-copy ------------------------------------------ */
 
 /* A sender's share of the push: every owed page of its chunks. */
-int sender_push(struct sender *s);
+int sender_push(struct sender *s, bool live, unsigned int round);
 
 /* Push the owed pages while the urgent thread serves requests; COMPLETE. */
 int source_postcopy(struct source *src);
