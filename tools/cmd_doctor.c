@@ -7,12 +7,6 @@
 #include "ferry/caps.h"
 #include "ferry/ferry.h"
 
-static const char *const via_names[] = {
-	[FERRY_UFFD_VIA_SYSCALL_USER] = "userfaultfd(2), user-mode faults only",
-	[FERRY_UFFD_VIA_SYSCALL] = "userfaultfd(2)",
-	[FERRY_UFFD_VIA_DEV] = "/dev/userfaultfd",
-};
-
 static void print_uffd(const struct ferry_caps *caps)
 {
 	const struct ferry_uffd_caps *u = caps->uffd;
@@ -22,7 +16,13 @@ static void print_uffd(const struct ferry_caps *caps)
 		printf("  unavailable: %s\n", u->open_reason);
 		return;
 	}
-	printf("  opened via       %s\n", via_names[u->via]);
+	if (u->kernel_err)
+		printf("  opened via       %s: USER-MODE FAULTS ONLY\n"
+		       "                   %s\n", ferry_uffd_via_name(u->via),
+		       u->kernel_reason);
+	else
+		printf("  opened via       %s (kernel-mode faults reported)\n",
+		       ferry_uffd_via_name(u->kernel_via));
 	printf("  unprivileged     vm.unprivileged_userfaultfd=%ld, "
 	       "/dev/userfaultfd %s\n", caps->unprivileged_userfaultfd,
 	       caps->dev_userfaultfd ? "present" : "absent");
@@ -77,9 +77,11 @@ int cmd_doctor(int argc, char **argv)
 			    !strcmp(argv[1], "-h");
 
 		fprintf(help ? stdout : stderr, "usage: ferry doctor\n\n"
-			"Probes this machine (userfaultfd features, hugetlb "
-			"pool, THP shmem) and says,\nfor each ferry capability, "
-			"whether it can run here and, if not, what to change.\n"
+			"Probes this machine (userfaultfd features, how "
+			"userfaultfd opens, hugetlb pool,\nTHP shmem), tries a "
+			"kernel-mode fault on a registered page, and says, for\n"
+			"each ferry capability, whether it can run here and, if "
+			"not, what to change.\n"
 			"Exit status: 0 when everything is available, 1 when "
 			"something is missing.\n");
 		return help ? 0 : 2;

@@ -9,8 +9,14 @@
 #include "ferry/error.h"
 #include "ferry/mem.h"
 
+/*
+ * Cells are numbered densely across the regions in guest-physical order:
+ * a gap between regions (RAM below and above a hole) holds no cells.
+ */
 int cell_map_init(struct cell_map *map, const struct ferry_mem *mem)
 {
+	uint64_t first = 0;
+
 	map->nr_cells = mem->total_size >> CELL_SHIFT;
 	map->nr_regions = mem->nr_regions;
 	map->regions = calloc(mem->nr_regions ? mem->nr_regions : 1,
@@ -21,8 +27,10 @@ int cell_map_init(struct cell_map *map, const struct ferry_mem *mem)
 		const struct ferry_region *src = &mem->regions[i];
 		struct cell_region *r = &map->regions[i];
 
-		r->first = src->guest_base >> CELL_SHIFT;
+		r->first = first;
 		r->nr = src->size >> CELL_SHIFT;
+		first += r->nr;
+		r->offset = src->offset;
 		r->guest = src->guest;
 		r->alias = src->alias;
 		/*
@@ -49,7 +57,8 @@ static bool region_extent(const struct cell_region *r, uint64_t from,
 {
 	off_t data, hole;
 
-	data = lseek(r->memfd, (off_t)(from << CELL_SHIFT), SEEK_DATA);
+	data = lseek(r->memfd, (off_t)(r->offset + (from << CELL_SHIFT)),
+		     SEEK_DATA);
 	if (data < 0 && errno == ENXIO)
 		return false;
 	if (data < 0) {
@@ -59,9 +68,9 @@ static bool region_extent(const struct cell_region *r, uint64_t from,
 		return true;
 	}
 	hole = lseek(r->memfd, data, SEEK_HOLE);
-	*start = (uint64_t)data >> CELL_SHIFT;
-	*end = hole < 0 ? r->nr :
-			  ((uint64_t)hole + CELL_SIZE - 1) >> CELL_SHIFT;
+	*start = ((uint64_t)data - r->offset) >> CELL_SHIFT;
+	*end = hole < 0 ? r->nr : ((uint64_t)hole - r->offset + CELL_SIZE - 1)
+				  >> CELL_SHIFT;
 	if (*end > r->nr)
 		*end = r->nr;
 	return *start < *end;

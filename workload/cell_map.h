@@ -22,6 +22,7 @@ struct cell_region {
 	uint8_t *guest;		/* the vCPUs' view */
 	uint8_t *alias;		/* ferry's view: verify, digest */
 	int memfd;		/* for finding holes; -1: read every cell */
+	uint64_t offset;	/* of the region's first cell in the memfd */
 };
 
 struct cell_map {

@@ -6,6 +6,10 @@
 
 #include "ferry/uffd.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * What this machine can run, probed for real (a THP collapse is attempted,
  * not inferred), with what to change where something is missing.  This is
@@ -19,13 +23,16 @@ enum ferry_cap {
 	FERRY_CAP_POSTCOPY_HUGETLB,	/* MISSING + MINOR faults on hugetlbfs */
 	FERRY_CAP_DIRTY_TRACKING,	/* async WP + PAGEMAP_SCAN: pre-copy */
 	FERRY_CAP_LIVE_SNAPSHOT,	/* synchronous WP on shared memory */
+	FERRY_CAP_KERNEL_FAULTS,	/* a userfaultfd that reports the
+					 * kernel's own faults on guest memory
+					 * (KVM, read() into it), tried */
 	FERRY_CAP_COUNT
 };
 
 struct ferry_cap_status {
 	bool ok;
-	char detail[160];	/* what was found */
-	char fix[200];		/* what to change; "" when ok */
+	char detail[256];	/* what was found */
+	char fix[480];		/* what to change; "" when ok */
 };
 
 struct ferry_caps {
@@ -44,5 +51,9 @@ const char *ferry_caps_name(enum ferry_cap cap);
 
 /* Probe everything; 0, or -errno if even the basics could not be read. */
 int ferry_caps_probe(struct ferry_caps *caps);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -8,6 +8,10 @@
 #include <sys/types.h>
 #include <linux/userfaultfd.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * userfaultfd: the one module that issues its ioctls.  Every function
  * returns 0 / a count, or -errno; none hides a partial result.
@@ -18,7 +22,11 @@ enum ferry_uffd_via {
 	FERRY_UFFD_VIA_SYSCALL_USER,	/* userfaultfd(UFFD_USER_MODE_ONLY) */
 	FERRY_UFFD_VIA_SYSCALL,		/* userfaultfd(0) */
 	FERRY_UFFD_VIA_DEV,		/* /dev/userfaultfd USERFAULTFD_IOC_NEW */
+	FERRY_UFFD_VIA_VMM,		/* handed in (ferry_uffd_adopt) */
 };
+
+/* "userfaultfd(UFFD_USER_MODE_ONLY)", ... for messages. */
+const char *ferry_uffd_via_name(enum ferry_uffd_via via);
 
 /* Feature bits, named as the kernel names them (src/uapi.h fills gaps). */
 #define FERRY_UFFD_F_PAGEFAULT_FLAG_WP	(1ULL << 0)
@@ -61,7 +69,15 @@ struct ferry_uffd_caps {
 	enum ferry_uffd_via via;	/* best way that worked */
 	uint64_t features;		/* every feature the kernel reports */
 	bool pagemap_scan;		/* PAGEMAP_SCAN ioctl on /proc/pid/pagemap */
-	char open_reason[160];		/* why open failed, when it did */
+	char open_reason[480];		/* why open failed, when it did */
+	/*
+	 * A descriptor that reports kernel-mode faults too (what guest
+	 * memory needs): 0 and how it opens (FERRY_UFFD_VIA_SYSCALL or
+	 * _DEV), or -errno with what to change in kernel_reason.
+	 */
+	int kernel_err;
+	enum ferry_uffd_via kernel_via;
+	char kernel_reason[320];
 };
 
 const struct ferry_uffd_caps *ferry_uffd_probe(void);
@@ -75,17 +91,46 @@ const char *ferry_uffd_feature_name(uint64_t bit);
 const char *ferry_uffd_feature_since(uint64_t bit);
 
 /*
- * Open a userfaultfd (O_CLOEXEC | O_NONBLOCK), user-mode-only where that
- * works, else the plain syscall, else /dev/userfaultfd; then negotiate
- * UFFDIO_API.  Every bit of `required` must be granted, or -EOPNOTSUPP with
- * a reason naming each missing feature and the release that brought it.
- * Bits of `optional` are asked for when the kernel has them.
- * `kernel_faults` asks for a descriptor that also reports faults taken in
- * kernel mode (a syscall reading guest memory); it rules out
- * user-mode-only.
+ * Open a userfaultfd (O_CLOEXEC | O_NONBLOCK), then negotiate UFFDIO_API.
+ * Every bit of `required` must be granted, or -EOPNOTSUPP with a reason
+ * naming each missing feature and the release that brought it.  Bits of
+ * `optional` are asked for when the kernel has them.
+ *
+ * `kernel_faults` asks for a descriptor that also reports faults the
+ * kernel takes on the memory (KVM's vCPU faults, a read() or O_DIRECT
+ * into it, vhost): the plain syscall, else /dev/userfaultfd.  The syscall
+ * needs CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1, the device
+ * read-write access; when neither works the call fails (-EPERM or
+ * -EACCES) with a reason naming each of them and what to change.  Without
+ * it the descriptor is user-mode-only where that works (a kernel access
+ * to a page not yet there then fails with EFAULT instead of waiting): for
+ * memory that nothing but user code touches.
  */
 int ferry_uffd_open(struct ferry_uffd *uffd, uint64_t required,
 		    uint64_t optional, bool kernel_faults);
+
+/*
+ * Use a userfaultfd someone else opened (a VMM's): `fd` is duplicated
+ * (the caller keeps and closes its own).  If UFFDIO_API was not done on
+ * it yet, it is done here with `required` and what the kernel has of
+ * `optional`; if it was, the features granted then are read from
+ * /proc/self/fdinfo and must include `required` (-EOPNOTSUPP naming what
+ * is missing).  -EINVAL when fd is not a userfaultfd, is blocking (it
+ * must be O_NONBLOCK: ferry polls it) or was granted features that change
+ * what a fault does (SIGBUS, WP_ASYNC, EVENT_*).
+ */
+int ferry_uffd_adopt(struct ferry_uffd *uffd, int fd, uint64_t required,
+		     uint64_t optional);
+
+/*
+ * Does this descriptor report faults the kernel takes in kernel mode?
+ * Tried for real: a scratch page registered MISSING, a write() to a pipe
+ * from it in a helper thread, and either the fault arrives (1: served with
+ * a zero page) or the write fails with EFAULT (0: user-mode-only).  The
+ * descriptor must be idle (nobody else reading it).  -errno if the trial
+ * could not run.
+ */
+int ferry_uffd_reports_kernel_faults(struct ferry_uffd *uffd);
 
 /*
  * The features a memory kind needs for `modes` (FERRY_UFFD_MISSING | MINOR |
@@ -169,5 +214,9 @@ static inline bool ferry_uffd_fault_is_write(const struct uffd_msg *msg)
 {
 	return msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -20,6 +20,7 @@ static const char *const cap_names[FERRY_CAP_COUNT] = {
 	[FERRY_CAP_POSTCOPY_HUGETLB] = "post-copy / lazy restore on hugetlbfs",
 	[FERRY_CAP_DIRTY_TRACKING] = "pre-copy dirty tracking",
 	[FERRY_CAP_LIVE_SNAPSHOT] = "live snapshot (write-protect)",
+	[FERRY_CAP_KERNEL_FAULTS] = "kernel-mode faults on guest memory",
 };
 
 const char *ferry_caps_name(enum ferry_cap cap)
@@ -132,7 +133,7 @@ static bool lacks(const struct ferry_caps *caps, uint64_t want, char *out,
 
 	out[0] = '\0';
 	if (caps->uffd->open_err) {
-		snprintf(out, len, "%s", caps->uffd->open_reason);
+		snprintf(out, len, "%.240s", caps->uffd->open_reason);
 		return true;
 	}
 	for (int i = 0; i < 64 && off < len; i++)
@@ -147,7 +148,7 @@ static bool lacks(const struct ferry_caps *caps, uint64_t want, char *out,
 static void feature_cap(struct ferry_caps *caps, enum ferry_cap cap,
 			uint64_t want, const char *found)
 {
-	char why[200];
+	char why[sizeof(caps->cap[cap].detail) - 8];
 
 	if (lacks(caps, want, why, sizeof(why)))
 		set_cap(&caps->cap[cap], false, "a newer kernel, or "
@@ -155,6 +156,45 @@ static void feature_cap(struct ferry_caps *caps, enum ferry_cap cap,
 			"lacks %s", why);
 	else
 		set_cap(&caps->cap[cap], true, "", "%s", found);
+}
+
+/*
+ * Open a descriptor as guest memory gets one and have the kernel fault on
+ * a page registered with it: it either waits (served) or fails.  What
+ * post-copy, lazy restore, clones and live save need, so their rows say
+ * so too when it cannot be had.
+ */
+static void probe_kernel_faults(struct ferry_caps *caps)
+{
+	struct ferry_cap_status *c = &caps->cap[FERRY_CAP_KERNEL_FAULTS];
+	struct ferry_uffd u;
+	int ret = ferry_uffd_open(&u, 0, 0, true);
+
+	if (ret) {
+		set_cap(c, false, caps->uffd->kernel_reason, "user-mode faults "
+			"only: a kernel access (KVM, read() into guest memory) "
+			"to a page not yet there fails with EFAULT");
+	} else {
+		ret = ferry_uffd_reports_kernel_faults(&u);
+		if (ret == 1)
+			set_cap(c, true, "", "served: userfaultfd opened "
+				"through %s, a kernel access waits for its "
+				"page", ferry_uffd_via_name(u.via));
+		else
+			set_cap(c, false, "a kernel that reports kernel-mode "
+				"faults to userfaultfd", "user-mode faults "
+				"only: a kernel access failed instead of "
+				"waiting (%s)", ret < 0 ? ferry_error_msg() :
+				"EFAULT");
+		ferry_uffd_close(&u);
+	}
+	for (int i = FERRY_CAP_POSTCOPY_SHMEM;
+	     !c->ok && i <= FERRY_CAP_LIVE_SNAPSHOT; i++) {
+		if (i == FERRY_CAP_DIRTY_TRACKING || !caps->cap[i].ok)
+			continue;
+		set_cap(&caps->cap[i], false, c->fix, "needs kernel-mode "
+			"faults served (see below)");
+	}
 }
 
 static void probe_uffd(struct ferry_caps *caps)
@@ -209,5 +249,6 @@ int ferry_caps_probe(struct ferry_caps *caps)
 	probe_thp(caps);
 	probe_hugetlb(caps);
 	probe_uffd(caps);
+	probe_kernel_faults(caps);
 	return 0;
 }

@@ -157,10 +157,14 @@ ssize_t ferry_dirty_collect(struct ferry_dirty *d, unsigned int idx,
 	if (r->backing == FERRY_BACKING_HUGETLB || r->private_view)
 		return collect_range(d, r, (uintptr_t)r->guest,
 				     (uintptr_t)r->guest + r->size, bitmap);
-	while ((ret = sys_next_data(r->memfd, hole, (off_t)r->size, &data,
+	hole = (off_t)r->offset;
+	while ((ret = sys_next_data(r->memfd, hole,
+				    (off_t)(r->offset + r->size), &data,
 				    &hole)) > 0) {
-		n = collect_range(d, r, (uintptr_t)r->guest + (uint64_t)data,
-				  (uintptr_t)r->guest + (uint64_t)hole, bitmap);
+		uintptr_t view = (uintptr_t)r->guest - r->offset;
+
+		n = collect_range(d, r, view + (uint64_t)data,
+				  view + (uint64_t)hole, bitmap);
 		if (n < 0)
 			return n;
 		newly += n;

@@ -12,6 +12,8 @@
 #include "ferry/mem.h"
 #include "base/sys.h"
 #include "kernel/uapi.h"
+#include "kernel/vma.h"
+#include "ferry/uffd.h"
 
 static const char *const backing_names[FERRY_BACKING_COUNT] = {
 	[FERRY_BACKING_SHMEM] = "shmem",
@@ -55,13 +57,14 @@ int ferry_mem_create(struct ferry_mem **out)
 
 	if (!mem)
 		return ferry_fail(-ENOMEM, "out of memory");
+	mem->vmm_uffd = -1;
 	*out = mem;
 	return 0;
 }
 
 static void region_unmap(struct ferry_region *r)
 {
-	if (r->guest)
+	if (r->guest && r->own_guest)
 		sys_munmap(r->guest, r->size);
 	if (r->alias && r->alias != r->guest)
 		sys_munmap(r->alias, r->size);
@@ -75,6 +78,8 @@ void ferry_mem_destroy(struct ferry_mem *mem)
 		return;
 	for (unsigned int i = 0; i < mem->nr_regions; i++)
 		region_unmap(&mem->regions[i]);
+	if (mem->vmm_uffd >= 0)
+		close(mem->vmm_uffd);
 	free(mem->regions);
 	free(mem);
 }
@@ -84,8 +89,8 @@ void ferry_mem_destroy(struct ferry_mem *mem)
  * space, place the file at the first aligned address inside it, and give
  * back the slack on both sides.
  */
-static uint8_t *map_aligned(int fd, size_t size, size_t align, int flags,
-			    int *err)
+static uint8_t *map_aligned(int fd, off_t offset, size_t size, size_t align,
+			    int flags, int *err)
 {
 	size_t span = size + align;
 	uint8_t *base, *start, *p;
@@ -96,7 +101,7 @@ static uint8_t *map_aligned(int fd, size_t size, size_t align, int flags,
 		return NULL;
 	start = (uint8_t *)(((uintptr_t)base + align - 1) & ~(align - 1));
 	p = sys_mmap(start, size, PROT_READ | PROT_WRITE, flags | MAP_FIXED,
-		     fd, 0, err);
+		     fd, offset, err);
 	if (!p) {
 		sys_munmap(base, span);
 		return NULL;
@@ -129,55 +134,122 @@ static int map_guest(struct ferry_region *r, size_t align, int *err)
 {
 	int flags = r->private_view ? MAP_PRIVATE | MAP_NORESERVE : MAP_SHARED;
 
-	r->guest = map_aligned(r->memfd, r->size, align, flags, err);
+	r->guest = map_aligned(r->memfd, (off_t)r->offset, r->size, align,
+			       flags, err);
+	r->own_guest = r->guest != NULL;
 	return r->guest ? 0 : -1;
 }
 
+/*
+ * The guest view, unless the VMM brought its own, then the alias.  THP
+ * views ask for huge pages (where shmem_enabled allows "advise"); the
+ * VMM's own mapping is the VMM's to advise.
+ */
 static int region_map(struct ferry_region *r)
 {
 	size_t align = backing_align(r->backing);
 	int err;
 
-	if (map_guest(r, align, &err))
+	if (!r->guest && map_guest(r, align, &err))
 		return map_failed(r, err);
 	/* A private view's copies are seen only through the view itself. */
 	r->alias = r->private_view ? r->guest :
-		   map_aligned(r->memfd, r->size, align, MAP_SHARED, &err);
+		   map_aligned(r->memfd, (off_t)r->offset, r->size, align,
+			       MAP_SHARED, &err);
 	if (!r->alias) {
-		sys_munmap(r->guest, r->size);
+		if (r->own_guest)
+			sys_munmap(r->guest, r->size);
 		r->guest = NULL;
 		return map_failed(r, err);
 	}
 	if (r->backing == FERRY_BACKING_THP) {
-		/* Asks for huge pages where shmem_enabled allows "advise". */
-		sys_madvise(r->guest, r->size, MADV_HUGEPAGE);
+		if (r->own_guest)
+			sys_madvise(r->guest, r->size, MADV_HUGEPAGE);
 		if (r->alias != r->guest)
 			sys_madvise(r->alias, r->size, MADV_HUGEPAGE);
 	}
 	return 0;
 }
 
-static int mem_append(struct ferry_mem *mem, struct ferry_region *r,
+/* The end of the highest region: where the next running-total one goes. */
+static uint64_t mem_end(const struct ferry_mem *mem)
+{
+	const struct ferry_region *last;
+
+	if (!mem->nr_regions)
+		return 0;
+	last = &mem->regions[mem->nr_regions - 1];
+	return last->guest_base + last->size;
+}
+
+static bool overlap(uint64_t a, uint64_t a_len, uint64_t b, uint64_t b_len)
+{
+	return a < b + b_len && b < a + a_len;
+}
+
+/* Does r clash with a region already there, by gpa or by mapping? */
+static int check_clash(const struct ferry_mem *mem,
+		       const struct ferry_region *r)
+{
+	for (unsigned int i = 0; i < mem->nr_regions; i++) {
+		const struct ferry_region *o = &mem->regions[i];
+
+		if (overlap(r->guest_base, r->size, o->guest_base, o->size))
+			return ferry_fail(-EINVAL, "guest-physical range "
+					  "[%#llx, %#llx) overlaps region %u "
+					  "[%#llx, %#llx)",
+					  (unsigned long long)r->guest_base,
+					  (unsigned long long)(r->guest_base +
+							       r->size), i,
+					  (unsigned long long)o->guest_base,
+					  (unsigned long long)(o->guest_base +
+							       o->size));
+		if (r->guest && (overlap((uintptr_t)r->guest, r->size,
+					 (uintptr_t)o->guest, o->size) ||
+				 overlap((uintptr_t)r->guest, r->size,
+					 (uintptr_t)o->alias, o->size)))
+			return ferry_fail(-EINVAL, "the mapping at %p overlaps "
+					  "region %u's views", (void *)r->guest,
+					  i);
+	}
+	return 0;
+}
+
+/* Map what ferry maps and insert in guest-physical order. */
+static int mem_insert(struct ferry_mem *mem, struct ferry_region *r,
 		      struct ferry_region **out)
 {
 	struct ferry_region *regions;
+	unsigned int at = mem->nr_regions;
 	int ret;
 
+	if (r->guest_base % r->page_size ||
+	    r->guest_base + r->size < r->guest_base)
+		return ferry_fail(-EINVAL, "guest-physical address %#llx is "
+				  "not a multiple of the %zu-byte page, or "
+				  "wraps", (unsigned long long)r->guest_base,
+				  r->page_size);
+	ret = check_clash(mem, r);
+	if (ret)
+		return ret;
 	regions = realloc(mem->regions,
 			  (mem->nr_regions + 1) * sizeof(*regions));
 	if (!regions)
 		return ferry_fail(-ENOMEM, "out of memory");
 	mem->regions = regions;
 	r->nr_pages = r->size / r->page_size;
-	r->guest_base = mem->total_size;
 	ret = region_map(r);
 	if (ret)
 		return ret;
-	regions[mem->nr_regions] = *r;
+	while (at > 0 && regions[at - 1].guest_base > r->guest_base)
+		at--;
+	memmove(&regions[at + 1], &regions[at],
+		(mem->nr_regions - at) * sizeof(*regions));
+	regions[at] = *r;
 	mem->total_size += r->size;
-	if (out)
-		*out = &regions[mem->nr_regions];
 	mem->nr_regions++;
+	if (out)
+		*out = &regions[at];
 	return 0;
 }
 
@@ -189,7 +261,15 @@ static size_t round_up(size_t v, size_t to)
 int ferry_mem_add_region(struct ferry_mem *mem, enum ferry_backing backing,
 			 size_t size, struct ferry_region **out)
 {
-	struct ferry_region r = { .backing = backing, .own_fd = true };
+	return ferry_mem_add_region_at(mem, backing, size, mem_end(mem), out);
+}
+
+int ferry_mem_add_region_at(struct ferry_mem *mem, enum ferry_backing backing,
+			    size_t size, uint64_t gpa,
+			    struct ferry_region **out)
+{
+	struct ferry_region r = { .backing = backing, .own_fd = true,
+				  .guest_base = gpa };
 	unsigned int flags = MFD_CLOEXEC;
 	int ret;
 
@@ -211,7 +291,7 @@ int ferry_mem_add_region(struct ferry_mem *mem, enum ferry_backing backing,
 			   strerror(-ret));
 		goto err_close;
 	}
-	ret = mem_append(mem, &r, out);
+	ret = mem_insert(mem, &r, out);
 	if (ret)
 		goto err_close;
 	return 0;
@@ -221,8 +301,11 @@ err_close:
 	return ret;
 }
 
-/* Does the fd's file system match the backing the caller claims? */
-static int check_fd_kind(int fd, enum ferry_backing backing, size_t size)
+/*
+ * Does the fd's file system match the backing the caller claims, and does
+ * the file reach `end`?
+ */
+static int check_fd_kind(int fd, enum ferry_backing backing, uint64_t end)
 {
 	struct statfs sfs;
 	struct stat st;
@@ -241,39 +324,56 @@ static int check_fd_kind(int fd, enum ferry_backing backing, size_t size)
 	if (huge && (size_t)sfs.f_bsize != FERRY_HUGE_PAGE_SIZE)
 		return ferry_fail(-EINVAL, "fd %d has %ld KiB huge pages; "
 				  "ferry uses 2 MiB", fd, (long)sfs.f_bsize >> 10);
-	if ((size_t)st.st_size < size)
+	if ((uint64_t)st.st_size < end)
 		return ferry_fail(-EINVAL, "fd %d holds %lld bytes, less than "
-				  "the %zu asked for", fd,
-				  (long long)st.st_size, size);
+				  "the %llu the region reaches", fd,
+				  (long long)st.st_size,
+				  (unsigned long long)end);
 	return 0;
 }
 
-static int add_fd_region(struct ferry_mem *mem, int memfd,
-			 enum ferry_backing backing, size_t size,
-			 bool private_view, struct ferry_region **out)
+/* Backing, size and offset fit together; r's page size set. */
+static int check_shape(struct ferry_region *r)
 {
-	struct ferry_region r = { .backing = backing, .own_fd = true,
-				  .private_view = private_view };
-	int ret;
+	size_t align;
 
-	if ((unsigned int)backing >= FERRY_BACKING_COUNT || size == 0)
+	if ((unsigned int)r->backing >= FERRY_BACKING_COUNT || !r->size)
 		return ferry_fail(-EINVAL, "bad region: backing %d, size %zu",
-				  backing, size);
-	r.page_size = ferry_mem_backing_page_size(backing);
-	if (size % backing_align(backing))
-		return ferry_fail(-EINVAL, "region size %zu is not a multiple "
-				  "of %zu", size, backing_align(backing));
-	r.size = size;
-	ret = check_fd_kind(memfd, backing, size);
+				  r->backing, r->size);
+	align = backing_align(r->backing);
+	r->page_size = ferry_mem_backing_page_size(r->backing);
+	if (r->size % align || r->offset % align)
+		return ferry_fail(-EINVAL, "region size %zu or offset %llu is "
+				  "not a multiple of %zu (%s)", r->size,
+				  (unsigned long long)r->offset, align,
+				  ferry_mem_backing_name(r->backing));
+	if (r->guest && (uintptr_t)r->guest % align)
+		return ferry_fail(-EINVAL, "mapping at %p is not aligned to "
+				  "%zu (%s)", (void *)r->guest, align,
+				  ferry_mem_backing_name(r->backing));
+	return 0;
+}
+
+/* Check r against memfd, take a descriptor of ferry's own, insert. */
+static int add_on_fd(struct ferry_mem *mem, struct ferry_region *r,
+		     int memfd, struct ferry_region **out)
+{
+	int ret = check_shape(r);
+
+	if (!ret)
+		ret = check_fd_kind(memfd, r->backing, r->offset + r->size);
+	if (!ret && r->guest)
+		ret = vma_check_shared(r->guest, r->size, memfd, r->offset);
 	if (ret)
 		return ret;
-	r.memfd = sys_ret(fcntl(memfd, F_DUPFD_CLOEXEC, 0));
-	if (r.memfd < 0)
-		return ferry_fail(r.memfd, "dup fd %d: %s", memfd,
-				  strerror(-r.memfd));
-	ret = mem_append(mem, &r, out);
+	r->own_fd = true;
+	r->memfd = sys_ret(fcntl(memfd, F_DUPFD_CLOEXEC, 0));
+	if (r->memfd < 0)
+		return ferry_fail(r->memfd, "dup fd %d: %s", memfd,
+				  strerror(-r->memfd));
+	ret = mem_insert(mem, r, out);
 	if (ret)
-		close(r.memfd);
+		close(r->memfd);
 	return ret;
 }
 
@@ -281,14 +381,72 @@ int ferry_mem_add_region_fd(struct ferry_mem *mem, int memfd,
 			    enum ferry_backing backing, size_t size,
 			    struct ferry_region **out)
 {
-	return add_fd_region(mem, memfd, backing, size, false, out);
+	struct ferry_region r = { .backing = backing, .size = size,
+				  .guest_base = mem_end(mem) };
+
+	return add_on_fd(mem, &r, memfd, out);
 }
 
 int ferry_mem_add_region_private(struct ferry_mem *mem, int memfd,
 				 enum ferry_backing backing, size_t size,
-				 struct ferry_region **out)
+				 uint64_t gpa, struct ferry_region **out)
 {
-	return add_fd_region(mem, memfd, backing, size, true, out);
+	struct ferry_region r = { .backing = backing, .size = size,
+				  .guest_base = gpa, .private_view = true };
+
+	return add_on_fd(mem, &r, memfd, out);
+}
+
+int ferry_mem_add_region_mapped(struct ferry_mem *mem,
+				const struct ferry_region_spec *spec,
+				struct ferry_region **out)
+{
+	struct ferry_region r = { .backing = spec->backing,
+				  .size = spec->size, .offset = spec->offset,
+				  .guest = spec->addr,
+				  .guest_base = spec->gpa };
+	int ret;
+
+	if (!spec->addr)
+		return ferry_fail(-EINVAL, "the region's mapping is NULL");
+	ret = add_on_fd(mem, &r, spec->memfd, out);
+	return ret ? ferry_fail_ctx(ret, "the VMM's region at gpa %#llx",
+				    (unsigned long long)spec->gpa) : 0;
+}
+
+/* Every mode any flow registers, on either kind of memory. */
+#define FLOW_FEATURES							\
+	(ferry_uffd_features_for(false, FERRY_UFFD_MISSING |		\
+				 FERRY_UFFD_MINOR | FERRY_UFFD_WP) |	\
+	 ferry_uffd_features_for(true, FERRY_UFFD_MISSING |		\
+				 FERRY_UFFD_MINOR | FERRY_UFFD_WP))
+
+int ferry_mem_set_uffd(struct ferry_mem *mem, int fd)
+{
+	struct ferry_uffd u;
+	int ret;
+
+	if (fd < 0) {
+		if (mem->vmm_uffd >= 0)
+			close(mem->vmm_uffd);
+		mem->vmm_uffd = -1;
+		return 0;
+	}
+	ret = ferry_uffd_adopt(&u, fd, 0, FLOW_FEATURES);
+	if (!ret)
+		ret = ferry_uffd_reports_kernel_faults(&u);
+	if (ret == 0)
+		ret = ferry_fail(-EINVAL, "the VMM's userfaultfd reports "
+				 "user-mode faults only: open it without "
+				 "UFFD_USER_MODE_ONLY (or through "
+				 "/dev/userfaultfd)");
+	if (ret < 0) {
+		ferry_uffd_close(&u);
+		return ferry_fail_ctx(ret, "handing in userfaultfd %d", fd);
+	}
+	ferry_mem_set_uffd(mem, -1);
+	mem->vmm_uffd = u.fd;
+	return 0;
 }
 
 static bool in_range(const uint8_t *base, size_t size, const void *addr)
@@ -328,206 +486,3 @@ struct ferry_region *ferry_mem_find_gpa(const struct ferry_mem *mem,
 	return NULL;
 }
 
-static int check_span(struct ferry_region *r, size_t off, size_t len)
-{
-	if (off % r->page_size || len % r->page_size || off > r->size ||
-	    len > r->size - off)
-		return ferry_fail(-EINVAL, "range %zu+%zu is not whole pages "
-				  "of a %zu-byte region", off, len, r->size);
-	return 0;
-}
-
-int ferry_mem_region_zap(struct ferry_region *r, size_t off, size_t len)
-{
-	int ret = check_span(r, off, len);
-
-	if (ret)
-		return ret;
-	ret = sys_madvise(r->guest + off, len, MADV_DONTNEED);
-	if (ret)
-		return ferry_fail(ret, "MADV_DONTNEED: %s", strerror(-ret));
-	return 0;
-}
-
-int ferry_mem_region_punch(struct ferry_region *r, size_t off, size_t len)
-{
-	int ret = check_span(r, off, len);
-
-	if (ret)
-		return ret;
-	if (r->private_view)
-		return ferry_fail(-EINVAL, "punching a hole in a private view "
-				  "would punch the file it shares");
-	ret = sys_fallocate(r->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-			    (off_t)off, (off_t)len);
-	if (ret)
-		return ferry_fail(ret, "punching a hole: %s", strerror(-ret));
-	return 0;
-}
-
-/*
- * Collapse one 2 MiB range.  -EAGAIN is the kernel finding a page busy
- * (a vCPU writing it, a racing fault): a moment later it usually works.
- */
-static int collapse_range(uint8_t *addr)
-{
-	int ret = -EAGAIN;
-
-	for (int tries = 0; tries < 20 && ret == -EAGAIN; tries++) {
-		ret = sys_madvise(addr, FERRY_HUGE_PAGE_SIZE, MADV_COLLAPSE);
-		if (ret == -EAGAIN)
-			usleep(1000);
-	}
-	return ret;
-}
-
-int ferry_mem_region_collapse(struct ferry_region *r)
-{
-	size_t busy = 0, refused = 0;
-	int last = 0;
-
-	if (r->backing != FERRY_BACKING_THP)
-		return 0;
-	for (size_t off = 0; off < r->size; off += FERRY_HUGE_PAGE_SIZE) {
-		int ret = collapse_range(r->guest + off);
-
-		if (ret == -EAGAIN)
-			busy++;
-		else if (ret)
-			refused++;
-		if (ret)
-			last = ret;
-	}
-	if (busy + refused == r->size / FERRY_HUGE_PAGE_SIZE &&
-	    last == -EINVAL)
-		return ferry_fail(-EOPNOTSUPP, "MADV_COLLAPSE refused every "
-				  "huge page (Linux 6.1 brought it for shmem)");
-	if (busy || refused)
-		return ferry_fail(-EAGAIN, "%zu of %zu huge pages were not "
-				  "collapsed (%zu busy, %zu refused: %s)",
-				  busy + refused,
-				  r->size / FERRY_HUGE_PAGE_SIZE, busy, refused,
-				  strerror(-last));
-	return 0;
-}
-
-/* The value of a "Key:   123 kB" line of one smaps entry, in bytes. */
-static uint64_t smaps_field(const char *entry, const char *key)
-{
-	const char *line = strstr(entry, key);
-
-	if (!line)
-		return 0;
-	return strtoull(line + strlen(key), NULL, 10) << 10;
-}
-
-/* Find the smaps entry for the VMA starting at addr; copy it out. */
-static int smaps_entry(const void *addr, char *out, size_t len)
-{
-	char head[32], *buf, *at, *end;
-	size_t cap = 8 << 20;
-	ssize_t n;
-
-	buf = malloc(cap);
-	if (!buf)
-		return -ENOMEM;
-	n = sys_read_file("/proc/self/smaps", buf, cap);
-	if (n < 0) {
-		free(buf);
-		return (int)n;
-	}
-	snprintf(head, sizeof(head), "%lx-", (unsigned long)(uintptr_t)addr);
-	at = strstr(buf, head);
-	while (at && at != buf && at[-1] != '\n')
-		at = strstr(at + 1, head);
-	if (!at) {
-		free(buf);
-		return -ENOENT;
-	}
-	end = strstr(at + 1, "VmFlags:");
-	n = end ? end - at : (ssize_t)strlen(at);
-	if ((size_t)n >= len)
-		n = (ssize_t)len - 1;
-	memcpy(out, at, (size_t)n);
-	out[n] = '\0';
-	free(buf);
-	return 0;
-}
-
-int ferry_mem_region_pmd_mapped(const struct ferry_region *r, uint64_t *bytes)
-{
-	char entry[4096];
-	int ret = smaps_entry(r->guest, entry, sizeof(entry));
-
-	if (ret)
-		return ferry_fail(ret, "reading /proc/self/smaps: %s",
-				  strerror(-ret));
-	if (r->backing == FERRY_BACKING_HUGETLB)
-		*bytes = smaps_field(entry, "Shared_Hugetlb:") +
-			 smaps_field(entry, "Private_Hugetlb:");
-	else
-		*bytes = smaps_field(entry, "ShmemPmdMapped:");
-	return 0;
-}
-
-static size_t set_bits(uint64_t *bitmap, size_t first, size_t count)
-{
-	for (size_t p = first; p < first + count; p++)
-		bitmap[p / 64] |= 1ULL << (p % 64);
-	return count;
-}
-
-static ssize_t populated_seek(const struct ferry_region *r, uint64_t *bitmap)
-{
-	off_t data, hole = 0;
-	size_t n = 0;
-	int ret;
-
-	while ((ret = sys_next_data(r->memfd, hole, (off_t)r->size, &data,
-				    &hole)) > 0)
-		n += set_bits(bitmap, (size_t)data / r->page_size,
-			      (size_t)(hole - data + (off_t)r->page_size - 1) /
-			      r->page_size);
-	if (ret < 0)
-		return ferry_fail(ret, "SEEK_DATA/SEEK_HOLE: %s",
-				  strerror(-ret));
-	return (ssize_t)n;
-}
-
-/* hugetlbfs: mincore reports one byte per 4 KiB of the mapping. */
-static ssize_t populated_mincore(const struct ferry_region *r,
-				 uint64_t *bitmap)
-{
-	size_t per_page = r->page_size / 4096, chunk = 64, n = 0;
-	unsigned char vec[64 * 512];
-
-	for (size_t p = 0; p < r->nr_pages; p += chunk) {
-		size_t count = r->nr_pages - p < chunk ? r->nr_pages - p : chunk;
-		size_t len = count * r->page_size;
-
-		for (int view = 0; view < 2; view++) {
-			uint8_t *base = view ? r->alias : r->guest;
-
-			if (mincore(base + p * r->page_size, len, vec))
-				return ferry_fail(-errno, "mincore: %s",
-						  strerror(errno));
-			for (size_t i = 0; i < count; i++)
-				if ((vec[i * per_page] & 1) &&
-				    !(bitmap[(p + i) / 64] >> ((p + i) % 64) & 1))
-					n += set_bits(bitmap, p + i, 1);
-		}
-	}
-	return (ssize_t)n;
-}
-
-ssize_t ferry_mem_region_populated(const struct ferry_region *r,
-			       uint64_t *bitmap)
-{
-	/*
-	 * A private view's own copies are not in the file: mincore sees
-	 * them, and the file's pages behind the view as well.
-	 */
-	if (r->backing == FERRY_BACKING_HUGETLB || r->private_view)
-		return populated_mincore(r, bitmap);
-	return populated_seek(r, bitmap);
-}

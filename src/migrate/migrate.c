@@ -103,7 +103,8 @@ int ferry_migrate_mem_create(const struct ferry_wire_stream *stream,
 					 ferry_mem_backing_name(wr->backing));
 			break;
 		}
-		ret = ferry_mem_add_region(mem, backing, wr->size, &r);
+		ret = ferry_mem_add_region_at(mem, backing, wr->size,
+					      wr->guest_base, &r);
 		if (!ret && (r->size != wr->size ||
 			     r->guest_base != wr->guest_base))
 			ret = ferry_fail(-EINVAL, "region %u does not lay out "

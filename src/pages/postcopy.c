@@ -127,7 +127,7 @@ static int write_pages(struct ferry_region *r, uint64_t first,
 		memcpy(r->alias + off, src, len);
 		return 0;
 	}
-	ret = io_pwrite_full(r->memfd, src, len, (off_t)off);
+	ret = io_pwrite_full(r->memfd, src, len, (off_t)(r->offset + off));
 	if (ret)
 		return ferry_fail(ret, "writing page %llu into the memfd: %s",
 				  (unsigned long long)first, strerror(-ret));

@@ -56,8 +56,10 @@ static uint64_t features_needed(const struct ferry_mem *mem, uint64_t modes)
 
 int uffdmem_open(struct uffdmem *um, uint64_t modes, bool kernel_faults)
 {
-	int ret = ferry_uffd_open(&um->uffd, features_needed(um->mem, modes),
-				  0, kernel_faults);
+	uint64_t need = features_needed(um->mem, modes);
+	int ret = um->mem->vmm_uffd >= 0 ?
+		  ferry_uffd_adopt(&um->uffd, um->mem->vmm_uffd, need, 0) :
+		  ferry_uffd_open(&um->uffd, need, 0, kernel_faults);
 
 	for (unsigned int i = 0; !ret && i < um->mem->nr_regions; i++) {
 		struct ferry_region *r = &um->mem->regions[i];

@@ -23,12 +23,18 @@
 #include "ferry/uffd.h"
 
 /*
- * Guest memory is touched by the kernel too (KVM, vhost, O_DIRECT, a
- * read() into a guest buffer), which a user-mode-only descriptor does not
- * report.  Every flow passes this to uffdmem_open(); turning kernel-mode
- * faults on for guest memory is this one line.
+ * Guest memory is touched by the kernel too (KVM's vCPU faults, vhost,
+ * O_DIRECT, a read() into a guest buffer), which a user-mode-only
+ * descriptor does not report: the kernel's access would fail with EFAULT
+ * instead of waiting for the page.  So every flow that registers guest
+ * memory (post-copy, lazy restore, clones, live save) passes this to
+ * uffdmem_open(), and a descriptor that reports kernel-mode faults is
+ * what they get, or the flow fails saying what to change.  User-mode-only
+ * is for memory nothing but user code touches: ferry's own scratch pages
+ * and the async write-protect of dirty tracking, whose faults the kernel
+ * resolves itself and never reports.
  */
-#define UFFDMEM_KERNEL_FAULTS	false
+#define UFFDMEM_KERNEL_FAULTS	true
 
 struct uffdmem {
 	struct ferry_uffd uffd;	/* fd -1 while closed; open: any thread
@@ -52,7 +58,9 @@ const void *uffdmem_zeroes(void);
 /*
  * Open a userfaultfd with every feature the regions need for `modes`
  * (FERRY_UFFD_MISSING | MINOR | WP) and register every guest view with
- * them.  kernel_faults: see UFFDMEM_KERNEL_FAULTS.  On failure nothing
+ * them.  kernel_faults: see UFFDMEM_KERNEL_FAULTS.  When the VMM handed
+ * in a userfaultfd (ferry_mem_set_uffd), a duplicate of that one is used
+ * instead, checked for the features the modes need.  On failure nothing
  * stays open or registered.
  */
 int uffdmem_open(struct uffdmem *um, uint64_t modes, bool kernel_faults);

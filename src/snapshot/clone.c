@@ -67,7 +67,8 @@ static int shared_mem(const struct ferry_wire_stream *s,
 		const struct ferry_wire_region *wr = &s->regions[i];
 		struct ferry_region *r;
 
-		ret = ferry_mem_add_region(*out, wr->backing, wr->size, &r);
+		ret = ferry_mem_add_region_at(*out, wr->backing, wr->size,
+					      wr->guest_base, &r);
 		if (!ret && (r->size != wr->size ||
 			     r->guest_base != wr->guest_base))
 			ret = ferry_fail(-EINVAL, "region %u of the snapshot "
@@ -214,7 +215,8 @@ static int private_mem(struct ferry_clone *c)
 		struct ferry_region *r = &shared->regions[i];
 
 		ret = ferry_mem_add_region_private(c->mem, r->memfd,
-						   r->backing, r->size, NULL);
+						   r->backing, r->size,
+						   r->guest_base, NULL);
 	}
 	return ret;
 }

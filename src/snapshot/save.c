@@ -101,7 +101,7 @@ static int copy_out(struct ferry_region *r, uint64_t first, uint64_t count,
 		memcpy(buf, r->alias + off, len);
 		return 0;
 	}
-	n = io_pread_full(r->memfd, buf, len, (off_t)off);
+	n = io_pread_full(r->memfd, buf, len, (off_t)(r->offset + off));
 	if (n >= 0 && (size_t)n < len)
 		n = -EIO;	/* the memfd is shorter than its region */
 	if (n < 0)
