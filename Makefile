@@ -11,6 +11,7 @@ PCDIR  ?= $(LIBDIR)/pkgconfig
 VERSION := 0.1.0
 
 CC      ?= cc
+CXX     ?= g++
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -pthread -MMD -MP
 LDLIBS  += -lxxhash -pthread -lm
@@ -96,9 +97,12 @@ $(VMLIB): $(VM_OBJ)
 	@$(if $(Q),echo "  AR      $@")
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(SHARED): $(PIC_OBJ)
+# Only ferry_* leaves the shared library (src/libferry.map).
+$(SHARED): $(PIC_OBJ) src/libferry.map
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) -shared -Wl,-soname,$(SONAME) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(Q)$(CC) -shared -Wl,-soname,$(SONAME) \
+		-Wl,--version-script=src/libferry.map $(LDFLAGS) -o $@ \
+		$(PIC_OBJ) $(LDLIBS)
 	$(Q)ln -sf libferry.so.$(VERSION) $(O)/$(SONAME)
 	$(Q)ln -sf $(SONAME) $(O)/libferry.so
 
@@ -120,12 +124,41 @@ deps:
 	scripts/install-deps
 
 # First the include rules above (scripts/check-layout: one line per
-# include that points the wrong way).  Then the test runner, which forks
-# each case with a time limit and prints "N passed, N failed, N skipped"
-# last.  TESTFLAGS=-f NAME filters.
-check: $(TESTS) $(TOOL)
+# include that points the wrong way), the library's hygiene and the
+# example VMM built against an installed copy.  Then the test runner,
+# which forks each case with a time limit and prints "N passed, N failed,
+# N skipped" last.  TESTFLAGS=-f NAME filters.
+check: $(TESTS) $(TOOL) check-lib check-example
 	scripts/check-layout
 	$(TESTS) $(TESTFLAGS)
+
+# libferry.so exports ferry_* only; the public headers build as C++17 (and
+# link: a declaration without C linkage would not).
+check-lib: $(SHARED)
+	scripts/check-symbols $(O)/libferry.so
+	@$(if $(Q),echo "  CXX     tests/cxx_headers.cc")
+	$(Q)$(CXX) -std=c++17 -Wall -Wextra -pedantic -Werror -Iinclude \
+		-Ivm/include -o $(O)/cxx_headers tests/cxx_headers.cc \
+		-L$(O) -lferry
+	$(Q)LD_LIBRARY_PATH=$(O) $(O)/cxx_headers >/dev/null
+
+# The example VMM as a user builds it: ferry installed (here into a
+# staging directory, as a package would be), then only <ferry/ferry.h>
+# and `pkg-config --cflags --libs ferry`.  It runs every flow it shows and
+# checks its own memory after each; a failure fails the check.
+STAGE := $(abspath $(O)/stage)
+STAGE_PC := PKG_CONFIG_PATH=$(STAGE)/usr/lib/pkgconfig \
+	    PKG_CONFIG_SYSROOT_DIR=$(STAGE)
+check-example: all
+	@rm -rf $(STAGE)
+	@$(if $(Q),echo "  INSTALL $(STAGE)")
+	$(Q)$(MAKE) --no-print-directory -s install DESTDIR=$(STAGE) \
+		PREFIX=/usr >/dev/null
+	@$(if $(Q),echo "  CC      examples/minivmm.c (pkg-config ferry)")
+	$(Q)$(CC) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Werror -O2 \
+		-o $(O)/minivmm examples/minivmm.c \
+		$$($(STAGE_PC) pkg-config --cflags --libs ferry) -pthread
+	LD_LIBRARY_PATH=$(STAGE)/usr/lib $(O)/minivmm
 
 bench: $(BENCH_BIN) $(TOOL)
 	bench/run
@@ -166,6 +199,7 @@ clean:
 	rm -rf $(O)
 
 FORCE:
-.PHONY: all deps check bench bench-qemu demo install clean FORCE
+.PHONY: all deps check check-lib check-example bench bench-qemu demo \
+	install clean FORCE
 
 -include $(shell find $(O) -name '*.d' 2>/dev/null)

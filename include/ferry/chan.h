@@ -6,6 +6,10 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * chan: a reliable byte stream behind a small ops table.  Everything
  * above it (the wire records, migration, snapshots) does its I/O through
@@ -94,5 +98,9 @@ static inline void ferry_chan_close(struct ferry_chan *chan)
  * `name` names it in reasons.
  */
 int ferry_chan_fd_open(int fd, const char *name, struct ferry_chan **out);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

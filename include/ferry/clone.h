@@ -7,6 +7,10 @@
 #include "ferry/migrate.h"
 #include "ferry/snapshot.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * Clones: many VMs from one snapshot (ferry/snapshot.h) loaded once into
  * shared memory; each clone maps it privately and copies only the pages
@@ -81,5 +85,9 @@ int ferry_clone_error(const struct ferry_clone *clone);
 
 /* Stop fault service, destroy the VM (ops->destroy), unmap.  NULL ok. */
 void ferry_clone_destroy(struct ferry_clone *clone);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

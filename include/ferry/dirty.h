@@ -7,6 +7,10 @@
 
 #include "ferry/mem.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * Dirty tracking on the source: userfaultfd write-protect in async mode
  * (WP_ASYNC: the kernel clears the protection itself on a write, no fault
@@ -34,5 +38,9 @@ ssize_t ferry_dirty_collect(struct ferry_dirty *dirty, unsigned int idx,
 
 /* Unregister and free.  NULL is fine. */
 void ferry_dirty_stop(struct ferry_dirty *dirty);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

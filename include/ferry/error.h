@@ -2,6 +2,10 @@
 #ifndef FERRY_ERROR_H
 #define FERRY_ERROR_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * Every ferry function returns 0 (or a count) on success and -errno on
  * failure.  The library never prints; when it fails it also records a short
@@ -48,5 +52,9 @@ int ferry_error_set(int err, const char *fmt, ...)
  */
 int ferry_error_prefix(int err, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

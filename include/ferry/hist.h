@@ -4,6 +4,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * Latency histogram: log2 buckets, each split into 8 linear sub-buckets,
  * so a percentile is within ~9% of the true value over the whole range of
@@ -40,5 +44,9 @@ uint64_t ferry_hist_bucket(const struct ferry_hist *h, unsigned int b,
 
 /* Add src's samples to dst (neither may be recorded into meanwhile). */
 void ferry_hist_add(struct ferry_hist *dst, const struct ferry_hist *src);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -4,6 +4,10 @@
 
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * hugetlb pool.  ferry_hugetlb_reserve() makes sure at least `nr_pages`
  * free 2 MiB pages are in the pool, raising vm.nr_hugepages if it must (as
@@ -19,5 +23,9 @@ struct ferry_hugetlb_resv {
 int ferry_hugetlb_pool(long *total, long *free_pages);
 int ferry_hugetlb_reserve(size_t nr_pages, struct ferry_hugetlb_resv *resv);
 int ferry_hugetlb_restore(struct ferry_hugetlb_resv *resv);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -11,6 +11,10 @@
 #include "ferry/vcpu.h"
 #include "ferry/wire.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * Live migration of a VM over a session of channels (ferry/net.h).
  *
@@ -189,5 +193,9 @@ int ferry_migrate_recv(struct ferry_session *session,
 int ferry_migrate_mem_create(const struct ferry_wire_stream *stream,
 			     enum ferry_backing backing,
 			     struct ferry_mem **out);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -7,6 +7,10 @@
 
 #include "ferry/chan.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * net: channels, and sessions of channels between two hosts.
  *
@@ -120,5 +124,9 @@ int ferry_net_accept(struct ferry_listener *listener, int timeout_ms,
 
 /* Close, refusing sessions still incomplete.  NULL is fine. */
 void ferry_net_listener_close(struct ferry_listener *listener);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

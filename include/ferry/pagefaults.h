@@ -4,6 +4,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * Fault accounting (seed 000: one fault, not two, for the first write to a
  * shared page).  Bracket a piece of work with start/stop and read how many
@@ -36,5 +40,9 @@ double ferry_pagefaults_per_page(const struct ferry_pagefaults *f,
 
 /* /proc/vmstat's pgfault, or -errno. */
 int ferry_pagefaults_vmstat(const char *key, uint64_t *value);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -8,6 +8,10 @@
 #include "ferry/migrate.h"
 #include "ferry/snapshot.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * Restore: a VM from a snapshot file (ferry/snapshot.h), eagerly (every
  * page in place before the vCPUs resume) or lazily (they resume at once
@@ -118,5 +122,9 @@ void ferry_restore_stats(const struct ferry_restore *rs,
  * destroy, then discard the VM.  NULL is fine.
  */
 void ferry_restore_destroy(struct ferry_restore *rs);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

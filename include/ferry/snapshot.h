@@ -9,6 +9,10 @@
 #include "ferry/migrate.h"
 #include "ferry/wire.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * Snapshots: a VM saved to a file, restored from it, cloned from it.
  *
@@ -90,5 +94,9 @@ struct ferry_snapshot_info {
 };
 
 int ferry_snapshot_info(int fd, struct ferry_snapshot_info *info);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -6,6 +6,10 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * The vCPU interface: what ferry needs from a virtual machine monitor to
  * move a VM's processors.  A VMM fills in a struct ferry_vcpu_ops and hands
@@ -143,5 +147,9 @@ bool ferry_vcpu_mp_state_valid(int state);
 
 /* 0 if every operation is filled in; -EINVAL naming the missing one. */
 int ferry_vcpu_ops_check(const struct ferry_vcpu_ops *ops);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

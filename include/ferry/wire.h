@@ -10,6 +10,10 @@
 
 #include "ferry/mem.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * wire: the record stream that carries a VM between two hosts (live
  * migration) or into and out of a file (snapshot).  docs/wire.md gives the
@@ -390,5 +394,9 @@ int ferry_wire_dec_page_request(const struct ferry_wire_stream *stream,
 int ferry_wire_dec_extent(const struct ferry_wire_stream *stream,
 			  const struct ferry_wire_rec *rec,
 			  struct ferry_wire_extent *extent);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -57,6 +57,7 @@ static int alloc_tables(struct postcopy *pc)
 int postcopy_create(struct ferry_mem *mem, struct postcopy **out)
 {
 	struct postcopy *pc = calloc(1, sizeof(*pc));
+	int ret;
 
 	if (!pc)
 		return ferry_fail(-ENOMEM, "out of memory");
@@ -65,11 +66,19 @@ int postcopy_create(struct ferry_mem *mem, struct postcopy **out)
 	atomic_init(&pc->owed_left, 0);
 	ferry_hist_init(&pc->fault_latency);
 	mapper_init(&pc->mapper, &pc->um, &map_policy, pc);
-	if (pc->done_fd < 0 || uffdmem_init(&pc->um, mem) ||
-	    faultsvc_create(&fault_ops, pc, &pc->svc) || alloc_tables(pc)) {
+	/* Each keeps its own errno: EMFILE is not ENOMEM. */
+	ret = pc->done_fd < 0 ? ferry_fail(pc->done_fd, "eventfd: %s",
+					   strerror(-pc->done_fd)) : 0;
+	if (!ret)
+		ret = uffdmem_init(&pc->um, mem);
+	if (!ret)
+		ret = faultsvc_create(&fault_ops, pc, &pc->svc);
+	if (!ret && alloc_tables(pc))
+		ret = ferry_fail(-ENOMEM, "post-copy state for %zu pages",
+				 total_pages(mem));
+	if (ret) {
 		postcopy_destroy(pc);
-		return ferry_fail(-ENOMEM, "post-copy state for %zu pages",
-				  total_pages(mem));
+		return ret;
 	}
 	*out = pc;
 	return 0;

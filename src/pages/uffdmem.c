@@ -16,14 +16,13 @@
  */
 static pthread_once_t zero_once = PTHREAD_ONCE_INIT;
 static const uint8_t *zeroes;
+static int zeroes_err;		/* why the mapping failed, set once */
 
 static void zeroes_init(void)
 {
-	int err;
-
 	zeroes = sys_mmap(NULL, FERRY_HUGE_PAGE_SIZE, PROT_READ,
 			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0,
-			  &err);
+			  &zeroes_err);
 }
 
 const void *uffdmem_zeroes(void)
@@ -37,7 +36,8 @@ int uffdmem_init(struct uffdmem *um, struct ferry_mem *mem)
 	um->uffd.fd = -1;
 	um->mem = mem;
 	if (!uffdmem_zeroes())
-		return ferry_fail(-ENOMEM, "a zero huge page: out of memory");
+		return ferry_fail(zeroes_err, "a zero huge page: %s",
+				  strerror(-zeroes_err));
 	return 0;
 }
 

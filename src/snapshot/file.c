@@ -47,23 +47,15 @@ static pthread_once_t zero_once = PTHREAD_ONCE_INIT;
 static uint64_t zero_sums[2];
 
 /*
- * A read-only zero mapping, populated: the shared zero page behind every
- * 4 KiB, no memory allocated and no fault per page.
+ * Zeroes in .bss, never written: they take no memory (reading them maps
+ * the shared zero page) and, unlike a mapping made here, cannot fail.
  */
+static uint8_t zero_page[FERRY_HUGE_PAGE_SIZE];
+
 static void zero_sums_init(void)
 {
-	static const uint8_t zero_4k[4096];
-	const void *zero_2m;
-	int err;
-
-	zero_sums[0] = ferry_wire_page_sum(zero_4k, sizeof(zero_4k));
-	zero_2m = sys_mmap(NULL, FERRY_HUGE_PAGE_SIZE, PROT_READ,
-			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0,
-			   &err);
-	if (!zero_2m)
-		abort();	/* 2 MiB of address space: nothing to do */
-	zero_sums[1] = ferry_wire_page_sum(zero_2m, FERRY_HUGE_PAGE_SIZE);
-	sys_munmap((void *)zero_2m, FERRY_HUGE_PAGE_SIZE);
+	zero_sums[0] = ferry_wire_page_sum(zero_page, 4096);
+	zero_sums[1] = ferry_wire_page_sum(zero_page, FERRY_HUGE_PAGE_SIZE);
 }
 
 uint64_t snap_zero_sum(size_t page_size)

@@ -201,15 +201,23 @@ static int run(struct ferry_restore *rs, int fd)
 
 static int init(struct ferry_restore *rs)
 {
+	int ret;
+
 	pthread_mutex_init(&rs->qlock, NULL);
 	err_slot_init(&rs->err);
 	rs->demand_fd = evfd_open();
 	rs->fill_fd = evfd_open();
 	rs->demand_buf = snap_buf_alloc(READ_CHUNK);
 	rs->fill_buf = snap_buf_alloc(READ_CHUNK);
-	if (rs->demand_fd < 0 || rs->fill_fd < 0 ||
-	    threads_init(&rs->readers) || !rs->demand_buf || !rs->fill_buf)
-		return ferry_fail(-ENOMEM, "out of memory or descriptors");
+	/* A descriptor that could not be had keeps its errno (EMFILE). */
+	ret = rs->demand_fd < 0 ? rs->demand_fd : rs->fill_fd;
+	if (ret < 0)
+		return ferry_fail(ret, "eventfd: %s", strerror(-ret));
+	ret = threads_init(&rs->readers);
+	if (ret)
+		return ret;
+	if (!rs->demand_buf || !rs->fill_buf)
+		return ferry_fail(-ENOMEM, "read buffers: out of memory");
 	return 0;
 }
 

@@ -10,6 +10,10 @@
 #include "ferry/mem.h"
 #include "ferry/vcpu.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * The built-in workload VM: what ferry migrates when there is no KVM.
  *
@@ -299,5 +303,9 @@ int ferry_guest_verify(struct ferry_guest *g, struct ferry_verify_report *rep);
  * config and the same step counts have the same digest.
  */
 int ferry_guest_digest(struct ferry_guest *g, uint64_t *digest);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

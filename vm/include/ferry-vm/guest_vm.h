@@ -8,6 +8,10 @@
 #include "ferry/restore.h"
 #include "ferry/snapshot.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * The built-in workload VM as a migration endpoint: its memory, its
  * vCPUs, and the machine description (the encoded guest config) that
@@ -53,5 +57,9 @@ const struct ferry_dest_ops *ferry_guest_vm_dest_ops(void);
  * paused.  The ops take no argument (NULL).
  */
 const struct ferry_clone_ops *ferry_guest_vm_clone_ops(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -7,6 +7,10 @@
 
 #include "ferry/vcpu.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * The workload's verdict on guest memory, for any VM that runs ferry's
  * workload (the built-in VM: ferry_guest_verify() in ferry-vm/guest.h).
@@ -88,5 +92,9 @@ struct ferry_verify_report {
 
 /* "torn", "lost", "duplicated"; "?" for anything else. */
 const char *ferry_verify_kind_name(enum ferry_verify_kind kind);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
