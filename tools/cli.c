@@ -12,11 +12,18 @@
 #include "cli.h"
 #include "ferry/error.h"
 
+static const char *command = "";
+
+void cli_set_command(const char *name)
+{
+	command = name;
+}
+
 void cli_error(const char *what, int err)
 {
 	const char *why = ferry_error_msg();
 
-	fprintf(stderr, "ferry: %s: %s\n", what,
+	fprintf(stderr, "ferry %s: %s: %s\n", command, what,
 		why[0] ? why : strerror(err < 0 ? -err : err));
 }
 
@@ -114,23 +121,29 @@ int cli_parse_secs(const char *cmd, const char *opt, const char *arg,
 						   "want seconds") : 0;
 }
 
+/* One line, one prefix: what is wrong and where the options are. */
+static int bad_option(const struct cli_cmd *cmd, int opt, const char *arg)
+{
+	fprintf(stderr, "ferry %s: %s %s (ferry %s --help lists the "
+		"options)\n", cmd->name, arg, opt == ':' ? "needs a value" :
+		opt == '?' ? "is not an option" :
+		"is not an option of this command", cmd->name);
+	return 2;
+}
+
 int cli_getopt(const struct cli_cmd *cmd, int argc, char **argv, void *opts)
 {
 	int opt, ret;
 
-	while ((opt = getopt_long(argc, argv, "", cmd->longopts, NULL)) != -1) {
+	opterr = 0;	/* getopt's own messages would be a second line */
+	while ((opt = getopt_long(argc, argv, ":", cmd->longopts, NULL)) !=
+	       -1) {
 		if (opt == 'h') {
 			cmd->usage(stdout);
 			return 1;
 		}
-		if (opt == '?' || !strchr(cmd->allowed, opt)) {
-			if (opt != '?')
-				fprintf(stderr, "ferry %s: %s is not an "
-					"option of this command\n", cmd->name,
-					argv[optind - 1]);
-			cmd->usage(stderr);
-			return 2;
-		}
+		if (opt == '?' || opt == ':' || !strchr(cmd->allowed, opt))
+			return bad_option(cmd, opt, argv[optind - 1]);
 		ret = cmd->one(cmd->name, opt, optarg, opts);
 		if (ret)
 			return ret;
@@ -151,7 +164,7 @@ int cli_json(const char *path, void (*write)(FILE *f, const void *arg),
 	FILE *f = strcmp(path, "-") ? fopen(path, "w") : stdout;
 
 	if (!f) {
-		fprintf(stderr, "ferry: --json %s: %s\n", path,
+		fprintf(stderr, "ferry %s: --json %s: %s\n", command, path,
 			strerror(errno));
 		return 2;
 	}
@@ -188,6 +201,52 @@ int cli_guest_opt(const char *cmd, int opt, const char *arg,
 	}
 }
 
+/* MemTotal, in bytes; 0 if /proc/meminfo cannot say. */
+static uint64_t mem_total(void)
+{
+	unsigned long long kib = 0;
+	char line[128];
+	FILE *f = fopen("/proc/meminfo", "re");
+
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "MemTotal: %llu kB", &kib) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return (uint64_t)kib << 10;
+}
+
+/*
+ * What the machine can give: its memory; on hugetlb without root, only
+ * the pool's free pages (ferry grows the pool only as root).
+ */
+static uint64_t mem_limit(enum ferry_backing backing, const char **what)
+{
+	long total, free_pages;
+
+	*what = "this machine's memory (MemTotal)";
+	if (backing != FERRY_BACKING_HUGETLB || geteuid() == 0 ||
+	    ferry_hugetlb_pool(&total, &free_pages))
+		return mem_total();
+	*what = "the free hugetlb pool (vm.nr_hugepages; as root ferry "
+		"grows it)";
+	return (uint64_t)free_pages * FERRY_HUGE_PAGE_SIZE;
+}
+
+int cli_guest_check(const char *cmd, const struct cli_guest *g)
+{
+	char size[32], limit_s[32], want[200];
+	const char *what;
+	uint64_t limit = mem_limit(g->backing, &what);
+
+	if (!limit || g->mem_size <= limit)
+		return 0;
+	snprintf(want, sizeof(want), "more than %s: %s", what,
+		 cli_bytes(limit, limit_s, sizeof(limit_s)));
+	return cli_bad(cmd, "--mem", cli_bytes(g->mem_size, size,
+					       sizeof(size)), want);
+}
+
 int cli_hugetlb_reserve(enum ferry_backing backing, uint64_t bytes,
 			struct ferry_hugetlb_resv *resv)
 {
@@ -208,6 +267,8 @@ int cli_start_guest(const char *cmd, const struct cli_guest *g,
 	cfg.seed = g->seed;
 	if (ferry_guest_config_set_workload(&cfg, g->workload))
 		return cli_bad(cmd, "--workload", g->workload, "too long");
+	if (cli_guest_check(cmd, g))
+		return 2;
 	ret = cli_hugetlb_reserve(g->backing, g->mem_size, resv);
 	if (!ret)
 		ret = ferry_guest_vm_create(&cfg, g->backing, g->mem_size, gv);

@@ -29,7 +29,13 @@ int cmd_restore(int argc, char **argv);
 
 /* ---- printing ----------------------------------------------------------- */
 
-/* Print "ferry: <what>: <errmsg or strerror>" on stderr. */
+/*
+ * The command being run, for the one prefix every message carries:
+ * "ferry CMD: ...".  Set once, by main, before the command runs.
+ */
+void cli_set_command(const char *name);
+
+/* Print "ferry CMD: <what>: <errmsg or strerror>" on stderr, one line. */
 void cli_error(const char *what, int err);
 
 /* Human-readable bytes: "1.5 GiB". */
@@ -88,9 +94,9 @@ struct cli_cmd {
 
 /*
  * getopt_long over argv with cmd's options, each handed to cmd->one.
- * --help prints usage to stdout and returns 1; an option not allowed
- * prints usage to stderr and returns 2.  Arguments left start at
- * argv[optind].
+ * --help prints usage to stdout and returns 1; an option not allowed (or
+ * missing its value) is one line on stderr and returns 2.  Arguments left
+ * start at argv[optind].
  */
 int cli_getopt(const struct cli_cmd *cmd, int argc, char **argv, void *opts);
 
@@ -126,6 +132,13 @@ struct cli_guest {
 /* One of the options above (opt: its letter), or cli_bad() saying so. */
 int cli_guest_opt(const char *cmd, int opt, const char *arg,
 		  struct cli_guest *g);
+
+/*
+ * --mem within what the machine can give (its MemTotal; on hugetlb
+ * without root, the free pool), or cli_bad() naming the figure.  Checked
+ * before any VM is built.
+ */
+int cli_guest_check(const char *cmd, const struct cli_guest *g);
 
 /* A reservation that changed nothing: ferry_hugetlb_restore() is a no-op. */
 #define CLI_RESV_INIT	{ .saved_nr_hugepages = -1 }

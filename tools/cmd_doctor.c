@@ -76,15 +76,21 @@ int cmd_doctor(int argc, char **argv)
 		bool help = !strcmp(argv[1], "--help") ||
 			    !strcmp(argv[1], "-h");
 
-		fprintf(help ? stdout : stderr, "usage: ferry doctor\n\n"
+		if (!help) {
+			fprintf(stderr, "ferry doctor: %s is not an option "
+				"(ferry doctor --help)\n", argv[1]);
+			return 2;
+		}
+		printf("usage: ferry doctor\n\n"
 			"Probes this machine (userfaultfd features, how "
 			"userfaultfd opens, hugetlb pool,\nTHP shmem), tries a "
 			"kernel-mode fault on a registered page, and says, for\n"
 			"each ferry capability, whether it can run here and, if "
 			"not, what to change.\n"
 			"Exit status: 0 when everything is available, 1 when "
-			"something is missing.\n");
-		return help ? 0 : 2;
+			"something is missing\n(the machine failed the check), "
+			"2 when the probe itself failed.\n");
+		return 0;
 	}
 	ret = ferry_caps_probe(&caps);
 	if (ret) {

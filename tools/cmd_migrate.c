@@ -360,6 +360,10 @@ static int parse_args(const struct cli_cmd *cmd, int argc, char **argv,
 		return cli_bad(cmd->name, "--at-once",
 			       ferry_migrate_mode_name(o->mode),
 			       "needs --mode postcopy");
+	/* recv builds what the stream says; the others build --mem here. */
+	if (!ret && strcmp(cmd->name, "recv") &&
+	    cli_guest_check(cmd->name, &o->guest))
+		return 2;
 	return ret;
 }
 
@@ -470,9 +474,19 @@ static int send_one(const struct mig_opts *o, const char *to,
 	struct ferry_guest_vm *gv = NULL;
 	struct ferry_migrate_opts mo;
 	struct ferry_session *s = NULL;
-	/* The demo's source too speaks as "send". */
-	int ret = cli_start_guest("send", &o->guest, &gv, &resv);
+	int ret;
 
+	/*
+	 * The destination first: an address nobody answers at fails here,
+	 * in a moment, before a VM of --mem is built and warmed up.
+	 */
+	ret = ferry_net_connect(to, (unsigned int)o->channels, NULL, &s);
+	if (ret) {
+		cli_error(to, ret);
+		return 2;
+	}
+	/* The demo's source too speaks as "send". */
+	ret = cli_start_guest("send", &o->guest, &gv, &resv);
 	if (ret)
 		goto out;
 	cli_sleep(o->warmup_s);
@@ -482,9 +496,7 @@ static int send_one(const struct mig_opts *o, const char *to,
 	mo.postcopy_at_once = o->at_once;
 	if (!o->quiet && isatty(STDERR_FILENO))
 		mo.progress = progress_line;
-	ret = ferry_net_connect(to, (unsigned int)o->channels, NULL, &s);
-	if (!ret)
-		ret = ferry_migrate_send(&gv->vm, s, &mo, stats);
+	ret = ferry_migrate_send(&gv->vm, s, &mo, stats);
 	if (ret) {
 		cli_error("migrating", ret);
 		ret = 2;
@@ -528,9 +540,29 @@ static void demo_child(const struct mig_opts *o, struct ferry_listener *l,
 	_exit(n == sizeof(res) ? 0 : 2);
 }
 
+/*
+ * The whole result, however the pipe cuts it: a short read is more to
+ * come, only end of file before the end (or an error) is a dead child.
+ */
+static ssize_t read_whole(int fd, void *buf, size_t len)
+{
+	size_t got = 0;
+
+	while (got < len) {
+		ssize_t n = read(fd, (char *)buf + got, len - got);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : (ssize_t)got;
+		got += (size_t)n;
+	}
+	return (ssize_t)got;
+}
+
 static int demo_result(int fd, pid_t child, struct dest_result *res)
 {
-	ssize_t n = read(fd, res, sizeof(*res));
+	ssize_t n = read_whole(fd, res, sizeof(*res));
 	int status;
 
 	waitpid(child, &status, 0);

@@ -106,9 +106,10 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 		.vcpus = 2, .workload = "random", .seed = 1 },
 		.seconds = 5 };
 	ret = cli_getopt(&run_cmd, argc, argv, o);
-	if (!ret && optind < argc)
-		return cli_bad("run", "run", argv[optind],
-			       "unexpected argument");
+	if (!ret)
+		ret = cli_no_args("run", argc, argv);
+	if (!ret && cli_guest_check("run", &o->guest))
+		ret = 2;
 	return ret;
 }
 
@@ -235,7 +236,7 @@ static int run_guest(struct ferry_guest *g, const struct run_opts *o)
 	ret = ferry_guest_start(g);
 	if (ret) {
 		cli_error("starting the vCPUs", ret);
-		return 1;
+		return 2;
 	}
 	stopped = wait_run(&sigs, o->seconds);
 	ferry_guest_pause(g);
@@ -243,7 +244,7 @@ static int run_guest(struct ferry_guest *g, const struct run_opts *o)
 	print_stats(g, secs, stopped);
 	ret = o->verify ? verify(g) : 0;
 	ferry_guest_stop(g);
-	return ret ? 1 : 0;
+	return ret < 0 ? 2 : ret;	/* 1: the verifier found a fault */
 }
 
 static int run_on(struct ferry_mem *mem, const struct run_opts *o)
@@ -282,7 +283,7 @@ static int run_with_memory(const struct run_opts *o)
 	if (ret) {
 		cli_error("allocating guest memory", ret);
 		ferry_mem_destroy(mem);
-		return 1;
+		return 2;
 	}
 	ret = run_on(mem, o);
 	ferry_mem_destroy(mem);
@@ -300,12 +301,12 @@ int cmd_run(int argc, char **argv)
 	ret = cli_hugetlb_reserve(o.guest.backing, o.guest.mem_size, &resv);
 	if (ret) {
 		cli_error("reserving huge pages", ret);
-		return 1;
+		return 2;
 	}
 	ret = run_with_memory(&o);
 	if (ferry_hugetlb_restore(&resv)) {
 		cli_error("putting vm.nr_hugepages back", -EIO);
-		ret = ret ? ret : 1;
+		ret = 2;
 	}
 	return ret;
 }

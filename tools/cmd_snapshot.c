@@ -37,6 +37,7 @@ struct snap_opts {
 	unsigned long clones;
 	double run_s;
 	bool verify;
+	bool eager_set, lazy_set;	/* to refuse both */
 	/* both: the VM (restore takes only its backing) */
 	struct cli_guest guest;
 	const char *json;
@@ -137,8 +138,8 @@ static int parse_flag(int opt, struct snap_opts *o)
 	switch (opt) {
 	case 'L': o->live = true; return 0;
 	case 'Y': o->sync = true; return 0;
-	case 'E': o->mode = FERRY_RESTORE_EAGER; return 0;
-	case 'Z': o->mode = FERRY_RESTORE_LAZY; return 0;
+	case 'E': o->mode = FERRY_RESTORE_EAGER; o->eager_set = true; return 0;
+	case 'Z': o->mode = FERRY_RESTORE_LAZY; o->lazy_set = true; return 0;
 	case 'A': o->prefetch_async = true; return 0;
 	case 'V': o->verify = true; return 0;
 	default: return 2;
@@ -296,19 +297,30 @@ static void json_save(FILE *f, const void *arg)
 		(unsigned long long)s->saved_on_fault);
 }
 
+/*
+ * The output, opened before any VM is built: a path that cannot be
+ * written fails at once.  *created: it did not exist (removed again if
+ * nothing is saved).
+ */
+static int open_out(const char *path, bool *created)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+
+	*created = fd >= 0;
+	if (fd < 0 && errno == EEXIST)
+		fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		fprintf(stderr, "ferry snapshot: --out %s: %s\n", path,
+			strerror(errno));
+	return fd;
+}
+
 static int save_vm(const struct snap_opts *o, struct ferry_guest_vm *gv,
-		   struct ferry_snapshot_stats *st)
+		   int fd, struct ferry_snapshot_stats *st)
 {
 	struct ferry_snapshot_opts so = { .live = o->live, .sync = o->sync };
-	int fd = open(o->out, O_RDWR | O_CREAT | O_CLOEXEC, 0644), ret;
+	int ret = ferry_snapshot_save(&gv->vm, fd, &so, st);
 
-	if (fd < 0) {
-		fprintf(stderr, "ferry snapshot: %s: %s\n", o->out,
-			strerror(errno));
-		return 2;
-	}
-	ret = ferry_snapshot_save(&gv->vm, fd, &so, st);
-	close(fd);
 	if (ret) {
 		cli_error("saving the snapshot", ret);
 		return 2;
@@ -324,12 +336,18 @@ int cmd_snapshot(int argc, char **argv)
 	struct ferry_guest_vm *gv = NULL;
 	struct snap_opts o;
 	char size[32];
-	int ret = parse_args(&snapshot_cmd, argc, argv, &o);
+	bool created;
+	int fd, ret = parse_args(&snapshot_cmd, argc, argv, &o);
 
 	if (ret)
 		return ret == 1 ? 0 : ret;
 	if (!o.out)
 		return cli_bad("snapshot", "--out", "", "is required");
+	if (cli_guest_check("snapshot", &o.guest))
+		return 2;
+	fd = open_out(o.out, &created);
+	if (fd < 0)
+		return 2;
 	ret = cli_start_guest("snapshot", &o.guest, &gv, &resv);
 	if (!ret) {
 		printf("ferry snapshot: %s %s, %lu vCPUs, workload %s, ran "
@@ -339,9 +357,12 @@ int cmd_snapshot(int argc, char **argv)
 		       o.guest.workload, o.seconds);
 		fflush(stdout);
 		cli_sleep(o.seconds);
-		ret = save_vm(&o, gv, &st);
+		ret = save_vm(&o, gv, fd, &st);
 	}
 	cli_stop_guest(gv, &resv);
+	close(fd);
+	if (ret && created)
+		unlink(o.out);
 	if (ret)
 		return ret;
 	print_save(&o, &st);
@@ -628,6 +649,13 @@ static int check_restore_opts(const struct snap_opts *o)
 {
 	if (!o->file)
 		return cli_bad("restore", "FILE", "", "is required");
+	if (o->eager_set && o->lazy_set)
+		return cli_bad("restore", "--eager", "--lazy", "one or the "
+			       "other");
+	if (o->clones && o->eager_set)
+		return cli_bad("restore", "--clone", "--eager", "clones are "
+			       "lazy: each maps the shared snapshot and faults "
+			       "pages in");
 	if (o->mode == FERRY_RESTORE_EAGER &&
 	    (o->record_ws || o->prefetch_ws))
 		return cli_bad("restore", "--eager", "", "working sets are for "

@@ -54,8 +54,10 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-		if (!strcmp(argv[1], commands[i].name))
+		if (!strcmp(argv[1], commands[i].name)) {
+			cli_set_command(commands[i].name);
 			return commands[i].fn(argc - 1, argv + 1);
+		}
 	fprintf(stderr, "ferry: unknown command '%s' (ferry --help lists "
 		"them)\n", argv[1]);
 	return 2;
