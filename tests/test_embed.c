@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -219,6 +220,33 @@ static enum test_result handed_in_uffd(struct test_ctx *ctx)
 	return TEST_PASS;
 }
 
+/*
+ * Out of descriptors is -EMFILE, not -ENOMEM: the error a call returns is
+ * the one the kernel gave.
+ */
+static enum test_result errno_kept(struct test_ctx *ctx)
+{
+	struct rlimit was, low;
+	struct ferry_uffd u;
+	struct ferry_mem *mem;
+	int lowest = dup(0), region, uffd;
+
+	CHECK(ctx, lowest >= 0, "dup: %s", strerror(errno));
+	close(lowest);
+	ferry_uffd_probe();		/* probed once, before the limit */
+	CHECK_OK(ctx, ferry_mem_create(&mem));
+	CHECK_EQ(ctx, getrlimit(RLIMIT_NOFILE, &was), 0);
+	low = (struct rlimit){ (rlim_t)lowest, was.rlim_max };
+	CHECK_EQ(ctx, setrlimit(RLIMIT_NOFILE, &low), 0);
+	region = ferry_mem_add_region(mem, FERRY_BACKING_SHMEM, 1 << 20, NULL);
+	uffd = ferry_uffd_open(&u, 0, 0, true);
+	CHECK_EQ(ctx, setrlimit(RLIMIT_NOFILE, &was), 0);
+	CHECK_EQ(ctx, region, -EMFILE);
+	CHECK_EQ(ctx, uffd, -EMFILE);
+	ferry_mem_destroy(mem);
+	return TEST_PASS;
+}
+
 /* ---- flows on the VMM's mapping ----------------------------------------- */
 
 #define WORKLOAD	"random,read=30,off=2@200"
@@ -264,73 +292,26 @@ static void states(struct vmm_vm *v, enum ferry_mp_state *mp)
 		v->vm.ops->get_mp_state(v->g, i, &mp[i]);
 }
 
-struct dest {
-	struct ferry_listener *listener;
-	struct vmm_vm vm;
-	int ret;
-	char reason[512];
-};
-
-static void *dest_main(void *arg)
-{
-	struct dest *d = arg;
-	struct ferry_session *s = NULL;
-	struct ferry_migrate_stats st;
-	struct ferry_vm vm;
-	int ret = ferry_net_accept(d->listener, 20000, &s);
-
-	if (!ret)
-		ret = ferry_migrate_recv(s, &vmm_dest_ops, &d->vm, NULL, &vm,
-					 &st);
-	d->ret = ret;
-	snprintf(d->reason, sizeof(d->reason), "%s", ferry_error_msg());
-	ferry_net_session_close(s);
-	return NULL;
-}
-
-static int send_to(struct dest *d, struct vmm_vm *src, enum ferry_mode mode)
-{
-	struct ferry_migrate_opts o;
-	struct ferry_migrate_stats st;
-	struct ferry_session *s;
-	int ret = ferry_net_connect(ferry_net_listener_addr(d->listener), 2,
-				    NULL, &s);
-
-	if (ret)
-		return ret;
-	ferry_migrate_opts_init(&o);
-	o.mode = mode;
-	ret = ferry_migrate_send(&src->vm, s, &o, &st);
-	ferry_net_session_close(s);
-	return ret;
-}
-
 static enum test_result migrate(struct test_ctx *ctx, enum ferry_mode mode)
 {
 	enum ferry_mp_state want[VCPUS];
 	struct ferry_guest_config cfg;
-	struct dest d = { 0 };
-	struct vmm_vm src;
-	pthread_t thread;
-	int ret;
+	struct ferry_migrate_opts o;
+	struct vmm_vm src, dst = { 0 };
+	char why[600];
 
 	config(&cfg, 0);
 	TRY(vmm_vm_create(ctx, &src, &cfg, ctx->backing));
 	CHECK_OK(ctx, ferry_guest_start(src.g));
 	usleep(100000);
-	CHECK_OK(ctx, ferry_net_listener_open("127.0.0.1:0", NULL,
-					      &d.listener));
-	CHECK_EQ(ctx, pthread_create(&thread, NULL, dest_main, &d), 0);
-	ret = send_to(&d, &src, mode);
-	pthread_join(thread, NULL);
-	ferry_net_listener_close(d.listener);
-	CHECK(ctx, ret == 0, "source: %s (destination: %s)", ferry_error_msg(),
-	      d.reason);
-	CHECK(ctx, d.ret == 0, "destination: %s", d.reason);
+	ferry_migrate_opts_init(&o);
+	o.mode = mode;
+	CHECK(ctx, !vmm_migrate(&src, &dst, &o, 2, why, sizeof(why)), "%s",
+	      why);
 	states(&src, want);
-	TRY(check_vm(ctx, &d.vm, want));
+	TRY(check_vm(ctx, &dst, want));
 	vmm_vm_destroy(&src);
-	vmm_vm_destroy(&d.vm);
+	vmm_vm_destroy(&dst);
 	return TEST_PASS;
 }
 
@@ -418,6 +399,7 @@ static const struct test_case cases[] = {
 	{ "embed_mapped_refusals", mapped_refusals, 0, 0, 0, 0, 0 },
 	{ "embed_gpa_order", gpa_order, 0, 0, 0, 0, 0 },
 	{ "embed_handed_in_uffd", handed_in_uffd, 0, 0, NEED_ROOT, 0, 0 },
+	{ "embed_errno_kept", errno_kept, 0, 0, 0, 0, 0 },
 	{ "embed_precopy", precopy, B_SHMEM | B_HUGETLB, 0,
 	  NEED_PAGEMAP_SCAN, 0, 0 },
 	{ "embed_postcopy", postcopy, B_SHMEM | B_THP | B_HUGETLB, 0,

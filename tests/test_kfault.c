@@ -195,73 +195,26 @@ static enum test_result save_to(struct test_ctx *ctx, struct vmm_vm *src,
 
 /* ---- post-copy ---------------------------------------------------------- */
 
-struct dest {
-	struct ferry_listener *listener;
-	struct vmm_vm vm;
-	int ret;
-	char reason[512];
-};
-
-static void *dest_main(void *arg)
-{
-	struct dest *d = arg;
-	struct ferry_session *s = NULL;
-	struct ferry_migrate_stats st;
-	struct ferry_vm vm;
-	int ret = ferry_net_accept(d->listener, 20000, &s);
-
-	if (!ret)
-		ret = ferry_migrate_recv(s, &vmm_dest_ops, &d->vm, NULL, &vm,
-					 &st);
-	d->ret = ret;
-	snprintf(d->reason, sizeof(d->reason), "%s", ferry_error_msg());
-	ferry_net_session_close(s);
-	return NULL;
-}
-
-static int send_at_once(struct dest *d, struct vmm_vm *src)
-{
-	struct ferry_migrate_opts o;
-	struct ferry_migrate_stats st;
-	struct ferry_session *s;
-	int ret = ferry_net_connect(ferry_net_listener_addr(d->listener), 1,
-				    NULL, &s);
-
-	if (ret)
-		return ret;
-	ferry_migrate_opts_init(&o);
-	o.mode = FERRY_MODE_POSTCOPY;
-	o.postcopy_at_once = true;
-	ret = ferry_migrate_send(&src->vm, s, &o, &st);
-	ferry_net_session_close(s);
-	return ret;
-}
-
 /* Every page is owed when the destination resumes. */
 static enum test_result postcopy(struct test_ctx *ctx)
 {
-	struct dest d = { .vm = { .step_limit = STEPS } };
-	struct kfault k = { .mem = &d.vm.ram.mem };
-	struct vmm_vm src;
-	pthread_t thread;
-	int ret;
+	struct vmm_vm src, dst = { .step_limit = STEPS };
+	struct kfault k = { .mem = &dst.ram.mem };
+	struct ferry_migrate_opts o;
+	char why[600];
 
 	TRY(need_kernel_faults(ctx));
 	TRY(source(ctx, &src));
 	TRY(pick_pages(ctx, &k, src.ram.mem));
-	CHECK_OK(ctx, ferry_net_listener_open("127.0.0.1:0", NULL,
-					      &d.listener));
+	ferry_migrate_opts_init(&o);
+	o.mode = FERRY_MODE_POSTCOPY;
+	o.postcopy_at_once = true;
 	vmm_hook_arm(start_touching, &k);
-	CHECK_EQ(ctx, pthread_create(&thread, NULL, dest_main, &d), 0);
-	ret = send_at_once(&d, &src);
-	pthread_join(thread, NULL);
-	ferry_net_listener_close(d.listener);
-	CHECK(ctx, ret == 0, "source: %s (destination: %s)", ferry_error_msg(),
-	      d.reason);
-	CHECK(ctx, d.ret == 0, "destination: %s", d.reason);
-	TRY(check_touched(ctx, &k, d.vm.ram.mem));
-	TRY(run_verify(ctx, d.vm.g));
-	vmm_vm_destroy(&d.vm);
+	CHECK(ctx, !vmm_migrate(&src, &dst, &o, 1, why, sizeof(why)), "%s",
+	      why);
+	TRY(check_touched(ctx, &k, dst.ram.mem));
+	TRY(run_verify(ctx, dst.g));
+	vmm_vm_destroy(&dst);
 	vmm_vm_destroy(&src);
 	return TEST_PASS;
 }

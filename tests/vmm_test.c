@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 /* The built-in VM on RAM a "VMM" maps itself: see vmm_test.h. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -183,6 +184,70 @@ const struct ferry_dest_ops vmm_dest_ops = {
 	.create = dest_create,
 	.discard = dest_discard,
 };
+
+/* ---- a migration over loopback ----------------------------------------- */
+
+struct receiver {
+	struct ferry_listener *listener;
+	struct vmm_vm *vm;
+	int ret;
+	char reason[256];
+};
+
+static void *receive(void *arg)
+{
+	struct receiver *r = arg;
+	struct ferry_session *s = NULL;
+	struct ferry_migrate_stats st;
+	struct ferry_vm vm;
+	int ret = ferry_net_accept(r->listener, 20000, &s);
+
+	if (!ret)
+		ret = ferry_migrate_recv(s, &vmm_dest_ops, r->vm, NULL, &vm,
+					 &st);
+	r->ret = ret;
+	snprintf(r->reason, sizeof(r->reason), "%s", ferry_error_msg());
+	ferry_net_session_close(s);
+	return NULL;
+}
+
+static int send_to(struct receiver *r, struct vmm_vm *src,
+		   const struct ferry_migrate_opts *opts, unsigned int channels)
+{
+	struct ferry_migrate_stats st;
+	struct ferry_session *s;
+	int ret = ferry_net_connect(ferry_net_listener_addr(r->listener),
+				    channels, NULL, &s);
+
+	if (ret)
+		return ret;
+	ret = ferry_migrate_send(&src->vm, s, opts, &st);
+	ferry_net_session_close(s);
+	return ret;
+}
+
+int vmm_migrate(struct vmm_vm *src, struct vmm_vm *dst,
+		const struct ferry_migrate_opts *opts, unsigned int channels,
+		char *reason, size_t len)
+{
+	struct receiver r = { .vm = dst };
+	pthread_t thread;
+	int ret = ferry_net_listener_open("127.0.0.1:0", NULL, &r.listener);
+
+	if (ret || (ret = -pthread_create(&thread, NULL, receive, &r))) {
+		snprintf(reason, len, "listening: %s", ferry_error_msg());
+		ferry_net_listener_close(r.listener);
+		return ret;
+	}
+	ret = send_to(&r, src, opts, channels);
+	snprintf(reason, len, "source: %s", ret ? ferry_error_msg() : "ok");
+	pthread_join(thread, NULL);
+	ferry_net_listener_close(r.listener);
+	if (r.ret)
+		snprintf(reason + strlen(reason), len - strlen(reason),
+			 "; destination: %s", r.reason);
+	return ret ? ret : r.ret;
+}
 
 /* ---- the resume hook ---------------------------------------------------- */
 

@@ -66,6 +66,15 @@ void vmm_vm_destroy(struct vmm_vm *v);
 extern const struct ferry_dest_ops vmm_dest_ops;
 
 /*
+ * Migrate src into dst (built by vmm_dest_ops, dst->step_limit set) over
+ * loopback, the destination on a thread: 0, or the failure with both
+ * sides' reasons in `reason`.
+ */
+int vmm_migrate(struct vmm_vm *src, struct vmm_vm *dst,
+		const struct ferry_migrate_opts *opts, unsigned int channels,
+		char *reason, size_t len);
+
+/*
  * The built-in VM's vCPU ops with resume hooked: the first resume after
  * vmm_hook_arm() calls fn(arg) right after the VM resumed.  One hook per
  * process (the tests run in forked children).
