@@ -13,7 +13,7 @@ VERSION := 0.1.0
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -pthread -MMD -MP
-LDLIBS  += -lxxhash -pthread -lm
+LDLIBS  += -lgnutls -lxxhash -pthread -lm
 ifeq ($(SANITIZE),1)
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer
 LDFLAGS += -fsanitize=address,undefined
