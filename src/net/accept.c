@@ -84,7 +84,7 @@ static void pending_evict(struct ferry_listener *l)
 	unsigned int oldest = 0;
 
 	for (unsigned int i = 1; i < l->nr_pending; i++)
-		if (l->pending[i].accepted < l->pending[oldest].accepted)
+		if (l->pending[i].seq < l->pending[oldest].seq)
 			oldest = i;
 	refuse(l, oldest, "pushed out: %u connections waited for their "
 	       "hello", NET_MAX_PENDING);
@@ -101,7 +101,7 @@ static void pending_add(struct ferry_listener *l, int fd)
 	*p = (struct net_pending){
 		.conn = net_conn_plain(fd),
 		.state = NET_PENDING_HELLO,
-		.accepted = now,
+		.seq = l->nr_accepted++,
 		.deadline = now + l->opts.hello_timeout_ms,
 	};
 	peer_name(fd, l, p->peer, sizeof(p->peer));

@@ -35,7 +35,8 @@ struct net_pending {
 	struct net_conn conn;
 	enum net_pending_state state;
 	size_t got;		/* bytes of hello so far */
-	int64_t accepted;	/* when: the oldest makes room first */
+	uint64_t seq;		/* order of arrival: the oldest makes
+				 * room first */
 	int64_t deadline;	/* handshake and hello by then, or refused */
 	struct net_hello hello;
 	char peer[FERRY_NET_ADDR_MAX];
@@ -61,6 +62,7 @@ struct ferry_listener {
 	unsigned int nr_pending;
 	struct net_group groups[NET_MAX_GROUPS];
 	unsigned int nr_groups;
+	uint64_t nr_accepted;		/* the next connection's seq */
 	unsigned int nr_refused;	/* during the current accept */
 	char refused[320];		/* why the last one was refused */
 	/* The busy thread: answers "busy" while it runs; stop_fd stops it. */
