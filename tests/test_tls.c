@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "ferry-vm/guest_vm.h"
 #include "ferry/net.h"
 #include "migpair.h"
 #include "netns.h"
@@ -422,6 +423,124 @@ static enum test_result byte_flipped(struct test_ctx *ctx)
 	return TEST_PASS;
 }
 
+/* ---- two hosts over TLS ------------------------------------------------- */
+
+struct far {
+	int ret;
+	char why[400];
+	char auth[FERRY_NET_AUTH_MAX];
+};
+
+/* Host b: listen with its certificate, receive, run on, verify. */
+static void far_dest(struct netns_pair *ns, const struct tlskeys *k, int fd)
+{
+	struct ferry_net_opts o = tlskeys_cert(k, k->b_cert, k->b_key);
+	struct ferry_listener *l = NULL;
+	struct far r = { 0 };
+
+	r.ret = netns_enter(ns, 'b') ? -errno : 0;
+	if (!r.ret)
+		r.ret = ferry_net_listener_open(NETNS_ADDR_B ":7651", &o, &l);
+	if (!r.ret) {
+		struct ferry_session *s = NULL;
+		struct ferry_guest_dest dd = { .keep_backing = true };
+		struct ferry_migrate_stats st;
+		struct ferry_verify_report rep;
+		struct ferry_vm vm;
+
+		r.ret = ferry_net_accept(l, 30000, &s);
+		if (!r.ret)
+			snprintf(r.auth, sizeof(r.auth), "%s", s->auth);
+		if (!r.ret)
+			r.ret = ferry_migrate_recv(s, ferry_guest_vm_dest_ops(),
+						   &dd, NULL, &vm, &st);
+		ferry_net_session_close(s);
+		if (!r.ret) {
+			usleep(100000);
+			r.ret = ferry_guest_stop(dd.gv->guest);
+		}
+		if (!r.ret)
+			r.ret = ferry_guest_verify(dd.gv->guest, &rep);
+		if (!r.ret && !rep.ok)
+			r.ret = -EBADMSG;
+		if (!r.ret && rep.vcpu[2].mp_state != FERRY_MP_STOPPED)
+			r.ret = -EINVAL;
+	}
+	snprintf(r.why, sizeof(r.why), "%s", r.ret == -EBADMSG ?
+		 "the verifier found lost, torn or duplicated writes" :
+		 r.ret == -EINVAL ? "vCPU 2 did not stay off" :
+		 ferry_error_msg());
+	_exit(write(fd, &r, sizeof(r)) == sizeof(r) ? 0 : 2);
+}
+
+static int far_send(const struct tlskeys *k, struct ferry_guest_vm *gv)
+{
+	struct ferry_net_opts o = tlskeys_cert(k, k->a_cert, k->a_key);
+	struct ferry_migrate_stats st;
+	struct ferry_migrate_opts mo;
+	struct ferry_session *s = NULL;
+	int ret = -ECONNREFUSED;
+
+	for (int i = 0; i < 200 && ret == -ECONNREFUSED; i++) {
+		ret = ferry_net_connect(NETNS_ADDR_B ":7651", 2, &o, &s);
+		if (ret == -ECONNREFUSED)
+			usleep(10000);
+	}
+	ferry_migrate_opts_init(&mo);
+	mo.mode = FERRY_MODE_HYBRID;
+	if (!ret)
+		ret = ferry_migrate_send(&gv->vm, s, &mo, &st);
+	ferry_net_session_close(s);
+	return ret;
+}
+
+/*
+ * From one network namespace to another over a veth pair, with
+ * certificates: not loopback, so TLS is what lets it through; the
+ * destination verifies the VM.
+ */
+static enum test_result netns_cert(struct test_ctx *ctx)
+{
+	struct netns_pair ns = { 0 };
+	struct ferry_guest_config cfg;
+	struct ferry_guest_vm *src;
+	struct tlskeys k;
+	struct far r = { 0 };
+	char why[200];
+	int fds[2], ret;
+	pid_t child;
+
+	if (netns_setup(&ns, "tbf rate 1gbit burst 128kb latency 100ms", why,
+			sizeof(why)))
+		SKIP(ctx, "%s", why);
+	KEYS(ctx, &k);
+	CHECK_EQ(ctx, pipe(fds), 0);
+	child = fork();
+	if (!child)
+		far_dest(&ns, &k, fds[1]);
+	close(fds[1]);
+	CHECK_EQ(ctx, netns_enter(&ns, 'a'), 0);
+	ferry_guest_config_init(&cfg);
+	cfg.nr_vcpus = 3;
+	cfg.seed = 42;
+	ferry_guest_config_set_workload(&cfg, "random,read=30,off=2@100");
+	CHECK_OK(ctx, ferry_guest_vm_create(&cfg, ctx->backing, 32 << 20,
+					    &src));
+	CHECK_OK(ctx, ferry_guest_start(src->guest));
+	usleep(200000);
+	ret = far_send(&k, src);
+	snprintf(why, sizeof(why), "%s", ferry_error_msg());
+	CHECK_EQ(ctx, read(fds[0], &r, sizeof(r)), sizeof(r));
+	waitpid(child, NULL, 0);
+	netns_teardown(&ns);
+	tlskeys_remove(&k);
+	ferry_guest_vm_destroy(src);
+	CHECK(ctx, !ret, "source: %s (destination: %s)", why, r.why);
+	CHECK(ctx, !r.ret, "destination: %s", r.why);
+	CHECK(ctx, strstr(r.auth, "certificate CN=host a"), "auth: %s", r.auth);
+	return TEST_PASS;
+}
+
 static const struct test_case cases[] = {
 	{ "tls_migrate_psk_postcopy", migrate_psk, B_SHMEM | B_HUGETLB, 0,
 	  NEED_UFFD_MINOR | NEED_UFFD_MISSING, 32, 60 },
@@ -436,6 +555,9 @@ static const struct test_case cases[] = {
 	{ "tls_refuses_plain_off_loopback", plain_off_loopback, 0, 0, 0, 0, 0 },
 	{ "tls_byte_flipped_fails", byte_flipped, 0, 0, 0, 0, 0 },
 	{ "tls_listener_cert_expired", listener_cert_expired, 0, 0, 0, 0, 0 },
+	{ "tls_netns_cert_hybrid", netns_cert, B_SHMEM, 0, NEED_ROOT |
+	  NEED_NETNS | NEED_UFFD_WP | NEED_PAGEMAP_SCAN | NEED_UFFD_MINOR |
+	  NEED_UFFD_MISSING, 0, 90 },
 };
 
 TEST_SUITE(tls, cases)
