@@ -37,6 +37,7 @@ struct tls_chan {
 	int pending_fd;		/* eventfd: the receiving thread's */
 	bool pending;		/* pending_fd raised; receiving thread */
 	atomic_bool shut;	/* set by shutdown, any thread */
+	char gather[16384];	/* small pieces; the sending thread's */
 };
 
 static struct tls_chan *tls_chan_of(struct ferry_chan *chan)
@@ -63,27 +64,61 @@ static bool is_shut(struct tls_chan *c)
 	return atomic_load_explicit(&c->shut, memory_order_acquire);
 }
 
+/* All of one piece: GnuTLS sends at most a record's worth a call. */
+static ssize_t send_piece(gnutls_session_t s, const char *buf, size_t len)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = gnutls_record_send(s, buf + done, len - done);
+
+		if (n == GNUTLS_E_INTERRUPTED)
+			continue;
+		if (n < 0)
+			return n;
+		done += (size_t)n;
+	}
+	return (ssize_t)done;
+}
+
 /*
- * Corked, every piece goes out in full-size records however small the
- * iovec's pieces (a record header, then a batch of pages).
+ * Small pieces (a record's header before its pages) are gathered into
+ * one TLS record with what follows, so the wire does not carry a TLS
+ * record per iovec entry; large ones go straight from the caller's
+ * memory.
  */
 static ssize_t tls_sendv(struct ferry_chan *chan, const struct iovec *iov,
 			 int iovcnt)
 {
 	struct tls_chan *c = tls_chan_of(chan);
 	gnutls_session_t s = c->link->session;
-	ssize_t n = 0;
+	ssize_t n = 0, total = 0;
+	size_t held = 0;
 
 	if (is_shut(c))
 		return chan_fail(c, 0, -EPIPE, "send");
-	gnutls_record_cork(s);
-	for (int i = 0; i < iovcnt && n >= 0; i++)
-		n = gnutls_record_send(s, iov[i].iov_base, iov[i].iov_len);
-	n = n < 0 ? n : gnutls_record_uncork(s, GNUTLS_RECORD_WAIT);
-	while (n == GNUTLS_E_INTERRUPTED)
-		n = gnutls_record_uncork(s, GNUTLS_RECORD_WAIT);
+	for (int i = 0; i < iovcnt && n >= 0; i++) {
+		if (iov[i].iov_len <= sizeof(c->gather) - held) {
+			memcpy(c->gather + held, iov[i].iov_base,
+			       iov[i].iov_len);
+			held += iov[i].iov_len;
+			n = (ssize_t)iov[i].iov_len;
+		} else {
+			n = held ? send_piece(s, c->gather, held) : 0;
+			held = 0;
+			if (n >= 0 && iov[i].iov_len <= sizeof(c->gather)) {
+				i--;	/* gather it after all */
+				continue;
+			}
+			n = n < 0 ? n : send_piece(s, iov[i].iov_base,
+						   iov[i].iov_len);
+		}
+		total += n > 0 ? n : 0;
+	}
+	if (n >= 0 && held)
+		n = send_piece(s, c->gather, held);
 	if (n >= 0)
-		return n;
+		return total;
 	return chan_fail(c, (int)n, is_shut(c) ? -EPIPE :
 			 net_tls_errno((int)n, errno), "send");
 }
