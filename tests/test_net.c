@@ -832,13 +832,6 @@ static enum test_result addresses(struct test_ctx *ctx)
 
 /* ---- TLS ---------------------------------------------------------------- */
 
-#define KEYS(ctx, k)							\
-	do {								\
-		char _why[200];						\
-		if (tlskeys_make(k, _why, sizeof(_why)))		\
-			FAIL(ctx, "%s", _why);				\
-	} while (0)
-
 static enum test_result session_tls_psk(struct test_ctx *ctx)
 {
 	struct ferry_net_opts o;

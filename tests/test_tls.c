@@ -24,13 +24,6 @@
 #include "test.h"
 #include "tlskeys.h"
 
-#define KEYS(ctx, k)							\
-	do {								\
-		char _why[200];						\
-		if (tlskeys_make(k, _why, sizeof(_why)))		\
-			FAIL(ctx, "%s", _why);				\
-	} while (0)
-
 /* ---- migrations over TLS ------------------------------------------------ */
 
 static enum test_result migrate_psk(struct test_ctx *ctx)

@@ -24,6 +24,14 @@ struct tlskeys {
 
 /* 0, or -1 with why filled in. */
 int tlskeys_make(struct tlskeys *k, char *why, size_t len);
+
+/* In a test case: make them, or fail the case saying why. */
+#define KEYS(ctx, k)							\
+	do {								\
+		char _why[200];						\
+		if (tlskeys_make(k, _why, sizeof(_why)))		\
+			FAIL(ctx, "%s", _why);				\
+	} while (0)
 void tlskeys_remove(struct tlskeys *k);
 
 /* Options using the key file psk (NULL: plain). */
