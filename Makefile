@@ -14,7 +14,7 @@ CC      ?= cc
 CXX     ?= g++
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -pthread -MMD -MP
-LDLIBS  += -lxxhash -pthread -lm
+LDLIBS  += -lgnutls -lxxhash -pthread -lm
 ifeq ($(SANITIZE),1)
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer
 LDFLAGS += -fsanitize=address,undefined

@@ -4,6 +4,9 @@
  * 127.0.0.1 and Unix sockets only.
  *
  *   tcp_stream      bulk throughput with 1, 2 and 4 connections at once
+ *   chan_stream     one ferry channel (a session's bulk channel over
+ *                   loopback TCP), plain and TLS 1.3 (pre-shared key,
+ *                   AES-GCM) taken in turns: what encryption costs
  *   *_rtt_64b_4k    a 64-byte request answered by a 4 KiB reply, the shape
  *                   of a post-copy page request
  *   postcopy_floor  the least a post-copy fault can cost: a vCPU thread
@@ -217,6 +220,122 @@ static void run_streams(void)
 	close(lfd);
 }
 
+/* ---- one ferry channel, plain and TLS ------------------------------- */
+
+#define CHAN_CHUNK	BENCH_MIB
+
+struct chan_stream {
+	struct ferry_chan *chan;
+	uint64_t deadline_ns;
+	uint64_t bytes;		/* by the receiver; read after join */
+	pthread_t thread;
+};
+
+/* Send until the deadline, then shut the channel: the receiver's EOF. */
+static void *chan_send(void *arg)
+{
+	struct chan_stream *c = arg;
+	uint8_t *buf = bench_alloc(CHAN_CHUNK, 8);
+	struct iovec iov = { buf, CHAN_CHUNK };
+
+	while (bench_now_ns() < c->deadline_ns)
+		if (ferry_chan_sendv(c->chan, &iov, 1) != CHAN_CHUNK)
+			bench_die("sending: %s", ferry_error_msg());
+	ferry_chan_shutdown(c->chan);
+	bench_free(buf, CHAN_CHUNK);
+	return NULL;
+}
+
+static void chan_receive(struct chan_stream *c)
+{
+	uint8_t *buf = bench_alloc(CHAN_CHUNK, 9);
+	ssize_t n;
+
+	while ((n = ferry_chan_recv(c->chan, buf, CHAN_CHUNK)) > 0)
+		c->bytes += (uint64_t)n;
+	if (n < 0)
+		bench_die("receiving: %s", ferry_error_msg());
+	bench_free(buf, CHAN_CHUNK);
+}
+
+struct chan_connect {
+	pthread_t thread;
+	const char *addr;
+	const struct ferry_net_opts *opts;
+	struct ferry_session *s;
+};
+
+static void *chan_connect_main(void *arg)
+{
+	struct chan_connect *c = arg;
+
+	if (ferry_net_connect(c->addr, 1, c->opts, &c->s))
+		bench_die("connecting: %s", ferry_error_msg());
+	return NULL;
+}
+
+/* GB/s over one bulk channel of a fresh session with these options. */
+static double chan_once(const struct ferry_net_opts *o)
+{
+	struct chan_connect cc = { .opts = o };
+	struct chan_stream tx = { 0 }, rx_side = { 0 };
+	struct ferry_listener *l;
+	struct ferry_session *rx;
+	uint64_t t0;
+
+	if (ferry_net_listener_open("127.0.0.1:0", o, &l))
+		bench_die("listening: %s", ferry_error_msg());
+	cc.addr = ferry_net_listener_addr(l);
+	start_thread(&cc.thread, chan_connect_main, &cc);
+	if (ferry_net_accept(l, 5000, &rx))
+		bench_die("accepting: %s", ferry_error_msg());
+	pthread_join(cc.thread, NULL);
+	tx.chan = cc.s->bulk[0];
+	rx_side.chan = rx->bulk[0];
+	t0 = bench_now_ns();
+	tx.deadline_ns = t0 + STREAM_NS;
+	start_thread(&tx.thread, chan_send, &tx);
+	chan_receive(&rx_side);
+	pthread_join(tx.thread, NULL);
+	ferry_net_session_close(cc.s);
+	ferry_net_session_close(rx);
+	ferry_net_listener_close(l);
+	return bench_gbps(rx_side.bytes, bench_now_ns() - t0);
+}
+
+/* A pre-shared key in a file of its own, as an operator keeps one. */
+static void psk_file(char *path, size_t len)
+{
+	int fd;
+
+	snprintf(path, len, "/tmp/ferry-bench-psk-XXXXXX");
+	fd = mkstemp(path);
+	if (fd < 0 || bench_write_fd(fd, "bench:000102030405060708090a0b0c0d0e"
+				     "0f101112131415161718191a1b1c1d1e1f\n"))
+		bench_die("writing a key file: %s", strerror(errno));
+	close(fd);
+}
+
+static void run_chan_streams(void)
+{
+	struct ferry_net_opts plain = { 0 }, tls = { 0 };
+	double gbps[2][STREAM_REPS], cost[STREAM_REPS];
+	char path[64];
+
+	psk_file(path, sizeof(path));
+	tls.tls_psk_file = path;
+	for (int rep = 0; rep < STREAM_REPS; rep++) {
+		gbps[0][rep] = chan_once(&plain);
+		gbps[1][rep] = chan_once(&tls);
+		cost[rep] = gbps[0][rep] / gbps[1][rep];
+	}
+	unlink(path);
+	bench_put_spread("chan_stream_plain", "gbps", gbps[0], STREAM_REPS);
+	bench_put_spread("chan_stream_tls", "gbps", gbps[1], STREAM_REPS);
+	bench_put_spread("chan_stream_plain_over_tls", "ratio", cost,
+			 STREAM_REPS);
+}
+
 /* ---- request / reply -------------------------------------------------- */
 
 /*
@@ -396,6 +515,7 @@ int main(int argc, char **argv)
 
 	bench_start(argc, argv, "net_limits", 90);
 	run_streams();
+	run_chan_streams();
 	run_rtt(TRANSPORT_TCP);
 	run_rtt(TRANSPORT_UNIX);
 	run_floor(TRANSPORT_TCP);

@@ -6,6 +6,7 @@
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -15,7 +16,9 @@
 
 #include "ferry/net.h"
 #include "ferry/wire.h"
+#include "migpair.h"
 #include "test.h"
+#include "tlskeys.h"
 
 #define PAGE		4096
 #define NR_PAGES	8192		/* 32 MiB of "guest memory" */
@@ -44,14 +47,15 @@ static void *connector_main(void *arg)
 }
 
 /* Connect from a thread while this one accepts. */
-static enum test_result pair_open(struct test_ctx *ctx,
-				  struct ferry_listener *l,
-				  unsigned int nr_bulk,
-				  struct ferry_session **client,
-				  struct ferry_session **server)
+static enum test_result pair_open_with(struct test_ctx *ctx,
+				       struct ferry_listener *l,
+				       unsigned int nr_bulk,
+				       const struct ferry_net_opts *o,
+				       struct ferry_session **client,
+				       struct ferry_session **server)
 {
 	struct connector c = { .addr = ferry_net_listener_addr(l),
-			       .nr_bulk = nr_bulk };
+			       .nr_bulk = nr_bulk, .opts = *o };
 
 	CHECK(ctx, !pthread_create(&c.thread, NULL, connector_main, &c),
 	      "thread");
@@ -62,11 +66,14 @@ static enum test_result pair_open(struct test_ctx *ctx,
 	return TEST_PASS;
 }
 
-#define PAIR_OPEN(l, nr_bulk, client, server)				\
+#define PAIR_OPEN_WITH(l, nr_bulk, o, client, server)			\
 	do {								\
-		if (pair_open(ctx, l, nr_bulk, client, server))		\
+		if (pair_open_with(ctx, l, nr_bulk, o, client, server))	\
 			return TEST_FAIL;				\
 	} while (0)
+#define PAIR_OPEN(l, nr_bulk, client, server)				\
+	PAIR_OPEN_WITH(l, nr_bulk, &(struct ferry_net_opts){ 0 }, client, \
+		       server)
 
 static uint64_t fill_word(size_t page, size_t i)
 {
@@ -306,8 +313,9 @@ static enum test_result check_sessions(struct test_ctx *ctx,
 }
 
 /* 3 bulk + 1 urgent: every page arrives, every request is answered. */
-static enum test_result session_carries(struct test_ctx *ctx,
-					const char *addr)
+static enum test_result session_carries_with(struct test_ctx *ctx,
+					     const char *addr,
+					     const struct ferry_net_opts *o)
 {
 	struct ferry_session *client, *server;
 	struct ferry_wire_stream s;
@@ -318,8 +326,8 @@ static enum test_result session_carries(struct test_ctx *ctx,
 
 	CHECK(ctx, src && dst && buf, "out of memory");
 	stream_make(&s);
-	CHECK_OK(ctx, ferry_net_listener_open(addr, NULL, &l));
-	PAIR_OPEN(l, 3, &client, &server);
+	CHECK_OK(ctx, ferry_net_listener_open(addr, o, &l));
+	PAIR_OPEN_WITH(l, 3, o, &client, &server);
 	if (check_sessions(ctx, client, server))
 		return TEST_FAIL;
 	for (unsigned int i = 0; i < 3; i++) {
@@ -350,6 +358,12 @@ static enum test_result session_carries(struct test_ctx *ctx,
 	free(dst);
 	free(buf);
 	return TEST_PASS;
+}
+
+static enum test_result session_carries(struct test_ctx *ctx,
+					const char *addr)
+{
+	return session_carries_with(ctx, addr, &(struct ferry_net_opts){ 0 });
 }
 
 static enum test_result session_tcp4(struct test_ctx *ctx)
@@ -584,7 +598,7 @@ static void *stranger_main(void *arg)
 /* A stranger is refused; the real session after it still gets in. */
 static enum test_result stranger_refused(struct test_ctx *ctx)
 {
-	struct ferry_net_opts o = { .connect_timeout_ms = 300 };
+	struct ferry_net_opts o = { .hello_timeout_ms = 300 };
 	struct stranger st = { .status = -1 };
 	struct ferry_session *s;
 	struct ferry_listener *l;
@@ -635,10 +649,13 @@ static enum test_result half_session(struct test_ctx *ctx)
 	return TEST_PASS;
 }
 
-/* A peer of another format version ends the wait, clearly, both ways. */
+/*
+ * A peer of another session version is refused with EPROTO and told so;
+ * the wait goes on, and the session expected after it gets in.
+ */
 static enum test_result version_mismatch(struct test_ctx *ctx)
 {
-	struct ferry_session *s;
+	struct ferry_session *client, *server, *s;
 	struct ferry_listener *l;
 	uint8_t hello[32];
 	int fd;
@@ -648,12 +665,15 @@ static enum test_result version_mismatch(struct test_ctx *ctx)
 	CHECK(ctx, fd >= 0, "connect");
 	hello_bytes(hello, 99, FERRY_CHAN_BULK, 0, 1, 42);
 	CHECK_EQ(ctx, send(fd, hello, 32, 0), 32);
-	CHECK_EQ(ctx, ferry_net_accept(l, 5000, &s), -EPROTO);
-	CHECK(ctx, strstr(ferry_error_msg(), "speaks format version 99; this "
-			  "ferry speaks version 1"), "reason: %s",
+	CHECK_EQ(ctx, ferry_net_accept(l, 500, &s), -ETIMEDOUT);
+	CHECK(ctx, strstr(ferry_error_msg(), "speaks version 99; this ferry "
+			  "speaks version 1"), "reason: %s",
 	      ferry_error_msg());
 	CHECK_EQ(ctx, ack_status(fd), EPROTO);
 	close(fd);
+	PAIR_OPEN(l, 2, &client, &server);
+	ferry_net_session_close(client);
+	ferry_net_session_close(server);
 	ferry_net_listener_close(l);
 	return TEST_PASS;
 }
@@ -707,7 +727,7 @@ static enum test_result listener_too_new(struct test_ctx *ctx)
 	snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
 	CHECK(ctx, !pthread_create(&thread, NULL, old_listener, &lfd), "thr");
 	CHECK_EQ(ctx, ferry_net_connect(addr, 1, &o, &s), -EPROTO);
-	CHECK(ctx, strstr(ferry_error_msg(), "speaks ferry format version 2; "
+	CHECK(ctx, strstr(ferry_error_msg(), "speaks ferry session version 2; "
 			  "this ferry speaks 1"), "reason: %s", ferry_error_msg());
 	pthread_join(thread, NULL);
 	close(lfd);
@@ -803,10 +823,174 @@ static enum test_result addresses(struct test_ctx *ctx)
 	CHECK(ctx, !strcmp(ferry_net_listener_addr(l), want), "%s",
 	      ferry_net_listener_addr(l));
 	ferry_net_listener_close(l);
-	CHECK_OK(ctx, ferry_net_listener_open(":0", NULL, &l));
+	CHECK_OK(ctx, ferry_net_listener_open(":0", &(struct ferry_net_opts){
+		.insecure = true }, &l));
 	CHECK(ctx, ferry_net_listener_port(l) > 0, "no port for :0");
 	ferry_net_listener_close(l);
 	return TEST_PASS;
+}
+
+/* ---- TLS ---------------------------------------------------------------- */
+
+static enum test_result session_tls_psk(struct test_ctx *ctx)
+{
+	struct ferry_net_opts o;
+	struct tlskeys k;
+	enum test_result res;
+
+	KEYS(ctx, &k);
+	o = tlskeys_psk(k.psk);
+	res = session_carries_with(ctx, "127.0.0.1:0", &o);
+	tlskeys_remove(&k);
+	return res;
+}
+
+static enum test_result session_tls_cert_unix(struct test_ctx *ctx)
+{
+	struct ferry_net_opts o;
+	struct tlskeys k;
+	enum test_result res;
+	char addr[64];
+
+	KEYS(ctx, &k);
+	o = tlskeys_cert(&k, k.a_cert, k.a_key);
+	snprintf(addr, sizeof(addr), "unix:@ferry-tls-%d", getpid());
+	res = session_carries_with(ctx, addr, &o);
+	tlskeys_remove(&k);
+	return res;
+}
+
+/*
+ * Two records sent at once, the first read: the second sits decrypted
+ * inside TLS, the socket has nothing more, and the channel's poll_fd
+ * must still say readable.  Then shutdown wakes a blocked reader.
+ */
+static enum test_result tls_poll_and_shutdown(struct test_ctx *ctx)
+{
+	struct ferry_session *client, *server;
+	struct ferry_listener *l;
+	struct ferry_net_opts o;
+	struct worker w = { .ret = 1 };
+	struct tlskeys k;
+	char msg[200] = "first", got[100];
+	struct iovec iov = { msg, sizeof(msg) };
+	struct pollfd pfd;
+
+	KEYS(ctx, &k);
+	o = tlskeys_psk(k.psk);
+	CHECK_OK(ctx, ferry_net_listener_open("127.0.0.1:0", &o, &l));
+	PAIR_OPEN_WITH(l, 1, &o, &client, &server);
+	tlskeys_remove(&k);
+	CHECK(ctx, server->tls && client->tls, "sessions not TLS");
+	CHECK_EQ(ctx, ferry_chan_sendv(client->urgent, &iov, 1), sizeof(msg));
+	CHECK_EQ(ctx, ferry_chan_recv(server->urgent, got, 100), 100);
+	pfd = (struct pollfd){ ferry_chan_poll_fd(server->urgent), POLLIN, 0 };
+	CHECK_EQ(ctx, poll(&pfd, 1, 2000), 1);
+	CHECK_EQ(ctx, ferry_chan_recv(server->urgent, got, 100), 100);
+	CHECK_EQ(ctx, poll(&pfd, 1, 0), 0);
+	w.chan = server->bulk[0];
+	CHECK_OK(ctx, start(&w, reader_main));
+	usleep(50000);
+	ferry_net_session_shutdown(server);
+	pthread_join(w.thread, NULL);
+	CHECK_EQ(ctx, w.ret, 0);
+	ferry_net_session_close(client);
+	ferry_net_session_close(server);
+	ferry_net_listener_close(l);
+	return TEST_PASS;
+}
+
+/* ---- sessions a VMM brings ---------------------------------------------- */
+
+/* A move on this host over unix socket pairs. */
+static enum test_result migrate_pair(struct test_ctx *ctx)
+{
+	struct migpair m = { .mode = FERRY_MODE_POSTCOPY };
+
+	CHECK_OK(ctx, ferry_net_session_pair(2, &m.src_session,
+					     &m.dst_session));
+	return migpair_run(ctx, &m);
+}
+
+struct fd_maker {
+	pthread_t thread;
+	int port, fds[3];
+	int ret;
+};
+
+static void *fd_connector(void *arg)
+{
+	struct fd_maker *f = arg;
+	struct sockaddr_in sin = { .sin_family = AF_INET,
+				   .sin_port = htons(f->port),
+				   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+
+	for (int i = 0; i < 3; i++) {
+		f->fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (f->fds[i] < 0 || connect(f->fds[i], (void *)&sin,
+					     sizeof(sin)))
+			f->ret = -1;
+	}
+	return NULL;
+}
+
+struct fd_client {
+	pthread_t thread;
+	const struct ferry_net_opts *opts;
+	const int *fds;
+	struct ferry_session **session;
+	int ret;
+	char why[512];
+};
+
+static void *fds_client_main(void *arg)
+{
+	struct fd_client *c = arg;
+
+	c->ret = ferry_net_session_from_fds(c->fds, 2, true, c->opts,
+					    c->session);
+	snprintf(c->why, sizeof(c->why), "%s", ferry_error_msg());
+	return NULL;
+}
+
+/*
+ * A VMM's own sockets: it listens and connects by itself (three TCP
+ * connections, paired in order), then hands the accepted descriptors to
+ * one side and the connected ones to the other, with TLS on top.
+ */
+static enum test_result migrate_fds(struct test_ctx *ctx)
+{
+	struct migpair m = { .mode = FERRY_MODE_PRECOPY };
+	struct fd_maker f = { 0 };
+	struct ferry_net_opts o;
+	struct tlskeys k;
+	int lfd = raw_listen(&f.port), accepted[3];
+	struct fd_client cl;
+
+	CHECK(ctx, lfd >= 0 && !listen(lfd, 8), "listen");
+	CHECK_EQ(ctx, pthread_create(&f.thread, NULL, fd_connector, &f), 0);
+	for (int i = 0; i < 3; i++)
+		accepted[i] = accept(lfd, NULL, NULL);
+	pthread_join(f.thread, NULL);
+	close(lfd);
+	CHECK(ctx, !f.ret && accepted[2] >= 0, "connections");
+	KEYS(ctx, &k);
+	o = tlskeys_psk(k.psk);
+	cl = (struct fd_client){ .opts = &o, .fds = f.fds,
+				 .session = &m.src_session };
+	CHECK_EQ(ctx, pthread_create(&cl.thread, NULL, fds_client_main, &cl),
+		 0);
+	CHECK_OK(ctx, ferry_net_session_from_fds(accepted, 2, false, &o,
+						 &m.dst_session));
+	pthread_join(cl.thread, NULL);
+	tlskeys_remove(&k);
+	CHECK(ctx, !cl.ret, "client side: %s", cl.why);
+	for (int i = 0; i < 3; i++) {
+		close(accepted[i]);	/* ferry works on its own copies */
+		close(f.fds[i]);
+	}
+	CHECK(ctx, m.dst_session->tls, "no TLS on the descriptors");
+	return migpair_run(ctx, &m);
 }
 
 static const struct test_case cases[] = {
@@ -824,6 +1008,14 @@ static const struct test_case cases[] = {
 	{ "net_nobody_listens", nobody_listens, 0, 0, 0, 0, 0 },
 	{ "net_no_answer", no_answer, 0, 0, 0, 0, 0 },
 	{ "net_addresses", addresses, 0, 0, 0, 0, 0 },
+	{ "net_session_tls_psk_tcp4", session_tls_psk, 0, 0, 0, 0, 0 },
+	{ "net_session_tls_cert_unix", session_tls_cert_unix, 0, 0, 0, 0, 0 },
+	{ "net_tls_poll_sees_buffered_and_shutdown_wakes",
+	  tls_poll_and_shutdown, 0, 0, 0, 0, 0 },
+	{ "net_migrate_over_socket_pair", migrate_pair, B_SHMEM | B_HUGETLB,
+	  0, NEED_UFFD_MINOR | NEED_UFFD_MISSING, 32, 60 },
+	{ "net_migrate_over_vmm_fds_tls", migrate_fds, B_SHMEM, 0,
+	  NEED_UFFD_WP | NEED_PAGEMAP_SCAN, 0, 60 },
 };
 
 TEST_SUITE(net, cases)

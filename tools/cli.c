@@ -4,6 +4,8 @@
  * built-in VM's start and stop, the hugetlb pool.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +13,7 @@
 
 #include "cli.h"
 #include "ferry/error.h"
+#include "ferry/net.h"
 
 static const char *command = "";
 
@@ -247,13 +250,115 @@ int cli_guest_check(const char *cmd, const struct cli_guest *g)
 					       sizeof(size)), want);
 }
 
+/* ---- what a signal must put back --------------------------------------- */
+
+/* Written by the main thread before the handler may need them. */
+static long hugetlb_max_grow = -1;
+static struct ferry_hugetlb_resv *volatile active_resv;
+static const char *volatile cleanup_path;
+
+void cli_hugetlb_limit(long max_grow)
+{
+	hugetlb_max_grow = max_grow;
+}
+
+void cli_cleanup_path(const char *path)
+{
+	cleanup_path = path;
+}
+
+/* Async-signal-safe: a number into a sysctl file. */
+static void put_sysctl(const char *path, long value)
+{
+	char text[24];
+	int i = sizeof(text), fd;
+
+	text[--i] = '\n';
+	do {
+		text[--i] = (char)('0' + value % 10);
+		value /= 10;
+	} while (value && i > 0);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		if (write(fd, text + i, sizeof(text) - (size_t)i) < 0)
+			i = 0;	/* nothing more to do in a handler */
+		close(fd);
+	}
+}
+
+#define POOL "/sys/kernel/mm/hugepages/hugepages-2048kB/"
+
+static void on_signal(int sig)
+{
+	struct ferry_hugetlb_resv *r = active_resv;
+	const char *path = cleanup_path;
+
+	if (r && r->overcommit_raised)
+		put_sysctl(POOL "nr_overcommit_hugepages",
+			   r->saved_overcommit);
+	if (r && r->saved_nr_hugepages >= 0)
+		put_sysctl(POOL "nr_hugepages", r->saved_nr_hugepages);
+	if (path)
+		unlink(path);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+void cli_cleanup_signals(void)
+{
+	struct sigaction sa = { .sa_handler = on_signal };
+
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+}
+
 int cli_hugetlb_reserve(enum ferry_backing backing, uint64_t bytes,
 			struct ferry_hugetlb_resv *resv)
 {
 	if (backing != FERRY_BACKING_HUGETLB)
 		return 0;
-	return ferry_hugetlb_reserve((bytes + FERRY_HUGE_PAGE_SIZE - 1) /
-				     FERRY_HUGE_PAGE_SIZE, resv);
+	cli_cleanup_signals();
+	active_resv = resv;
+	return ferry_hugetlb_surplus((bytes + FERRY_HUGE_PAGE_SIZE - 1) /
+				     FERRY_HUGE_PAGE_SIZE, hugetlb_max_grow,
+				     resv);
+}
+
+/* ---- security options --------------------------------------------------- */
+
+int cli_net_opt(const char *cmd, int opt, const char *arg,
+		struct ferry_net_opts *o)
+{
+	unsigned long v;
+	uint64_t bytes;
+	double secs;
+
+	switch (opt) {
+	case 'K': o->tls_psk_file = arg; return 0;
+	case 'C': o->tls_cert_file = arg; return 0;
+	case 'Y': o->tls_key_file = arg; return 0;
+	case 'Z': o->tls_ca_file = arg; return 0;
+	case 'I': o->insecure = true; return 0;
+	case 'G':
+		if (cli_parse_size(arg, &bytes) || !bytes)
+			return cli_bad(cmd, "--max-guest", arg, "want a size "
+				       "such as 64G");
+		o->max_guest_bytes = bytes;
+		return 0;
+	case 'H':
+		if (cli_parse_secs(cmd, "--hello-timeout", arg, &secs))
+			return 2;
+		o->hello_timeout_ms = secs * 1000 < 1 ? 1 : (int)(secs * 1000);
+		return 0;
+	case 'P':
+		if (cli_parse_num(cmd, "--hugetlb-max", arg, 0, 1UL << 30, &v))
+			return 2;
+		cli_hugetlb_limit((long)v);
+		return 0;
+	default:
+		return 2;
+	}
 }
 
 int cli_start_guest(const char *cmd, const struct cli_guest *g,
@@ -273,6 +378,8 @@ int cli_start_guest(const char *cmd, const struct cli_guest *g,
 	if (!ret)
 		ret = ferry_guest_vm_create(&cfg, g->backing, g->mem_size, gv);
 	if (!ret)
+		ret = ferry_hugetlb_settle(resv);
+	if (!ret)
 		ret = ferry_guest_start((*gv)->guest);
 	if (ret) {
 		cli_error("building the VM (ferry run --help lists the "
@@ -287,6 +394,8 @@ void cli_stop_guest(struct ferry_guest_vm *gv,
 {
 	ferry_guest_vm_destroy(gv);
 	ferry_hugetlb_restore(resv);
+	if (active_resv == resv)
+		active_resv = NULL;
 }
 
 void cli_sleep(double secs)
@@ -322,7 +431,12 @@ static int dest_create(void *arg, const struct ferry_wire_stream *s,
 						     cd->dd.backing;
 	int ret = cli_hugetlb_reserve(b, cli_stream_bytes(s), &cd->resv);
 
-	return ret ? ret : ferry_guest_vm_dest_ops()->create(&cd->dd, s, vm);
+	if (!ret)
+		ret = ferry_guest_vm_dest_ops()->create(&cd->dd, s, vm);
+	/* Mapped: the pages are lent to this memory, the sysctl goes back. */
+	if (!ret)
+		ret = ferry_hugetlb_settle(&cd->resv);
+	return ret;
 }
 
 static void dest_discard(void *arg, struct ferry_vm *vm)

@@ -145,10 +145,64 @@ int cli_guest_check(const char *cmd, const struct cli_guest *g);
 
 /*
  * Room in the hugetlb pool for `bytes` of guest memory when `backing` is
- * hugetlb (ferry_hugetlb_restore() puts the pool back); 0 or -errno.
+ * hugetlb: surplus pages the kernel lends and takes back with the memory
+ * (ferry_hugetlb_surplus), within --hugetlb-max; call
+ * ferry_hugetlb_settle() once the memory is mapped, and
+ * ferry_hugetlb_restore() at the end.  Until then SIGTERM and SIGINT put
+ * the sysctl back before the command dies.  0 or -errno.
  */
 int cli_hugetlb_reserve(enum ferry_backing backing, uint64_t bytes,
 			struct ferry_hugetlb_resv *resv);
+
+/* --hugetlb-max PAGES: how far the pool may grow (default: no limit). */
+void cli_hugetlb_limit(long max_grow);
+
+/*
+ * SIGTERM and SIGINT: put back what the command changed (the hugetlb
+ * sysctls of the reservation being made, a unix socket path, a file
+ * half-written: cli_cleanup_path), then die of the signal.
+ */
+void cli_cleanup_signals(void);
+
+/* A path to remove if a signal ends the command (NULL: none). */
+void cli_cleanup_path(const char *path);
+
+/* The security options (--tls-psk, --tls-cert, --tls-key, --tls-ca,
+ * --insecure, --max-guest, --hello-timeout) into net options. */
+struct ferry_net_opts;
+int cli_net_opt(const char *cmd, int opt, const char *arg,
+		struct ferry_net_opts *o);
+
+#define CLI_NET_LONGOPTS \
+	{ "tls-psk", required_argument, NULL, 'K' }, \
+	{ "tls-cert", required_argument, NULL, 'C' }, \
+	{ "tls-key", required_argument, NULL, 'Y' }, \
+	{ "tls-ca", required_argument, NULL, 'Z' }, \
+	{ "insecure", no_argument, NULL, 'I' }, \
+	{ "max-guest", required_argument, NULL, 'G' }, \
+	{ "hello-timeout", required_argument, NULL, 'H' }, \
+	{ "hugetlb-max", required_argument, NULL, 'P' }
+#define CLI_NET_LETTERS	"KCYZIGHP"
+
+/* Their lines in --help, for the connecting and the listening side. */
+#define CLI_NET_TLS_HELP \
+	"  --tls-psk FILE      TLS 1.3 with the pre-shared key in FILE (one line\n" \
+	"                      IDENTITY:HEXKEY, mode 600; the peer holds the same)\n" \
+	"  --tls-cert FILE     TLS 1.3 with this side's certificate (PEM), its\n" \
+	"  --tls-key FILE      key, and the CA that must have signed the peer's\n" \
+	"  --tls-ca FILE       (expired or untrusted certificates are refused)\n"
+#define CLI_NET_HELP_SEND CLI_NET_TLS_HELP \
+	"  --insecure         plain TCP to an address that is not loopback\n" \
+	"  --hugetlb-max N    grow the hugetlb pool by N pages at most (lent\n" \
+	"                     as surplus pages; default: as far as it goes)\n"
+#define CLI_NET_HELP_RECV CLI_NET_TLS_HELP \
+	"  --insecure          plain TCP on an address that is not loopback\n" \
+	"                      (without it, refused: anyone could push a VM)\n" \
+	"  --max-guest SIZE    refuse a stream claiming more guest memory\n" \
+	"                      (default: MemTotal; hugetlb: what the pool can give)\n" \
+	"  --hello-timeout S   a connection's time for TLS and hello (default 2)\n" \
+	"  --hugetlb-max N     grow the hugetlb pool by N pages at most (lent\n" \
+	"                      as surplus pages; default: as far as it goes)\n"
 
 /*
  * The built-in VM `g` describes, started, the hugetlb pool grown first

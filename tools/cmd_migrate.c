@@ -36,6 +36,7 @@ struct mig_opts {
 	bool verify;
 	/* both: the VM (the destination takes only its backing) */
 	struct cli_guest guest;
+	struct ferry_net_opts net;	/* TLS, insecure, limits */
 	const char *json;
 	bool quiet;
 };
@@ -229,7 +230,9 @@ static void usage_send(FILE *out)
 		"                  [--workload SPEC] [--backing B] [--warmup S]\n"
 		"                  [--mode precopy|postcopy|hybrid] [--at-once]\n"
 		"                  [--max-downtime MS] [--channels N] [--seed N]\n"
-		"                  [--json FILE] [--quiet]\n\n"
+		"                  [--json FILE] [--quiet] [--tls-psk FILE |\n"
+		"                  --tls-cert FILE --tls-key FILE --tls-ca FILE]"
+		"\n                  [--insecure] [--hugetlb-max PAGES]\n\n"
 		"Runs the built-in workload VM, then live-migrates it to a "
 		"'ferry recv'.\n\n"
 		"  --to ADDR:PORT     the destination (HOST:PORT or "
@@ -256,14 +259,19 @@ static void usage_send(FILE *out)
 		"  --seed N           workload seed (default 1)\n"
 		"  --json FILE        the source's figures as JSON ('-': "
 		"stdout)\n"
-		"  --quiet            no progress line\n");
+		"  --quiet            no progress line\n"
+		"%s", CLI_NET_HELP_SEND);
 }
 
 static void usage_recv(FILE *out)
 {
 	fprintf(out,
 		"usage: ferry recv --listen ADDR:PORT [--backing B] [--run S]\n"
-		"                  [--verify] [--timeout S] [--json FILE]\n\n"
+		"                  [--verify] [--timeout S] [--json FILE]\n"
+		"                  [--tls-psk FILE | --tls-cert FILE --tls-key "
+		"FILE\n                  --tls-ca FILE] [--insecure] "
+		"[--max-guest SIZE]\n                  [--hello-timeout S] "
+		"[--hugetlb-max PAGES]\n\n"
 		"Waits for one migration, builds the VM its stream describes, "
 		"runs it on,\nand (--verify) checks that no write was lost, "
 		"torn or duplicated.\n\n"
@@ -280,8 +288,9 @@ static void usage_recv(FILE *out)
 		"  --timeout S         give up waiting for a source after S "
 		"(default 60)\n"
 		"  --json FILE         the destination's figures as JSON\n"
+		"%s"
 		"Exit status: 0 done (and verified), 1 verification failed, "
-		"2 error.\n");
+		"2 error.\n", CLI_NET_HELP_RECV);
 }
 
 static void usage_demo(FILE *out)
@@ -324,6 +333,9 @@ static int parse_one(const char *cmd, int opt, const char *arg, void *opts)
 			   "hybrid") : 0;
 	case 'm': case 'n': case 'w': case 'b': case 'S':
 		return cli_guest_opt(cmd, opt, arg, &o->guest);
+	case 'K': case 'C': case 'Y': case 'Z': case 'I': case 'G': case 'H':
+	case 'P':
+		return cli_net_opt(cmd, opt, arg, &o->net);
 	default:
 		return 2;
 	}
@@ -344,6 +356,7 @@ static const struct option longopts[] = {
 	{ "verify", no_argument, NULL, 'V' },
 	{ "json", required_argument, NULL, 'j' },
 	{ "quiet", no_argument, NULL, 'q' },
+	CLI_NET_LONGOPTS,
 	CLI_LONGOPTS_END,
 };
 
@@ -368,12 +381,13 @@ static int parse_args(const struct cli_cmd *cmd, int argc, char **argv,
 }
 
 static const struct cli_cmd send_cmd = {
-	.name = "send", .allowed = "tmnwbWMADcSjq", .longopts = longopts,
+	.name = "send", .allowed = "tmnwbWMADcSjqKCYZIP", .longopts = longopts,
 	.usage = usage_send, .one = parse_one,
 };
 
 static const struct cli_cmd recv_cmd = {
-	.name = "recv", .allowed = "lbrVTj", .longopts = longopts,
+	.name = "recv", .allowed = "lbrVTj" CLI_NET_LETTERS,
+	.longopts = longopts,
 	.usage = usage_recv, .one = parse_one,
 };
 
@@ -414,6 +428,9 @@ static void receive_one(const struct mig_opts *o, struct ferry_listener *l,
 	cli_dest_init(&rc, &o->guest);
 	ferry_migrate_opts_init(&mo);
 	res->ret = ferry_net_accept(l, (int)(o->timeout_s * 1000), &s);
+	/* Other senders now hear "busy", promptly, and change nothing. */
+	if (!res->ret)
+		res->ret = ferry_net_listener_busy(l);
 	if (!res->ret)
 		res->ret = ferry_migrate_recv(s, cli_dest_ops(), &rc, &mo, &vm,
 					      &res->stats);
@@ -444,7 +461,10 @@ int cmd_recv(int argc, char **argv)
 		return ret == 1 ? 0 : ret;
 	if (!o.listen)
 		return cli_bad("recv", "--listen", "", "is required");
-	ret = ferry_net_listener_open(o.listen, NULL, &l);
+	cli_cleanup_signals();
+	if (!strncmp(o.listen, "unix:/", 6))
+		cli_cleanup_path(o.listen + 5);
+	ret = ferry_net_listener_open(o.listen, &o.net, &l);
 	if (ret) {
 		cli_error("listening", ret);
 		return 2;
@@ -480,7 +500,7 @@ static int send_one(const struct mig_opts *o, const char *to,
 	 * The destination first: an address nobody answers at fails here,
 	 * in a moment, before a VM of --mem is built and warmed up.
 	 */
-	ret = ferry_net_connect(to, (unsigned int)o->channels, NULL, &s);
+	ret = ferry_net_connect(to, (unsigned int)o->channels, &o->net, &s);
 	if (ret) {
 		cli_error(to, ret);
 		return 2;
@@ -517,6 +537,7 @@ int cmd_send(int argc, char **argv)
 		return ret == 1 ? 0 : ret;
 	if (!o.to)
 		return cli_bad("send", "--to", "", "is required");
+	cli_cleanup_signals();
 	ret = send_one(&o, o.to, &stats);
 	if (ret)
 		return ret;

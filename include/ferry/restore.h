@@ -41,6 +41,13 @@ struct ferry_restore_opts {
 	 * that every first touch is seen.  Lazy mode only.
 	 */
 	bool record_ws;
+	/*
+	 * The guest memory a snapshot may make the restore set up; its
+	 * header is checked against it before anything is allocated.  0:
+	 * what this machine can give (MemTotal, and for hugetlb what the
+	 * pool has free plus what it may grow by).
+	 */
+	uint64_t max_guest_bytes;
 };
 
 struct ferry_restore_stats {

@@ -12,6 +12,7 @@
 #include "base/error.h"
 #include "base/sys.h"
 #include "migrate/dest_int.h"
+#include "migrate/dest_limits.h"
 #include "pages/postcopy.h"
 
 static int misplaced(struct receiver *rv, const struct ferry_wire_rec *rec)
@@ -300,6 +301,10 @@ int dest_read_header(struct dest *d)
 	if (!ret && d->stream.kind != FERRY_WIRE_MIGRATION)
 		ret = ferry_fail(-EBADMSG, "this stream is a snapshot, not a "
 				 "migration");
+	if (!ret)	/* before anything is sized from the header */
+		ret = dest_limits_check(&d->stream,
+					d->session->max_guest_bytes,
+					"the source");
 	if (ret)
 		return ret;
 	d->desc = malloc(d->stream.desc_len ? d->stream.desc_len : 1);

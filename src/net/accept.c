@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: MIT
 /*
- * net accept: read the hello on each accepted connection and group the
- * channels into sessions.
+ * net accept: run the TLS handshake and read the hello on each accepted
+ * connection, and group the channels into sessions.
  *
  * Accepted connections stay non-blocking until their session is whole,
- * so one poll() serves the listening socket and every hello in flight: a
- * stray or silent client costs its own slot and its own deadline, never
- * the wait for the session expected.
+ * so one poll() serves the listening socket and every handshake and
+ * hello in flight.  Hostile connections cost little and end nothing: each
+ * has a short deadline for its handshake and hello (hello_timeout_ms),
+ * the set of them is bounded and a new one pushes out the oldest, and a
+ * bad hello (garbage, another version, a failed handshake) ends that
+ * connection only.  Only a peer that authenticated is told why.
  */
 #include <poll.h>
 #include <stdarg.h>
@@ -18,6 +21,9 @@
 
 #include "base/error.h"
 #include "net/listen.h"
+
+/* A TLS record of type handshake starts every TLS connection. */
+#define TLS_HANDSHAKE_BYTE	0x16
 
 static void peer_name(int fd, const struct ferry_listener *l, char *buf,
 		      size_t len)
@@ -33,11 +39,26 @@ static void peer_name(int fd, const struct ferry_listener *l, char *buf,
 	snprintf(buf, len, "%s", a.text);
 }
 
-static void pending_drop(struct ferry_listener *l, unsigned int i,
-			 bool close_fd)
+/*
+ * What the peer sent and we did not read would make close() reset the
+ * connection, and the reset can overtake the answer just sent: read it
+ * first (a little, without waiting).
+ */
+static void drain_close(struct net_conn *c)
 {
-	if (close_fd)
-		close(l->pending[i].fd);
+	char junk[4096];
+
+	if (c->fd >= 0)
+		while (recv(c->fd, junk, sizeof(junk), MSG_DONTWAIT) > 0)
+			;
+	net_conn_close(c);
+}
+
+static void pending_drop(struct ferry_listener *l, unsigned int i,
+			 bool close_conn)
+{
+	if (close_conn)
+		drain_close(&l->pending[i].conn);
 	l->pending[i] = l->pending[--l->nr_pending];
 }
 
@@ -57,114 +78,51 @@ static void refuse(struct ferry_listener *l, unsigned int i,
 	pending_drop(l, i, true);
 }
 
+/* The oldest waiting connection makes room for a new one. */
+static void pending_evict(struct ferry_listener *l)
+{
+	unsigned int oldest = 0;
+
+	for (unsigned int i = 1; i < l->nr_pending; i++)
+		if (l->pending[i].seq < l->pending[oldest].seq)
+			oldest = i;
+	refuse(l, oldest, "pushed out: %u connections waited for their "
+	       "hello", NET_MAX_PENDING);
+}
+
+static void pending_add(struct ferry_listener *l, int fd)
+{
+	struct net_pending *p;
+	int64_t now = net_now_ms();
+
+	if (l->nr_pending == NET_MAX_PENDING)
+		pending_evict(l);
+	p = &l->pending[l->nr_pending];
+	*p = (struct net_pending){
+		.conn = net_conn_plain(fd),
+		.state = NET_PENDING_HELLO,
+		.seq = l->nr_accepted++,
+		.deadline = now + l->opts.hello_timeout_ms,
+	};
+	peer_name(fd, l, p->peer, sizeof(p->peer));
+	l->nr_pending++;
+}
+
 static void accept_new(struct ferry_listener *l)
 {
 	int fd;
 
 	while ((fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK |
-			     SOCK_CLOEXEC)) >= 0) {
-		struct net_pending *p = &l->pending[l->nr_pending];
-
-		if (l->nr_pending == NET_MAX_PENDING) {
-			close(fd);	/* a flood; real peers retry */
-			continue;
-		}
-		*p = (struct net_pending){
-			.fd = fd,
-			.deadline = net_now_ms() + l->opts.connect_timeout_ms,
-		};
-		peer_name(fd, l, p->peer, sizeof(p->peer));
-		l->nr_pending++;
-	}
+			     SOCK_CLOEXEC)) >= 0)
+		pending_add(l, fd);
 }
 
 /* Best effort: the peer may already be gone, and then nobody is told. */
-static void send_ack(int fd, uint64_t id, int status)
+static void send_ack(struct net_conn *c, uint64_t id, int status)
 {
 	struct net_ack a = net_ack_make(id, status);
 
-	if (send(fd, &a, sizeof(a), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
-		return;
-}
-
-static struct net_group *group_find(struct ferry_listener *l,
-				    const struct net_hello *h)
-{
-	struct net_group *g;
-
-	for (unsigned int i = 0; i < l->nr_groups; i++)
-		if (l->groups[i].id == h->session_id)
-			return &l->groups[i];
-	if (l->nr_groups == NET_MAX_GROUPS)
-		return NULL;
-	g = &l->groups[l->nr_groups++];
-	*g = (struct net_group){
-		.id = h->session_id,
-		.nr_bulk = h->nr_bulk,
-		.deadline = net_now_ms() + l->opts.connect_timeout_ms,
-	};
-	memset(g->fds, -1, sizeof(g->fds));
-	return g;
-}
-
-/* Connection i's slot in group g, or -1 after refusing it. */
-static int group_slot(struct ferry_listener *l, unsigned int i,
-		      const struct net_group *g)
-{
-	const struct net_hello *h = &l->pending[i].hello;
-	int fd = l->pending[i].fd;
-	unsigned int slot;
-
-	if (!g || g->nr_bulk != h->nr_bulk) {
-		send_ack(fd, h->session_id, g ? EBADMSG : EBUSY);
-		refuse(l, i, "%s", g ? "disagrees on the bulk channel count" :
-		       "would start one session too many");
-		return -1;
-	}
-	slot = h->role == FERRY_CHAN_URGENT ? g->nr_bulk : h->index;
-	if (g->fds[slot] < 0)
-		return (int)slot;
-	send_ack(fd, h->session_id, EEXIST);
-	refuse(l, i, "opened channel %u of its session twice", slot);
-	return -1;
-}
-
-/* Put a good hello's channel in its session's group. */
-static void group_add(struct ferry_listener *l, unsigned int i)
-{
-	struct net_pending *p = &l->pending[i];
-	const struct net_hello *h = &p->hello;
-	struct net_group *g = group_find(l, h);
-	int slot = group_slot(l, i, g);
-
-	if (slot < 0)
-		return;
-	send_ack(p->fd, h->session_id, 0);
-	g->fds[slot] = p->fd;
-	g->have++;
-	snprintf(g->peer, sizeof(g->peer), "%s", p->peer);
-	pending_drop(l, i, false);
-}
-
-static int hello_done(struct ferry_listener *l, unsigned int i)
-{
-	struct net_pending *p = &l->pending[i];
-	const char *why = net_hello_bad(&p->hello);
-	unsigned int version = p->hello.version;
-
-	if (why) {
-		send_ack(p->fd, p->hello.session_id, EBADMSG);
-		refuse(l, i, "%s", why);
-		return 0;
-	}
-	if (version == FERRY_NET_VERSION) {
-		group_add(l, i);
-		return 0;
-	}
-	send_ack(p->fd, p->hello.session_id, EPROTO);
-	refuse(l, i, "speaks format version %u", version);
-	return ferry_fail(-EPROTO, "%s; this ferry speaks version %u",
-			  l->refused, FERRY_NET_VERSION);
+	net_conn_xfer(c, &a, sizeof(a), true, net_now_ms() + 100);
 }
 
 static void group_drop(struct ferry_listener *l, unsigned int i)
@@ -179,21 +137,171 @@ static void group_drop(struct ferry_listener *l, unsigned int i)
 	*g = l->groups[--l->nr_groups];
 }
 
-/* Read what has come of connection i's hello. */
-static int pending_read(struct ferry_listener *l, unsigned int i)
+/* A session that never completes makes room for a new one. */
+static void group_evict(struct ferry_listener *l)
+{
+	unsigned int oldest = 0;
+
+	for (unsigned int i = 1; i < l->nr_groups; i++)
+		if (l->groups[i].deadline < l->groups[oldest].deadline)
+			oldest = i;
+	group_drop(l, oldest);
+}
+
+/* The group a hello joins: its session's, or a new one. */
+static struct net_group *group_find(struct ferry_listener *l,
+				    const struct net_hello *h)
+{
+	struct net_group *g;
+
+	for (unsigned int i = 0; i < l->nr_groups; i++)
+		if (l->groups[i].id == h->session_id)
+			return &l->groups[i];
+	if (l->nr_groups == NET_MAX_GROUPS)
+		group_evict(l);
+	g = &l->groups[l->nr_groups++];
+	*g = (struct net_group){
+		.id = h->session_id,
+		.nr_bulk = h->nr_bulk,
+		.deadline = net_now_ms() + l->opts.connect_timeout_ms,
+	};
+	net_conns_init(g->conns, NET_MAX_CHANS);
+	return g;
+}
+
+/* Connection i's slot in group g, or -1 after refusing it. */
+static int group_slot(struct ferry_listener *l, unsigned int i,
+		      const struct net_group *g)
 {
 	struct net_pending *p = &l->pending[i];
-	ssize_t n = recv(p->fd, (char *)&p->hello + p->got,
-			 sizeof(p->hello) - p->got, 0);
+	const struct net_hello *h = &p->hello;
+	unsigned int slot;
 
-	if (n < 0 && (errno == EAGAIN || errno == EINTR))
-		return 0;
-	if (n <= 0) {
-		refuse(l, i, "closed before finishing its hello");
-		return 0;
+	if (g->nr_bulk != h->nr_bulk) {
+		send_ack(&p->conn, h->session_id, EBADMSG);
+		refuse(l, i, "disagrees on the bulk channel count");
+		return -1;
 	}
-	p->got += (size_t)n;
-	return p->got == sizeof(p->hello) ? hello_done(l, i) : 0;
+	slot = h->role == FERRY_CHAN_URGENT ? g->nr_bulk : h->index;
+	if (g->conns[slot].fd < 0)
+		return (int)slot;
+	send_ack(&p->conn, h->session_id, EEXIST);
+	refuse(l, i, "opened channel %u of its session twice", slot);
+	return -1;
+}
+
+/* Put a good hello's channel in its session's group. */
+static void group_add(struct ferry_listener *l, unsigned int i)
+{
+	struct net_pending *p = &l->pending[i];
+	const struct net_hello *h = &p->hello;
+	struct net_group *g;
+	int slot;
+
+	if (l->busy) {
+		send_ack(&p->conn, h->session_id, EBUSY);
+		refuse(l, i, "came while this listener is busy");
+		return;
+	}
+	g = group_find(l, h);
+	slot = group_slot(l, i, g);
+	if (slot < 0)
+		return;
+	send_ack(&p->conn, h->session_id, 0);
+	g->conns[slot] = p->conn;
+	g->have++;
+	snprintf(g->peer, sizeof(g->peer), "%s", p->peer);
+	pending_drop(l, i, false);
+}
+
+/*
+ * A whole hello.  A plain one to a TLS listener is told so (it learns
+ * nothing but that TLS is wanted); garbage is told only by a plain
+ * listener, as before TLS; another version is refused, and the wait for
+ * the session expected goes on.
+ */
+static void hello_done(struct ferry_listener *l, unsigned int i)
+{
+	struct net_pending *p = &l->pending[i];
+	const char *why = net_hello_bad(&p->hello);
+	unsigned int version = p->hello.version;
+
+	if (!why && l->tls && !p->conn.link) {
+		send_ack(&p->conn, p->hello.session_id, EACCES);
+		refuse(l, i, "sent a plain hello; this listener wants TLS");
+	} else if (why) {
+		if (!l->tls)
+			send_ack(&p->conn, p->hello.session_id, EBADMSG);
+		refuse(l, i, "%s", why);
+	} else if (version != FERRY_NET_VERSION) {
+		send_ack(&p->conn, p->hello.session_id, EPROTO);
+		refuse(l, i, "speaks version %u; this ferry speaks version %u",
+		       version, FERRY_NET_VERSION);
+	} else {
+		group_add(l, i);
+	}
+}
+
+/* Read what has come of connection i's hello. */
+static void hello_read(struct ferry_listener *l, unsigned int i)
+{
+	struct net_pending *p = &l->pending[i];
+	ssize_t n;
+
+	do {
+		n = net_conn_read(&p->conn, (char *)&p->hello + p->got,
+				  sizeof(p->hello) - p->got);
+		if (n > 0)
+			p->got += (size_t)n;
+	} while (n > 0 && p->got < sizeof(p->hello));
+	if (p->got == sizeof(p->hello))
+		hello_done(l, i);
+	else if (n == 0 || (n < 0 && n != -EAGAIN && n != -EINTR))
+		refuse(l, i, "closed before finishing its hello");
+}
+
+/*
+ * A TLS listener: a connection that starts a TLS handshake gets one; one
+ * that starts with anything else is read as a plain hello (and told TLS
+ * is wanted, if it is one).
+ */
+static bool tls_begins(struct ferry_listener *l, unsigned int i)
+{
+	struct net_pending *p = &l->pending[i];
+	uint8_t first;
+
+	if (!l->tls || p->conn.link || p->got ||
+	    recv(p->conn.fd, &first, 1, MSG_PEEK | MSG_DONTWAIT) != 1 ||
+	    first != TLS_HANDSHAKE_BYTE)
+		return false;
+	if (net_conn_tls(&p->conn, l->tls, true)) {
+		refuse(l, i, "could not start TLS: %s", ferry_error_msg());
+		return true;
+	}
+	p->state = NET_PENDING_HANDSHAKE;
+	return false;
+}
+
+/* Move connection i on as far as what has come allows. */
+static void pending_step(struct ferry_listener *l, unsigned int i)
+{
+	struct net_pending *p = &l->pending[i];
+	int ret;
+
+	if (tls_begins(l, i))
+		return;
+	if (p->state == NET_PENDING_HANDSHAKE) {
+		ret = net_conn_handshake(&p->conn, p->peer);
+		if (ret == -EAGAIN)
+			return;
+		if (ret) {
+			refuse(l, i, "failed the TLS handshake: %s",
+			       ferry_error_msg());
+			return;
+		}
+		p->state = NET_PENDING_HELLO;	/* it may be here already */
+	}
+	hello_read(l, i);
 }
 
 /*
@@ -206,8 +314,10 @@ static void pending_expire(struct ferry_listener *l)
 
 	for (unsigned int i = l->nr_pending; i-- > 0;)
 		if (now >= l->pending[i].deadline)
-			refuse(l, i, "sent no hello within %d ms",
-			       l->opts.connect_timeout_ms);
+			refuse(l, i, "%s within %d ms",
+			       l->pending[i].state == NET_PENDING_HANDSHAKE ?
+			       "finished no TLS handshake" : "sent no hello",
+			       l->opts.hello_timeout_ms);
 	for (unsigned int i = l->nr_groups; i-- > 0;)
 		if (now >= l->groups[i].deadline)
 			group_drop(l, i);
@@ -227,25 +337,28 @@ static int poll_wait(const struct ferry_listener *l, int64_t deadline)
 	return net_ms_left(soonest);
 }
 
-/* One round: wait, take new connections, read hellos, drop the slow. */
-static int accept_round(struct ferry_listener *l, int64_t deadline)
+/* pfd[0]: the listening socket; pfd[1]: stop_fd; then the pending. */
+int net_accept_round(struct ferry_listener *l, int64_t deadline, int stop_fd)
 {
-	struct pollfd pfd[1 + NET_MAX_PENDING] = { { l->fd, POLLIN, 0 } };
+	struct pollfd pfd[2 + NET_MAX_PENDING] = {
+		{ l->fd, POLLIN, 0 }, { stop_fd, POLLIN, 0 } };
 	unsigned int nr = l->nr_pending;
-	int ret = 0;
 
 	for (unsigned int i = 0; i < nr; i++)
-		pfd[1 + i] = (struct pollfd){ l->pending[i].fd, POLLIN, 0 };
-	if (poll(pfd, 1 + nr, poll_wait(l, deadline)) < 0 && errno != EINTR)
+		pfd[2 + i] = (struct pollfd){ l->pending[i].conn.fd,
+			net_conn_events(&l->pending[i].conn), 0 };
+	if (poll(pfd, 2 + nr, poll_wait(l, deadline)) < 0 && errno != EINTR)
 		return ferry_fail(-errno, "poll: %s", strerror(errno));
+	if (pfd[1].revents)
+		return -ECANCELED;
 	/* Backwards: dropping entry i moves the last one into its place. */
-	for (unsigned int i = nr; i-- > 0 && !ret;)
-		if (pfd[1 + i].revents)
-			ret = pending_read(l, i);
-	if (!ret && pfd[0].revents)
+	for (unsigned int i = nr; i-- > 0;)
+		if (pfd[2 + i].revents)
+			pending_step(l, i);
+	if (pfd[0].revents)
 		accept_new(l);
 	pending_expire(l);
-	return ret;
+	return 0;
 }
 
 static struct net_group *group_complete(struct ferry_listener *l)
@@ -264,7 +377,7 @@ static int session_from_group(struct ferry_listener *l, struct net_group *g,
 
 	if (!ret) {
 		s->id = g->id;
-		ret = net_session_fill(s, g->fds, &l->opts, "from");
+		ret = net_session_fill(s, g->conns, &l->opts, "from");
 	}
 	net_group_close(g);
 	*g = l->groups[--l->nr_groups];
@@ -292,6 +405,7 @@ int ferry_net_accept(struct ferry_listener *l, int timeout_ms,
 	struct net_group *g;
 	int ret;
 
+	net_listener_busy_stop(l);
 	l->nr_refused = 0;
 	for (;;) {
 		g = group_complete(l);
@@ -299,9 +413,8 @@ int ferry_net_accept(struct ferry_listener *l, int timeout_ms,
 			return session_from_group(l, g, out);
 		if (deadline >= 0 && !net_ms_left(deadline))
 			return accept_timeout(l, timeout_ms);
-		ret = accept_round(l, deadline);
+		ret = net_accept_round(l, deadline, -1);
 		if (ret)
 			return ret;
 	}
 }
-

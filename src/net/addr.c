@@ -163,7 +163,6 @@ int net_addr_resolve(const char *spec, bool passive, struct net_addr *out)
 	return n;
 }
 
-
 int net_addr_port(const struct net_addr *a)
 {
 	const struct sockaddr_in *in4 = (const void *)&a->ss;
@@ -174,4 +173,21 @@ int net_addr_port(const struct net_addr *a)
 	if (a->ss.ss_family == AF_INET6)
 		return ntohs(in6->sin6_port);
 	return 0;
+}
+
+bool net_addr_is_local(const struct net_addr *a)
+{
+	const struct sockaddr_in *in4 = (const void *)&a->ss;
+	const struct sockaddr_in6 *in6 = (const void *)&a->ss;
+	const uint8_t *b = in6->sin6_addr.s6_addr;
+
+	if (a->ss.ss_family == AF_UNIX)
+		return true;
+	if (a->ss.ss_family == AF_INET)
+		return (ntohl(in4->sin_addr.s_addr) >> 24) == 127;
+	if (a->ss.ss_family != AF_INET6)
+		return false;
+	if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+		return true;
+	return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && b[12] == 127;
 }

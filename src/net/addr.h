@@ -30,6 +30,12 @@ int net_addr_resolve(const char *spec, bool passive, struct net_addr *out);
 /* a->text from a->ss, for a TCP address ("[::1]:4000"). */
 void net_addr_format(struct net_addr *a);
 
+/*
+ * Whether a stays on this machine: a unix socket, or a loopback address
+ * (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104).  A wildcard is not.
+ */
+bool net_addr_is_local(const struct net_addr *a);
+
 /* The TCP port of a, or 0 for a unix socket. */
 int net_addr_port(const struct net_addr *a);
 

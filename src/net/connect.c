@@ -5,6 +5,7 @@
  *
  *   connecting side                         listening side
  *   connect() every channel  ──────────▶    accept(), non-blocking
+ *   [TLS 1.3 handshake, both ways authenticated, when keys are given]
  *   HELLO (session id, role, index) ───▶    read HELLO, group by session id
  *   read ACK ◀─────────────────────────     ACK: 0, or why it was refused
  *   every channel ACKed: session ready      every channel in: session ready
@@ -24,6 +25,7 @@
 #include "net/hello.h"
 #include "net/session.h"
 #include "net/sock.h"
+#include "net/tls.h"
 
 static int connect_wait(int fd, int64_t deadline)
 {
@@ -100,16 +102,23 @@ static int connect_first(struct net_addr *cand, int nr, int64_t deadline,
 	return fd;
 }
 
-static int read_ack(int fd, const char *peer, int64_t deadline,
+static int read_ack(struct net_conn *c, const char *peer, int64_t deadline,
 		    int timeout_ms)
 {
 	struct net_ack a;
-	int ret = net_xfer(fd, &a, sizeof(a), false, deadline);
+	int ret = net_conn_xfer(c, &a, sizeof(a), false, deadline);
 
 	if (ret == -ETIMEDOUT)
 		return ferry_fail(ret, "%s did not answer the hello within %d "
 				  "ms: not a ferry listener?", peer,
 				  timeout_ms);
+	if (ret == -ECONNRESET && c->link)
+		return ferry_fail(ret, "%s closed the channel without "
+				  "answering its hello", peer);
+	/* TLS 1.3: the server checks our certificate after we are done. */
+	if (ret == -EACCES)
+		return ferry_fail(ret, "%s refused the TLS handshake: %s",
+				  peer, net_conn_alert(c));
 	if (ret)
 		return ferry_fail(ret, "%s: reading the hello's answer: %s",
 				  peer, strerror(-ret));
@@ -126,59 +135,83 @@ static int session_id(uint64_t *id)
 	return 0;
 }
 
-/* Connect channel i (the first finds an address that answers), say hello. */
+/* What one connect needs besides the session: shared by every channel. */
+struct dialer {
+	struct net_addr cand[NET_MAX_CANDIDATES];
+	int nr_cand;
+	const struct ferry_net_opts *o;
+	struct net_tls *tls;
+	int64_t deadline;
+};
+
+/*
+ * Connect channel i (the first finds an address that answers), run its
+ * TLS handshake when there is a key or certificate, say hello.
+ */
 static int connect_hello(const struct ferry_session *s, unsigned int i,
-			 struct net_addr *cand, int nr_cand, int64_t deadline,
-			 int timeout_ms)
+			 struct dialer *d, struct net_conn *c)
 {
 	struct net_hello h = net_hello_make(s->id, s->nr_bulk, i);
-	int fd = connect_first(cand, i ? 1 : nr_cand, deadline, timeout_ms);
+	int fd = connect_first(d->cand, i ? 1 : d->nr_cand, d->deadline,
+			       d->o->connect_timeout_ms);
 	int ret;
 
 	if (fd < 0)
 		return fd;
-	ret = net_xfer(fd, &h, sizeof(h), true, deadline);
-	if (!ret)
-		return fd;
-	close(fd);
-	return ferry_fail(ret, "%s: sending hello: %s", cand[0].text,
-			  strerror(-ret));
+	*c = net_conn_plain(fd);
+	ret = d->tls ? net_conn_tls(c, d->tls, false) : 0;
+	if (!ret && d->tls)
+		ret = net_conn_handshake_by(c, d->cand[0].text, d->deadline);
+	if (ret)
+		return ret;
+	ret = net_conn_xfer(c, &h, sizeof(h), true, d->deadline);
+	if (ret)
+		return ferry_fail(ret, "%s: sending hello: %s", d->cand[0].text,
+				  strerror(-ret));
+	return 0;
 }
 
 /* Connect every channel and send its hello; then read every answer. */
-static int connect_all(struct ferry_session *s, struct net_addr *cand,
-		       int nr_cand, int *fds, const struct ferry_net_opts *o)
+static int connect_all(struct ferry_session *s, struct dialer *d,
+		       struct net_conn *conns)
 {
-	int64_t deadline = net_now_ms() + o->connect_timeout_ms;
 	int ret = 0;
 
-	for (unsigned int i = 0; i <= s->nr_bulk && !ret; i++) {
-		fds[i] = connect_hello(s, i, cand, nr_cand, deadline,
-				       o->connect_timeout_ms);
-		ret = fds[i] < 0 ? fds[i] : 0;
-	}
 	for (unsigned int i = 0; i <= s->nr_bulk && !ret; i++)
-		ret = read_ack(fds[i], cand[0].text, deadline,
-			       o->connect_timeout_ms);
+		ret = connect_hello(s, i, d, &conns[i]);
+	for (unsigned int i = 0; i <= s->nr_bulk && !ret; i++)
+		ret = read_ack(&conns[i], d->cand[0].text, d->deadline,
+			       d->o->connect_timeout_ms);
 	return ret;
 }
 
 /* Handshake every channel of s, then make them channels. */
-static int connect_session(struct ferry_session *s, struct net_addr *cand,
-			   int nr_cand, const struct ferry_net_opts *o)
+static int connect_session(struct ferry_session *s, struct dialer *d)
 {
-	int fds[NET_MAX_CHANS], ret;
+	struct net_conn conns[NET_MAX_CHANS];
+	int ret;
 
-	memset(fds, -1, sizeof(fds));
+	net_conns_init(conns, NET_MAX_CHANS);
 	ret = session_id(&s->id);
 	if (!ret)
-		ret = connect_all(s, cand, nr_cand, fds, o);
+		ret = connect_all(s, d, conns);
 	if (!ret)
-		snprintf(s->peer, sizeof(s->peer), "%s", cand[0].text);
+		snprintf(s->peer, sizeof(s->peer), "%s", d->cand[0].text);
 	if (!ret)
-		ret = net_session_fill(s, fds, o, "to");
-	net_close_fds(fds, NET_MAX_CHANS);
+		ret = net_session_fill(s, conns, d->o, "to");
+	net_conns_close(conns, NET_MAX_CHANS);
 	return ret;
+}
+
+/* Plain only to this machine, unless the operator said otherwise. */
+static int dial_policy(const struct dialer *d)
+{
+	bool local = true;
+
+	for (int i = 0; i < d->nr_cand; i++)
+		local = local && net_addr_is_local(&d->cand[i]);
+	return net_tls_policy(d->tls, d->o, "connecting to",
+			      d->cand[0].text, local);
 }
 
 int ferry_net_connect(const char *addr, unsigned int nr_bulk,
@@ -186,16 +219,22 @@ int ferry_net_connect(const char *addr, unsigned int nr_bulk,
 		      struct ferry_session **out)
 {
 	struct ferry_net_opts o = net_opts_or_default(opts);
-	struct net_addr cand[NET_MAX_CANDIDATES];
+	struct dialer d = { .o = &o };
 	struct ferry_session *s = NULL;
-	int nr_cand, ret;
+	int ret;
 
-	nr_cand = net_addr_resolve(addr, false, cand);
-	if (nr_cand < 0)
-		return nr_cand;
-	ret = net_session_alloc(nr_bulk, cand[0].text, &s);
+	d.nr_cand = net_addr_resolve(addr, false, d.cand);
+	if (d.nr_cand < 0)
+		return d.nr_cand;
+	ret = net_tls_load(&o, &d.tls);
 	if (!ret)
-		ret = connect_session(s, cand, nr_cand, &o);
+		ret = dial_policy(&d);
+	if (!ret)
+		ret = net_session_alloc(nr_bulk, d.cand[0].text, &s);
+	d.deadline = net_now_ms() + o.connect_timeout_ms;
+	if (!ret)
+		ret = connect_session(s, &d);
+	net_tls_put(d.tls);
 	if (!ret)
 		*out = s;
 	else

@@ -74,9 +74,16 @@ int net_ack_check(const struct net_ack *a, const char *peer)
 		return ferry_fail(-EBADMSG, "%s answered the hello with "
 				  "garbage: not a ferry listener?", peer);
 	if (a->status == EPROTO)
-		return ferry_fail(-EPROTO, "%s speaks ferry format version "
+		return ferry_fail(-EPROTO, "%s speaks ferry session version "
 				  "%u; this ferry speaks %u", peer, a->version,
 				  FERRY_NET_VERSION);
+	if (a->status == EACCES)
+		return ferry_fail(-EACCES, "%s wants TLS: give the pre-shared "
+				  "key it holds, or a certificate its CA "
+				  "signed", peer);
+	if (a->status == EBUSY)
+		return ferry_fail(-EBUSY, "%s is busy: it receives another "
+				  "migration", peer);
 	if (a->status)
 		return ferry_fail(-(int)a->status, "%s refused the channel: %s",
 				  peer, strerror((int)a->status));

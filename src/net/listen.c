@@ -12,6 +12,7 @@
 
 #include "base/error.h"
 #include "base/sys.h"
+#include "base/thread.h"
 #include "net/listen.h"
 
 /*
@@ -102,22 +103,46 @@ static int listen_first(struct ferry_listener *l, struct net_addr *cand,
 			  strerror(-l->fd));
 }
 
+/* Plain TCP only on loopback, unless the operator said otherwise. */
+static int listener_setup(struct ferry_listener *l,
+			  const struct ferry_net_opts *opts,
+			  const struct net_addr *cand, int nr)
+{
+	bool local = true;
+	int ret;
+
+	l->fd = -1;
+	l->stop_fd = -1;
+	l->opts = net_opts_or_default(opts);
+	if (l->opts.hello_timeout_ms <= 0)
+		l->opts.hello_timeout_ms = NET_HELLO_TIMEOUT_MS;
+	for (int i = 0; i < nr; i++)
+		local = local && net_addr_is_local(&cand[i]);
+	ret = net_tls_load(&l->opts, &l->tls);
+	if (!ret)
+		ret = net_tls_policy(l->tls, &l->opts, "listening on",
+				     cand[0].text, local);
+	return ret;
+}
+
 int ferry_net_listener_open(const char *addr,
 			    const struct ferry_net_opts *opts,
 			    struct ferry_listener **out)
 {
 	struct net_addr cand[NET_MAX_CANDIDATES];
 	struct ferry_listener *l;
-	int ret = net_addr_resolve(addr, true, cand);
+	int nr = net_addr_resolve(addr, true, cand), ret;
 
-	if (ret < 0)
-		return ret;
+	if (nr < 0)
+		return nr;
 	l = calloc(1, sizeof(*l));
 	if (!l)
 		return ferry_fail(-ENOMEM, "listener: out of memory");
-	l->opts = net_opts_or_default(opts);
-	ret = listen_first(l, cand, ret);
+	ret = listener_setup(l, opts, cand, nr);
+	if (!ret)
+		ret = listen_first(l, cand, nr);
 	if (ret) {
+		net_tls_put(l->tls);
 		free(l);
 		return ret;
 	}
@@ -136,16 +161,60 @@ int ferry_net_listener_port(const struct ferry_listener *l)
 	return net_addr_port(&l->addr);
 }
 
+/* ---- busy --------------------------------------------------------------- */
+
+static void *busy_main(void *arg)
+{
+	struct ferry_listener *l = arg;
+
+	while (!net_accept_round(l, -1, l->stop_fd))
+		;
+	return NULL;
+}
+
+int ferry_net_listener_busy(struct ferry_listener *l)
+{
+	int ret;
+
+	net_listener_busy_stop(l);
+	l->stop_fd = evfd_open();
+	if (l->stop_fd < 0)
+		return ferry_fail(l->stop_fd, "eventfd: %s",
+				  strerror(-l->stop_fd));
+	l->busy = true;
+	ret = -pthread_create(&l->busy_thread, NULL, busy_main, l);
+	if (!ret)
+		return 0;
+	l->busy = false;
+	close(l->stop_fd);
+	l->stop_fd = -1;
+	return ferry_fail(ret, "the listener's busy thread: %s",
+			  strerror(-ret));
+}
+
+void net_listener_busy_stop(struct ferry_listener *l)
+{
+	if (l->stop_fd < 0)
+		return;
+	evfd_signal(l->stop_fd);
+	pthread_join(l->busy_thread, NULL);
+	close(l->stop_fd);
+	l->stop_fd = -1;
+	l->busy = false;
+}
+
 void ferry_net_listener_close(struct ferry_listener *l)
 {
 	if (!l)
 		return;
+	net_listener_busy_stop(l);
 	for (unsigned int i = 0; i < l->nr_pending; i++)
-		close(l->pending[i].fd);
+		net_conn_close(&l->pending[i].conn);
 	for (unsigned int i = 0; i < l->nr_groups; i++)
 		net_group_close(&l->groups[i]);
 	close(l->fd);
 	if (l->unix_path[0])
 		unlink(l->unix_path);
+	net_tls_put(l->tls);
 	free(l);
 }

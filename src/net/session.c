@@ -8,7 +8,6 @@
 #include <string.h>
 
 #include "base/error.h"
-#include "net/chan.h"
 #include "net/session.h"
 #include "net/sock.h"
 
@@ -48,27 +47,41 @@ static void chan_name(char *name, const struct ferry_session *s,
 			 s->peer);
 }
 
-int net_session_fill(struct ferry_session *s, int *fds,
+int net_session_fill(struct ferry_session *s, struct net_conn *conns,
 		     const struct ferry_net_opts *o, const char *dir)
 {
 	char name[FERRY_CHAN_NAME_MAX];
 	int ret;
 
+	net_conn_auth(&conns[0], s->auth, sizeof(s->auth));
+	s->tls = conns[0].link != NULL;
+	s->max_guest_bytes = o->max_guest_bytes;
 	for (unsigned int i = 0; i <= s->nr_bulk; i++) {
 		chan_name(name, s, i, dir);
-		ret = net_sock_tune(fds[i], o);
+		ret = net_sock_tune(conns[i].fd, o);
 		if (ret)
 			return ferry_fail(ret, "%s: socket options: %s", name,
 					  strerror(-ret));
-		ret = net_chan_create(fds[i], i < s->nr_bulk ?
-				      FERRY_CHAN_BULK : FERRY_CHAN_URGENT,
-				      i < s->nr_bulk ? i : 0, name,
-				      o->io_timeout_ms, session_slot(s, i));
+		ret = net_conn_chan(&conns[i], i < s->nr_bulk ?
+				    FERRY_CHAN_BULK : FERRY_CHAN_URGENT,
+				    i < s->nr_bulk ? i : 0, name,
+				    o->io_timeout_ms, session_slot(s, i));
 		if (ret)
 			return ret;
-		fds[i] = -1;
 	}
 	return 0;
+}
+
+void net_conns_close(struct net_conn *conns, unsigned int nr)
+{
+	for (unsigned int i = 0; i < nr; i++)
+		net_conn_close(&conns[i]);
+}
+
+void net_conns_init(struct net_conn *conns, unsigned int nr)
+{
+	for (unsigned int i = 0; i < nr; i++)
+		conns[i] = net_conn_plain(-1);
 }
 
 void ferry_net_session_shutdown(struct ferry_session *s)

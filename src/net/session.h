@@ -8,6 +8,7 @@
  * 0..nr_bulk-1, then the urgent one (nr_bulk).
  */
 #include "ferry/net.h"
+#include "net/tls.h"
 
 #define NET_MAX_CHANS	(FERRY_NET_MAX_BULK + 1)
 
@@ -16,12 +17,18 @@ int net_session_alloc(unsigned int nr_bulk, const char *peer,
 		      struct ferry_session **out);
 
 /*
- * Turn the handshaken sockets fds[0..nr_bulk] into the session's channels
- * (named "bulk 2 <dir> <peer>"; dir is "to" or "from"), each socket tuned
- * by o.  Each descriptor taken is set to -1; on failure the caller closes
- * what is left and the session.
+ * Turn the handshaken connections conns[0..nr_bulk] into the session's
+ * channels (named "bulk 2 <dir> <peer>"; dir is "to" or "from"), each
+ * socket tuned by o.  Each connection taken is emptied; on failure the
+ * caller closes what is left and the session.
  */
-int net_session_fill(struct ferry_session *s, int *fds,
+int net_session_fill(struct ferry_session *s, struct net_conn *conns,
 		     const struct ferry_net_opts *o, const char *dir);
+
+/* Close each connection of conns[0..nr) that is open. */
+void net_conns_close(struct net_conn *conns, unsigned int nr);
+
+/* Every connection of conns[0..nr) empty. */
+void net_conns_init(struct net_conn *conns, unsigned int nr);
 
 #endif

@@ -76,7 +76,7 @@ int net_sock_tune(int fd, const struct ferry_net_opts *o)
 	socklen_t len = sizeof(ss);
 	int ret = sys_ret(getsockname(fd, (struct sockaddr *)&ss, &len));
 
-	if (!ret && ss.ss_family != AF_UNIX)
+	if (!ret && (ss.ss_family == AF_INET || ss.ss_family == AF_INET6))
 		ret = tune_tcp(fd);
 	if (!ret && o->sock_buf)
 		ret = tune_bufs(fd, o->sock_buf);

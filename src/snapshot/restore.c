@@ -15,6 +15,7 @@
 #include "base/error.h"
 #include "base/sys.h"
 #include "ferry/clock.h"
+#include "migrate/dest_limits.h"
 #include "snapshot/restore.h"
 
 /* ---- before resume ------------------------------------------------------ */
@@ -169,6 +170,10 @@ static int prepare(struct ferry_restore *rs, int fd)
 {
 	int ret = snap_file_open_head(fd, &rs->file);
 
+	if (!ret)	/* before anything is sized from the header */
+		ret = dest_limits_check(&rs->file->stream,
+					rs->opts.max_guest_bytes,
+					"the snapshot");
 	if (!ret)
 		ret = build(rs);
 	if (!ret)
