@@ -38,7 +38,7 @@ uint64_t fch_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
-/* ---- the memory file ------------------------------------------------- */
+/* ---- the memory file ----------------------------------------------------- */
 
 static uint64_t mix(uint64_t x)
 {
@@ -124,7 +124,7 @@ void fch_memfile_close(struct fch_memfile *m)
 	m->fd = -1;
 }
 
-/* ---- the VM: memory, userfaultfd, the list --------------------------- */
+/* ---- the VM: memory, userfaultfd, the list ------------------------------- */
 
 struct region {
 	uint8_t *base;
@@ -324,7 +324,7 @@ static void hand_over(struct child *c, const char *sock)
 	c->res->stage = FCH_STAGE_SENT;
 }
 
-/* ---- the VM: touching and checking ------------------------------------- */
+/* ---- the VM: touching and checking --------------------------------------- */
 
 static size_t nr_pages(const struct child *c)
 {

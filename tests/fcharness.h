@@ -34,7 +34,7 @@
 #define FCH_MAX_REGIONS	2
 #define FCH_HUGE	(2UL << 20)
 
-/* ---- the memory file ------------------------------------------------ */
+/* ---- the memory file ----------------------------------------------------- */
 
 struct fch_memfile {
 	int fd;
@@ -55,7 +55,7 @@ bool fch_is_hole(const struct fch_memfile *m, uint64_t off);
 /* How many pages of page_size hold data (not all hole) in [0, size). */
 uint64_t fch_data_pages(const struct fch_memfile *m, uint64_t page_size);
 
-/* ---- a VM ------------------------------------------------------------ */
+/* ---- a VM ---------------------------------------------------------------- */
 
 enum fch_format {
 	FCH_JSON_CURRENT,	/* page_size and page_size_kib, in bytes */

@@ -79,8 +79,10 @@ static enum test_result server_start(struct test_ctx *ctx, struct server *s,
 				     const struct fch_memfile *m,
 				     const struct ferry_serve_opts *opts)
 {
-	struct ferry_serve_opts o = opts ? *opts : (struct ferry_serve_opts){ 0 };
+	struct ferry_serve_opts o = { 0 };
 
+	if (opts)
+		o = *opts;
 	memset(s, 0, sizeof(*s));
 	pthread_mutex_init(&s->lock, NULL);
 	snprintf(s->path, sizeof(s->path), "/tmp/ferry-serve-%d-%p.sock",
@@ -161,7 +163,7 @@ static const char *wait_event(struct server *s, int pid,
 	return r;
 }
 
-/* ---- a VM that must come through whole ------------------------------------ */
+/* ---- a VM that must come through whole ----------------------------------- */
 
 static enum test_result vm_ok(struct test_ctx *ctx, struct fch_vm *vm)
 {
@@ -207,7 +209,7 @@ static uint64_t page_size_of(const struct test_ctx *ctx)
 	return is_hugetlb(ctx) ? FCH_HUGE : 4096;
 }
 
-/* ---- cases ----------------------------------------------------------- */
+/* ---- cases --------------------------------------------------------------- */
 
 /*
  * On demand only: every page comes through a fault; data by COPY, holes
@@ -345,7 +347,7 @@ static enum test_result old_json(struct test_ctx *ctx)
 	return TEST_PASS;
 }
 
-/* ---- hostile lists ---------------------------------------------------------- */
+/* ---- hostile lists ------------------------------------------------------- */
 
 struct bad {
 	const char *raw;	/* NULL: the VM's own list */
@@ -500,7 +502,7 @@ static enum test_result json(struct test_ctx *ctx)
 	return TEST_PASS;
 }
 
-/* ---- VMs that leave, and many at once ------------------------------------- */
+/* ---- VMs that leave, and many at once ------------------------------------ */
 
 static int count_dir(const char *path)
 {
@@ -597,7 +599,7 @@ static enum test_result ten_vms(struct test_ctx *ctx)
 	return TEST_PASS;
 }
 
-/* ---- working sets ------------------------------------------------------- */
+/* ---- working sets -------------------------------------------------------- */
 
 #define WS_PAGES	300
 
@@ -651,7 +653,7 @@ static enum test_result working_set(struct test_ctx *ctx)
 	return TEST_PASS;
 }
 
-/* ---- pages that cannot be served ------------------------------------------- */
+/* ---- pages that cannot be served ----------------------------------------- */
 
 /*
  * The memory file shrinks under the server: the page asked for can no

@@ -18,7 +18,7 @@
 
 struct serve_cli {
 	const char *socket, *memory, *json;
-	unsigned long vms;		/* exit after this many ended; 0: never */
+	unsigned long vms;		/* exit once this many ended; 0 never */
 	unsigned long max_vms;
 	double record_for, handshake;
 	struct ferry_serve_opts opts;
@@ -125,7 +125,7 @@ static const struct cli_cmd serve_cmd = {
 	.usage = usage, .one = parse_one,
 };
 
-/* ---- JSON --------------------------------------------------------------- */
+/* ---- JSON ---------------------------------------------------------------- */
 
 static const char *state_name(enum ferry_serve_vm_state s)
 {
@@ -181,7 +181,8 @@ static void json_vm(FILE *f, const struct ferry_serve_vm_stats *s)
 	json_string(f, s->reason);
 	fprintf(f, ",\n     \"regions\": %u, \"page_size\": %llu, "
 		"\"guest_bytes\": %llu, \"serving_ms\": %.3f,\n"
-		"     \"faults\": %llu, \"copies\": %llu, \"zero_pages\": %llu, "
+		"     \"faults\": %llu, \"copies\": %llu, "
+		"\"zero_pages\": %llu, "
 		"\"bytes_copied\": %llu,\n     \"prefetched\": %llu, "
 		"\"filled\": %llu, \"races\": %llu, \"deferred\": %llu,\n"
 		"     \"removes\": %llu, \"removed_pages\": %llu, "
@@ -235,7 +236,7 @@ static int write_json(struct serve_cli *o)
 	return ret;
 }
 
-/* ---- events ---------------------------------------------------------------- */
+/* ---- events -------------------------------------------------------------- */
 
 static const char *const what[] = {
 	[FERRY_SERVE_EV_STARTED] = "serving",
@@ -297,7 +298,7 @@ static void on_event(void *arg, const struct ferry_serve_event *ev)
 		ferry_serve_stop(o->srv);
 }
 
-/* ---- the run ---------------------------------------------------------------- */
+/* ---- the run ------------------------------------------------------------- */
 
 static struct ferry_serve *signalled_srv;
 

@@ -74,7 +74,7 @@ struct ferry_serve_vm_stats {
 					 * file, removed pages */
 	uint64_t bytes_copied;
 	uint64_t prefetched;		/* working-set pages installed */
-	uint64_t filled;		/* pages the background fill installed */
+	uint64_t filled;		/* pages the background fill put in */
 	uint64_t races;			/* already in place (EEXIST) */
 	uint64_t deferred;		/* retried after EAGAIN (a REMOVE) */
 	uint64_t removes;		/* REMOVE (and UNMAP) events */

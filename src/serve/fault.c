@@ -223,7 +223,7 @@ static int serve_queue(struct serve_vm *vm)
 	return 0;
 }
 
-/* ---- the fault service's handlers ------------------------------------ */
+/* ---- the fault service's handlers ---------------------------------------- */
 
 static void batch_begin(void *arg)
 {
@@ -261,7 +261,7 @@ const struct faultsvc_ops serve_fault_ops = {
 	.batch_end = batch_end,
 };
 
-/* ---- before the threads, and on the server's thread ----------------------- */
+/* ---- before the threads, and on the server's thread ---------------------- */
 
 int serve_vm_take_early(struct serve_vm *vm, const struct serve_list *l)
 {

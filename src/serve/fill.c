@@ -85,7 +85,7 @@ static void populate(struct serve_vm *vm, struct serve_region *r,
 		errno = 0;	/* a hint: the copy reads it anyway */
 }
 
-/* ---- runs -------------------------------------------------------------- */
+/* ---- runs ---------------------------------------------------------------- */
 
 enum need { NEED_NOTHING, NEED_DATA, NEED_ZERO };
 
@@ -186,8 +186,8 @@ static int install_run(struct fill *f, struct serve_region *r, uint64_t page,
 			continue;
 		} else if (n == -ESRCH) {
 			return -ESRCH;
-		} else if (n < 0 && n != -ENOENT) {	/* ENOENT: the VMM
-							 * took the range back */
+		} else if (n < 0 && n != -ENOENT) {
+			/* (ENOENT: the VMM took the range back) */
 			if (unreadable(f, r, page, (int)n))
 				return -ESRCH;
 		}
@@ -289,7 +289,7 @@ static int fill_ws(struct fill *f)
 	return ret;
 }
 
-/* ---- waiting, filling, handing off -------------------------------------- */
+/* ---- waiting, filling, handing off --------------------------------------- */
 
 /* ms left of the recording, -1: until told. */
 static int record_left_ms(const struct serve_vm *vm)

@@ -68,7 +68,7 @@ static int expect(struct cursor *c, char want, const char *what)
 	return 0;
 }
 
-/* ---- strings ---------------------------------------------------------- */
+/* ---- strings ------------------------------------------------------------- */
 
 static int hex4(struct cursor *c, unsigned int *v)
 {
@@ -245,7 +245,7 @@ static int string(struct cursor *c, char *key, size_t *n)
 	return 0;
 }
 
-/* ---- numbers ------------------------------------------------------------ */
+/* ---- numbers ------------------------------------------------------------- */
 
 static int digits(struct cursor *c, size_t *count)
 {
@@ -320,7 +320,7 @@ static int integer(struct cursor *c, const char *name, uint64_t *v)
 	return 0;
 }
 
-/* ---- values skipped --------------------------------------------------- */
+/* ---- values skipped ------------------------------------------------------ */
 
 static int value(struct cursor *c, int depth);
 

@@ -135,7 +135,8 @@ static int overlaps(const struct serve_list *l, bool in_file_space,
 	for (unsigned int i = 1; i < l->nr; i++)
 		if (s[i - 1].start + s[i - 1].len > s[i].start)
 			return ferry_fail(-EINVAL, "regions %u and %u overlap "
-					  "in %s: %#llx + %llu and %#llx + %llu",
+					  "in %s: %#llx + %llu and %#llx + "
+					  "%llu",
 					  s[i - 1].region, s[i].region,
 					  in_file_space ? "the memory file" :
 					  "the VMM's address space",

@@ -113,7 +113,7 @@ static int make_nonblocking(int uffd)
 	return 0;
 }
 
-/* ---- page sizes, by trying ------------------------------------------- */
+/* ---- page sizes, by trying ----------------------------------------------- */
 
 /*
  * A REMOVE waits to be read (copies fail with EAGAIN until it is): read
@@ -203,8 +203,8 @@ static int probe_region(int uffd, struct serve_list *l, unsigned int i,
 	int ret = page_size_at(uffd, r->base_host_virt_addr, f, l, &first);
 
 	if (!ret)
-		ret = page_size_at(uffd, r->base_host_virt_addr + r->size - unit,
-				   f, l, &last);
+		ret = page_size_at(uffd, r->base_host_virt_addr + r->size -
+				   unit, f, l, &last);
 	if (ret)
 		return ferry_fail_ctx(ret, "region %u", i);
 	if (first != last)

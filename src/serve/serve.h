@@ -23,11 +23,11 @@
  *   server.c   the public calls and the server's loop
  *   handover.c the VMM's side: listen and hand over
  *
- *  server thread                fault thread (per VM)     fill thread (per VM)
- *   accept, read the list        poll uffd + retry fd      working set first,
- *   check it, start the VM  -->  faults of a batch after   then the file's data,
- *   poll each VMM's pidfd        its REMOVEs: COPY, ZERO   below the vCPUs;
- *   end / hand off VMs      <--  failures (wake_fd)  <---  hand-off when done
+ *  server thread               fault thread (per VM)    fill thread (per VM)
+ *   accept, read the list       poll uffd + retry fd     working set first,
+ *   check it, start the VM -->  faults of a batch after  then the file's
+ *   poll each VMM's pidfd       its REMOVEs: COPY, ZERO  data, below vCPUs;
+ *   end / hand off VMs     <--  failures (wake_fd) <---  hand-off when done
  *   poll handed-off VMs' uffd
  */
 #include <poll.h>
@@ -44,7 +44,7 @@
 #define SERVE_PAGE		4096ULL
 #define SERVE_MAX_PENDING	16	/* connections still handshaking */
 
-/* ---- the memory file (file.c) --------------------------------------- */
+/* ---- the memory file (file.c) -------------------------------------------- */
 
 struct serve_file {
 	int fd;				/* the caller's */
@@ -65,7 +65,7 @@ void serve_file_close(struct serve_file *f);
 bool serve_file_has_data(const struct serve_file *f, uint64_t off,
 			 uint64_t len);
 
-/* ---- the region list (json.c, list.c, probe.c) ------------------------ */
+/* ---- the region list (json.c, list.c, probe.c) --------------------------- */
 
 /* Fields a list entry gave: page_size and page_size_kib are optional. */
 #define SERVE_HAS_BASE		(1U << 0)
@@ -76,7 +76,7 @@ bool serve_file_has_data(const struct serve_file *f, uint64_t off,
 
 struct serve_entry {
 	struct ferry_serve_region r;
-	uint64_t page_size_kib;		/* as sent: in bytes, despite its name */
+	uint64_t page_size_kib;		/* as sent: bytes, despite its name */
 	unsigned int has;		/* SERVE_HAS_* */
 };
 
@@ -123,7 +123,7 @@ int serve_probe(int uffd, struct serve_list *l, const struct serve_file *f);
 /* The features a userfaultfd's context has (its fdinfo), or -errno. */
 int serve_uffd_features(int uffd, uint64_t *features);
 
-/* ---- a connection until its list has come (conn.c) -------------------- */
+/* ---- a connection until its list has come (conn.c) ----------------------- */
 
 struct serve_conn {
 	uint64_t id;			/* the VM's, if it becomes one */
@@ -149,7 +149,7 @@ void serve_conn_fini(struct serve_conn *c);
  */
 int serve_conn_read(struct serve_conn *c, struct serve_list *l);
 
-/* ---- a VM (vm.c, fault.c, fill.c, install.c) -------------------------- */
+/* ---- a VM (vm.c, fault.c, fill.c, install.c) ----------------------------- */
 
 struct serve_region {
 	struct ferry_serve_region r;
@@ -221,7 +221,7 @@ struct serve_vm {
 
 	/* News for the main thread (under news_lock), then wake_fd. */
 	pthread_mutex_t news_lock;
-	char failure[256];		/* first page that could not be served */
+	char failure[256];		/* first page that cannot be served */
 	bool failure_new;
 	char note[256];
 	bool note_new;
@@ -339,7 +339,7 @@ static inline void serve_count(uint64_t *counter, uint64_t n)
 	__atomic_fetch_add(counter, n, __ATOMIC_RELAXED);
 }
 
-/* ---- working sets of a memory file (ws.c) ------------------------------- */
+/* ---- working sets of a memory file (ws.c) -------------------------------- */
 
 /* What a working set of this VM's memory is recorded against. */
 uint64_t serve_ws_layout_id(const struct serve_vm *vm);

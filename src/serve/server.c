@@ -38,7 +38,7 @@ struct serve_watch {
 	struct serve_vm *vm;
 };
 
-/* ---- events ------------------------------------------------------------ */
+/* ---- events -------------------------------------------------------------- */
 
 static void tell(struct ferry_serve *srv, enum ferry_serve_event_kind kind,
 		 const struct ferry_serve_vm_stats *st, const char *reason)
@@ -61,7 +61,7 @@ static void tell_vm(struct ferry_serve *srv, enum ferry_serve_event_kind kind,
 	free(st);
 }
 
-/* ---- the VM lists ---------------------------------------------------------- */
+/* ---- the VM lists -------------------------------------------------------- */
 
 static int add_vm(struct ferry_serve *srv, struct serve_vm *vm)
 {
@@ -147,7 +147,7 @@ static size_t count_state(struct ferry_serve *srv,
 	return n;
 }
 
-/* ---- connections ----------------------------------------------------- */
+/* ---- connections --------------------------------------------------------- */
 
 /*
  * A refused connection.  One that brought a userfaultfd is a VMM about
@@ -263,8 +263,9 @@ static void accept_all(struct ferry_serve *srv)
 			struct ferry_serve_vm_stats st = { .id = 0 };
 
 			close(fd);
-			tell(srv, FERRY_SERVE_EV_REFUSED, &st, c ? "out of memory" :
-			     "too many connections still sending their lists");
+			tell(srv, FERRY_SERVE_EV_REFUSED, &st, c ?
+			     "out of memory" : "too many connections still "
+			     "sending their lists");
 		}
 	}
 }
@@ -297,7 +298,7 @@ static int next_deadline_ms(const struct ferry_serve *srv)
 	return first <= now ? 0 : (int)((first - now) / 1000000ULL + 1);
 }
 
-/* ---- news from the VMs' threads -------------------------------------- */
+/* ---- news from the VMs' threads ------------------------------------------ */
 
 struct news {
 	char failure[256], note[256];
@@ -530,7 +531,7 @@ void ferry_serve_stop(struct ferry_serve *srv)
 		errno = 0;
 }
 
-/* ---- create, figures, destroy ------------------------------------------- */
+/* ---- create, figures, destroy -------------------------------------------- */
 
 static int listening(int fd)
 {
