@@ -235,7 +235,18 @@ static enum test_result restore(struct test_ctx *ctx)
 			      &st), "the VM's end was not seen");
 	CHECK_EQ(ctx, st.copies, data);
 	CHECK_EQ(ctx, st.zero_pages, m.size / ps - data);
-	CHECK_EQ(ctx, st.faults, st.copies + st.zero_pages + st.races);
+	/*
+	 * Not equal: a fault read for a page another fault just brought
+	 * (hugetlb: several threads in one huge page) may be served after
+	 * the VMM has exited, and is then dropped.
+	 */
+	CHECK(ctx, st.faults >= st.copies + st.zero_pages + st.races,
+	      "%llu faults: %llu copies, %llu zero pages, %llu races, %llu "
+	      "deferred, %llu poisoned", (unsigned long long)st.faults,
+	      (unsigned long long)st.copies,
+	      (unsigned long long)st.zero_pages,
+	      (unsigned long long)st.races, (unsigned long long)st.deferred,
+	      (unsigned long long)st.poisoned);
 	CHECK_EQ(ctx, st.poisoned, 0);
 	CHECK_EQ(ctx, st.nr_regions, 2);
 	CHECK_EQ(ctx, st.page_size, ps);

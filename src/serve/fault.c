@@ -189,24 +189,38 @@ static int serve_one(struct serve_vm *vm, const struct serve_pending *p)
 		return 1;
 	if (n == -ESRCH)
 		return -ESRCH;
-	if (n == -ENOENT)	/* the VMM unregistered or unmapped it */
+	/*
+	 * Unregistered (handed off, or by the VMM): the faulting thread,
+	 * woken, retries as a plain fault.  The kernel wakes the range's
+	 * waiters as it unregisters, but one that queued itself just after
+	 * that wake would wait forever.
+	 */
+	if (n == -ENOENT) {
+		serve_wake(vm, r, page);
 		return 0;
+	}
 	return unservable(vm, p, r, page, (int)n);
 }
 
-/* Serve what is queued; what must wait stays, and retry_fd says so. */
+/*
+ * Serve what is queued; what must wait stays, and retry_fd says so.  Once
+ * one fault met EAGAIN the rest would too (a REMOVE to read first): they
+ * wait without trying.
+ */
 static int serve_queue(struct serve_vm *vm)
 {
 	size_t kept = 0;
+	bool blocked = false;
 	int ret = 0;
 
 	for (size_t i = 0; i < vm->nr_pending; i++) {
-		int one = ret ? 1 : serve_one(vm, &vm->pending[i]);
+		int one = ret || blocked ? 1 : serve_one(vm, &vm->pending[i]);
 
 		if (one < 0)
 			ret = one;
 		else if (one)
 			vm->pending[kept++] = vm->pending[i];
+		blocked |= one == 1;
 	}
 	vm->nr_pending = ret ? 0 : kept;
 	if (ret == -ESRCH) {
@@ -260,6 +274,16 @@ const struct faultsvc_ops serve_fault_ops = {
 	.batch_begin = batch_begin,
 	.batch_end = batch_end,
 };
+
+/* Faults read and not served when the threads stop: woken, not lost. */
+void serve_vm_wake_pending(struct serve_vm *vm)
+{
+	for (size_t i = 0; i < vm->nr_pending; i++)
+		ferry_uffd_wake(&vm->uffd, (void *)(uintptr_t)
+				(vm->pending[i].addr & ~(SERVE_PAGE - 1)),
+				SERVE_PAGE);
+	vm->nr_pending = 0;
+}
 
 /* ---- before the threads, and on the server's thread ---------------------- */
 

@@ -21,6 +21,7 @@
  * while it holds it (a fault read meanwhile waits for it), and only into
  * pages that are neither in place nor discarded (fault.c says why).
  */
+#include <poll.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -341,6 +342,14 @@ static int fill_all(struct fill *f)
 	return ret;
 }
 
+/* Its pidfd readable: the VMM has exited. */
+static bool vmm_exited(const struct serve_vm *vm)
+{
+	struct pollfd p = { .fd = vm->pidfd, .events = POLLIN };
+
+	return vm->pidfd >= 0 && poll(&p, 1, 0) > 0;
+}
+
 static void hand_off(struct serve_vm *vm)
 {
 	for (unsigned int i = 0; i < vm->nr_regions; i++) {
@@ -349,11 +358,12 @@ static void hand_off(struct serve_vm *vm)
 						r->r.base_host_virt_addr,
 						(size_t)r->r.size);
 
-		if (ret) {
+		/* (ENOMEM too when the VMM's address space is gone) */
+		if (ret && !vmm_exited(vm))
 			serve_vm_note(vm, "region %u stays served: %s", i,
 				      ferry_error_msg());
+		if (ret)
 			return;
-		}
 	}
 	pthread_mutex_lock(&vm->news_lock);
 	vm->handed_off = true;

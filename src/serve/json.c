@@ -89,12 +89,19 @@ static int hex4(struct cursor *c, unsigned int *v)
 	return 0;
 }
 
-/* Append a code point to a key being decoded (a long key stays unknown). */
+/*
+ * Append a code point to a key being decoded.  A long key stays unknown,
+ * and so does one holding U+0000 ("size\u0000" is not "size").
+ */
 static void put_utf8(char *key, size_t *n, unsigned int cp)
 {
 	char b[4];
 	size_t k;
 
+	if (!cp) {
+		*n = JSON_KEY_MAX;
+		return;
+	}
 	if (cp < 0x80) {
 		b[0] = (char)cp;
 		k = 1;

@@ -30,7 +30,23 @@
 
 #define PROBE_RETRIES		100000
 
-static int is_userfaultfd(int fd)
+/*
+ * Without /proc (a handler in a jail may have none): a userfaultfd
+ * refuses an empty range (EINVAL), anything else the request (ENOTTY).
+ */
+static int uffd_by_ioctl(int fd)
+{
+	struct uffdio_range empty = { 0, 0 };
+	int ret = sys_ioctl(fd, UFFDIO_WAKE, &empty);
+
+	if (ret != -EINVAL)
+		return ferry_fail(-EBADF, "the descriptor sent is not a "
+				  "userfaultfd (UFFDIO_WAKE: %s)",
+				  strerror(-ret));
+	return 0;
+}
+
+int serve_uffd_check(int fd)
 {
 	char path[64], link[64];
 	ssize_t n;
@@ -38,7 +54,7 @@ static int is_userfaultfd(int fd)
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
 	n = readlink(path, link, sizeof(link) - 1);
 	if (n < 0)
-		return ferry_fail(-errno, "%s: %s", path, strerror(errno));
+		return uffd_by_ioctl(fd);
 	link[n] = '\0';
 	if (strcmp(link, "anon_inode:[userfaultfd]"))
 		return ferry_fail(-EBADF, "the descriptor sent is %s, not a "
@@ -55,6 +71,8 @@ int serve_uffd_features(int uffd, uint64_t *features)
 
 	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", uffd);
 	n = sys_read_file(path, buf, sizeof(buf));
+	if (n == -ENOENT)
+		return -ENOENT;		/* no /proc here: unknown */
 	if (n < 0)
 		return ferry_fail((int)n, "%s: %s", path, strerror((int)-n));
 	line = strstr(buf, "\nAPI:");
@@ -74,6 +92,23 @@ static int initialised(int uffd)
 				  "initialised (UFFDIO_API): nothing is "
 				  "registered on it");
 	return 0;
+}
+
+/*
+ * What the VMM asked for.  Without /proc it cannot be read: it is taken
+ * to have REMOVE events (the fill then keeps out of a batch being read,
+ * which costs little and is right either way).
+ */
+static int features(int uffd, struct serve_list *l)
+{
+	int ret = serve_uffd_features(uffd, &l->uffd_features);
+
+	if (ret != -ENOENT)
+		return ret;
+	l->uffd_features = UFFD_FEATURE_EVENT_REMOVE;
+	snprintf(l->note, sizeof(l->note), "no /proc here: the features the "
+		 "VMM asked of its userfaultfd were not checked");
+	return 1;
 }
 
 static int check_features(struct serve_list *l)
@@ -226,14 +261,16 @@ static int probe_region(int uffd, struct serve_list *l, unsigned int i,
 
 int serve_probe(int uffd, struct serve_list *l, const struct serve_file *f)
 {
-	int ret = is_userfaultfd(uffd);
+	int ret = serve_uffd_check(uffd);
 
 	if (!ret)
 		ret = initialised(uffd);
 	if (!ret)
-		ret = serve_uffd_features(uffd, &l->uffd_features);
+		ret = features(uffd, l);
 	if (!ret)
 		ret = check_features(l);
+	else if (ret == 1)
+		ret = 0;
 	if (!ret)
 		ret = make_nonblocking(uffd);
 	for (unsigned int i = 0; i < l->nr && !ret; i++)

@@ -20,7 +20,9 @@
  *              thread, below the vCPUs)
  *   vm.c       a VM's life: start, figures, hand-off, end
  *   ws.c       working sets of a memory file (snapshot/ws.c's format)
- *   server.c   the public calls and the server's loop
+ *   server.c   the public calls; the server's VMs and its events
+ *   accept.c   connections: accepted, read, checked, started or refused
+ *   loop.c     the server's thread: one poll over all of it
  *   handover.c the VMM's side: listen and hand over
  *
  *  server thread               fault thread (per VM)    fill thread (per VM)
@@ -120,8 +122,12 @@ int serve_region_check_aligned(const struct ferry_serve_region *r,
  */
 int serve_probe(int uffd, struct serve_list *l, const struct serve_file *f);
 
-/* The features a userfaultfd's context has (its fdinfo), or -errno. */
+/* The features a userfaultfd's context has (its fdinfo), or -errno
+ * (-ENOENT, no reason: no /proc to read them in). */
 int serve_uffd_features(int uffd, uint64_t *features);
+
+/* Is fd a userfaultfd?  0, or -EBADF with a reason. */
+int serve_uffd_check(int fd);
 
 /* ---- a connection until its list has come (conn.c) ----------------------- */
 
@@ -276,6 +282,9 @@ extern const struct faultsvc_ops serve_fault_ops;
 int serve_vm_passive(struct serve_vm *vm, const struct uffd_msg *msgs,
 		     size_t nr);
 
+/* After its threads stop (handed off): wake what they read, unserved. */
+void serve_vm_wake_pending(struct serve_vm *vm);
+
 /* Before its threads start: messages read while probing (fault.c). */
 int serve_vm_take_early(struct serve_vm *vm, const struct serve_list *l);
 
@@ -388,5 +397,50 @@ static inline void serve_wake_server(struct ferry_serve *srv)
 {
 	evfd_signal(srv->wake_fd);
 }
+
+/* ---- on the server's thread (server.c, accept.c; loop.c runs them) ------ */
+
+/* Tell the caller (opts.on_event), with the VM's figures now. */
+void serve_tell(struct ferry_serve *srv, enum ferry_serve_event_kind kind,
+		const struct ferry_serve_vm_stats *st, const char *reason);
+void serve_tell_vm(struct ferry_serve *srv, enum ferry_serve_event_kind kind,
+		   struct serve_vm *vm, const char *reason);
+
+/* What a VM's threads left for the server's thread, taken at once. */
+struct serve_news {
+	char failure[256], note[256];
+	bool failure_new, note_new, handed_off, fill_over, service_ended;
+};
+
+void serve_take_news(struct serve_vm *vm, struct serve_news *n);
+
+/* The failure and the note in n, told (the failure is the VM's reason). */
+void serve_tell_news(struct ferry_serve *srv, struct serve_vm *vm,
+		     const struct serve_news *n);
+
+/* Into the live list: 0 or -ENOMEM. */
+int serve_add_vm(struct ferry_serve *srv, struct serve_vm *vm);
+
+void serve_set_state(struct serve_vm *vm, enum ferry_serve_vm_state state);
+void serve_set_reason(struct ferry_serve *srv, struct serve_vm *vm,
+		      const char *reason);
+
+/* Over: threads joined, told, its figures kept, the rest freed. */
+void serve_end_vm(struct ferry_serve *srv, struct serve_vm *vm,
+		  const char *why);
+
+/* Live VMs in that state. */
+size_t serve_count_state(struct ferry_serve *srv,
+			 enum ferry_serve_vm_state state);
+
+/* accept.c: new connections, lists read, deadlines. */
+void serve_accept_all(struct ferry_serve *srv);
+void serve_conn_ready(struct ferry_serve *srv, struct serve_conn *c);
+void serve_conn_timeouts(struct ferry_serve *srv);
+int serve_next_deadline_ms(const struct ferry_serve *srv);
+
+/* A connection turned away (l: messages read while probing, or NULL). */
+void serve_refuse(struct ferry_serve *srv, struct serve_conn *c,
+		  const char *reason, const struct serve_list *l);
 
 #endif
