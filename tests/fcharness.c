@@ -436,10 +436,19 @@ static void check_all(struct child *c)
 	c->res->stage = FCH_STAGE_CHECKED;
 }
 
-/* How much of region 0 a discard takes: 64 pages, or 2 huge ones. */
+/*
+ * How much of region 0 a discard takes: 64 pages, or 2 huge ones; less
+ * in a small region (two discards must fit in it).
+ */
 static uint64_t discard_len(const struct child *c)
 {
-	return c->o->hugetlb ? 2 * FCH_HUGE : 64 * PAGE;
+	uint64_t page = c->o->hugetlb ? FCH_HUGE : PAGE, len = 64 * PAGE;
+
+	if (c->o->hugetlb)
+		len = 2 * FCH_HUGE;
+	while (len > page && 2 * len > c->r[0].size)
+		len -= page;
+	return len;
 }
 
 /* Region 0's first pages, before anyone touched them. */

@@ -18,6 +18,7 @@
 
 #include "fcharness.h"
 #include "ferry/serve.h"
+#include "guest_test.h"
 #include "serve/serve.h"
 #include "test.h"
 
@@ -190,13 +191,6 @@ static enum test_result spawn(struct test_ctx *ctx, struct fch_vm *vm,
 	return TEST_PASS;
 }
 
-#define TRY(x)								\
-	do {								\
-		enum test_result _t = (x);				\
-		if (_t != TEST_PASS)					\
-			return _t;					\
-	} while (0)
-
 static enum test_result memfile(struct test_ctx *ctx, struct fch_memfile *m,
 				uint64_t size, uint64_t seed)
 {
@@ -331,30 +325,42 @@ static enum test_result remove_events(struct test_ctx *ctx)
 	return remove_one(ctx, true);
 }
 
-/* Firecracker 1.7 to 1.10 sent page_size_kib alone, older ones none. */
+/* Two VMs at once, each checked whole; b's page size as it was found. */
+static enum test_result two_vms(struct test_ctx *ctx, uint64_t seed,
+				const struct fch_vm_opts *oa,
+				const struct fch_vm_opts *ob, uint64_t *ps_b)
+{
+	struct ferry_serve_vm_stats st;
+	struct fch_memfile m;
+	struct server s;
+	struct fch_vm a, b;
+
+	TRY(memfile(ctx, &m, 8 * MIB, seed));
+	TRY(server_start(ctx, &s, &m, NULL));
+	TRY(spawn(ctx, &a, &s, &m, oa));
+	TRY(spawn(ctx, &b, &s, &m, ob));
+	TRY(vm_ok(ctx, &a));
+	TRY(vm_ok(ctx, &b));
+	CHECK(ctx, vm_stats(&s, b.pid, &st), "no figures for the VM");
+	*ps_b = st.page_size;
+	server_stop(&s);
+	fch_vm_release(&a);
+	fch_vm_release(&b);
+	fch_memfile_close(&m);
+	return TEST_PASS;
+}
+
+/* Firecracker 1.7 to 1.11 sent page_size_kib alone, older ones none. */
 static enum test_result old_json(struct test_ctx *ctx)
 {
 	struct fch_vm_opts kib = { .hugetlb = is_hugetlb(ctx),
 				   .format = FCH_JSON_KIB };
 	struct fch_vm_opts none = { .hugetlb = is_hugetlb(ctx),
 				    .format = FCH_JSON_NONE, .nr_regions = 1 };
-	struct ferry_serve_vm_stats st;
-	struct fch_memfile m;
-	struct server s;
-	struct fch_vm a, b;
+	uint64_t ps = 0;
 
-	TRY(memfile(ctx, &m, 8 * MIB, 4));
-	TRY(server_start(ctx, &s, &m, NULL));
-	TRY(spawn(ctx, &a, &s, &m, &kib));
-	TRY(spawn(ctx, &b, &s, &m, &none));
-	TRY(vm_ok(ctx, &a));
-	TRY(vm_ok(ctx, &b));
-	CHECK(ctx, vm_stats(&s, b.pid, &st), "no figures for the VM");
-	CHECK_EQ(ctx, st.page_size, page_size_of(ctx));
-	server_stop(&s);
-	fch_vm_release(&a);
-	fch_vm_release(&b);
-	fch_memfile_close(&m);
+	TRY(two_vms(ctx, 4, &kib, &none, &ps));
+	CHECK_EQ(ctx, ps, page_size_of(ctx));
 	return TEST_PASS;
 }
 
@@ -703,6 +709,58 @@ static enum test_result unservable(struct test_ctx *ctx)
 	return TEST_PASS;
 }
 
+/* ---- stopping ------------------------------------------------------------ */
+
+/*
+ * The server stops while a VM it serves on demand only has touched
+ * nothing: every page is put in place and the regions handed back before
+ * ferry_serve_run() returns, so the VM then runs whole without it.  A
+ * VMM whose list was refused, still waiting to touch, is killed.
+ */
+static enum test_result stop(struct test_ctx *ctx)
+{
+	struct ferry_serve_opts so = { .no_fill = true };
+	struct fch_vm_opts o = { .hugetlb = is_hugetlb(ctx), .wait_go = true,
+				 .remove = true };
+	struct fch_vm_opts bad = { .nr_regions = 1, .wait_go = true,
+				   .touch_and_die = true,
+				   .claim_page_size = 8192 };
+	struct ferry_serve_vm_stats st;
+	struct fch_memfile m;
+	struct server s;
+	struct fch_vm vm, refused;
+	int status;
+
+	TRY(memfile(ctx, &m, 8 * MIB, 11));
+	TRY(server_start(ctx, &s, &m, &so));
+	TRY(spawn(ctx, &vm, &s, &m, &o));
+	TRY(spawn(ctx, &refused, &s, &m, &bad));
+	CHECK(ctx, wait_event(&s, vm.pid, FERRY_SERVE_EV_STARTED, VM_WAIT_MS),
+	      "the VM was not served");
+	CHECK(ctx, wait_event(&s, refused.pid, FERRY_SERVE_EV_REFUSED,
+			      VM_WAIT_MS), "the bad list was not refused");
+	CHECK(ctx, vm_stats(&s, vm.pid, &st) && st.faults == 0,
+	      "the VM took faults before it was let go");
+	ferry_serve_stop(s.srv);
+	pthread_join(s.thread, NULL);
+	CHECK_EQ(ctx, s.run_ret, 0);
+	CHECK(ctx, event_of(&s, vm.pid, FERRY_SERVE_EV_HANDED_OFF),
+	      "the VM was not handed off");
+	CHECK_EQ(ctx, ferry_serve_vms(s.srv, &st, 1), 2);
+	fch_vm_go(&vm);
+	TRY(vm_ok(ctx, &vm));
+	status = fch_vm_wait(&refused, VM_WAIT_MS);
+	CHECK(ctx, WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+	      "the refused VMM ended with status %#x, not killed", status);
+	ferry_serve_destroy(s.srv);
+	close(s.listen_fd);
+	unlink(s.path);
+	fch_vm_release(&vm);
+	fch_vm_release(&refused);
+	fch_memfile_close(&m);
+	return TEST_PASS;
+}
+
 /* ---- the library's own VMM side ------------------------------------------ */
 
 static int library_hand_over(const char *sock, int uffd, const uint64_t *q,
@@ -724,21 +782,9 @@ static enum test_result handover(struct test_ctx *ctx)
 				   .hand_over = library_hand_over };
 	struct fch_vm_opts pieces = { .hugetlb = is_hugetlb(ctx),
 				      .in_pieces = true, .pad = 40000 };
-	struct fch_memfile m;
-	struct server s;
-	struct fch_vm a, b;
+	uint64_t ps;
 
-	TRY(memfile(ctx, &m, 8 * MIB, 10));
-	TRY(server_start(ctx, &s, &m, NULL));
-	TRY(spawn(ctx, &a, &s, &m, &lib));
-	TRY(spawn(ctx, &b, &s, &m, &pieces));
-	TRY(vm_ok(ctx, &a));
-	TRY(vm_ok(ctx, &b));
-	server_stop(&s);
-	fch_vm_release(&a);
-	fch_vm_release(&b);
-	fch_memfile_close(&m);
-	return TEST_PASS;
+	return two_vms(ctx, 10, &lib, &pieces, &ps);
 }
 
 #define F_REMOVE	FERRY_UFFD_F_EVENT_REMOVE
@@ -762,6 +808,8 @@ static const struct test_case serve_cases[] = {
 	{ "serve_working_set", working_set, 0, F_REMOVE, 0, 0, 60 },
 	{ "serve_unservable", unservable, 0, F_REMOVE | F_POISON, 0, 0, 60 },
 	{ "serve_handover", handover, 0, F_REMOVE, 0, 0, 60 },
+	{ "serve_stop", stop, 0, F_REMOVE, 0, 0, 60 },
+	{ "serve_stop", stop, B_HUGETLB, F_HUGE, 0, 16, 60 },
 };
 
 TEST_SUITE(serve, serve_cases);

@@ -344,33 +344,46 @@ static int literal(struct cursor *c, const char *word)
 	return 0;
 }
 
+/* Just after an opening bracket: 1 when `close` follows (it is empty). */
+static int empty(struct cursor *c, char close)
+{
+	int ret = skip_ws(c);
+
+	if (ret)
+		return ret;
+	if (c->s[c->pos] != close)
+		return 0;
+	c->pos++;
+	return 1;
+}
+
+/* After an item: ',' (0: another one comes) or `close` (1: the end). */
+static int after_item(struct cursor *c, char close)
+{
+	int ret = empty(c, close);
+
+	if (ret)
+		return ret;
+	return expect(c, ',', close == '}' ? "',' or '}' expected" :
+		      "',' or ']' expected");
+}
+
 /* The elements of an array or the members of an object, '[' or '{' read. */
 static int container(struct cursor *c, int depth, bool object)
 {
 	char close = object ? '}' : ']', key[JSON_KEY_MAX];
 	size_t n;
-	int ret;
+	int ret = empty(c, close);
 
-	if ((ret = skip_ws(c)))
-		return ret;
-	if (c->s[c->pos] == close) {
-		c->pos++;
-		return 0;
-	}
-	for (;;) {
+	while (!ret) {
 		if (object && ((ret = string(c, key, &n)) ||
 			       (ret = expect(c, ':', "':' expected"))))
-			return ret;
-		if ((ret = value(c, depth + 1)) || (ret = skip_ws(c)))
-			return ret;
-		if (c->s[c->pos] == close) {
-			c->pos++;
-			return 0;
-		}
-		if ((ret = expect(c, ',', object ? "',' or '}' expected" :
-				  "',' or ']' expected")))
-			return ret;
+			break;
+		ret = value(c, depth + 1);
+		if (!ret)
+			ret = after_item(c, close);
 	}
+	return ret < 0 ? ret : 0;
 }
 
 static int value(struct cursor *c, int depth)
@@ -459,45 +472,32 @@ static int entry(struct cursor *c, struct serve_entry *e, unsigned int nr)
 	int ret;
 
 	memset(e, 0, sizeof(*e));
-	if ((ret = expect(c, '{', "'{' expected (a region)")) ||
-	    (ret = skip_ws(c)))
-		return ret;
-	if (c->s[c->pos] == '}') {
-		c->pos++;
-		return 0;
+	ret = expect(c, '{', "'{' expected (a region)");
+	if (!ret)
+		ret = empty(c, '}');
+	while (!ret) {
+		ret = member(c, e, nr);
+		if (!ret)
+			ret = after_item(c, '}');
 	}
-	for (;;) {
-		if ((ret = member(c, e, nr)) || (ret = skip_ws(c)))
-			return ret;
-		if (c->s[c->pos] == '}') {
-			c->pos++;
-			return 0;
-		}
-		if ((ret = expect(c, ',', "',' or '}' expected")))
-			return ret;
-	}
+	return ret < 0 ? ret : 0;
 }
 
 static int entries(struct cursor *c, struct serve_list *l)
 {
-	int ret;
+	int ret = 0;
 
-	for (;;) {
+	while (!ret) {
 		if (l->nr == FERRY_SERVE_MAX_REGIONS)
 			return ferry_fail(-EBADMSG, "region list: more than %d "
 					  "regions", FERRY_SERVE_MAX_REGIONS);
-		if ((ret = entry(c, &l->e[l->nr], l->nr)))
-			return ret;
-		l->nr++;
-		if ((ret = skip_ws(c)))
-			return ret;
-		if (c->s[c->pos] == ']') {
-			c->pos++;
-			return 0;
+		ret = entry(c, &l->e[l->nr], l->nr);
+		if (!ret) {
+			l->nr++;
+			ret = after_item(c, ']');
 		}
-		if ((ret = expect(c, ',', "',' or ']' expected")))
-			return ret;
 	}
+	return ret < 0 ? ret : 0;
 }
 
 int serve_json_parse(const char *buf, size_t len, struct serve_list *l)
@@ -506,12 +506,12 @@ int serve_json_parse(const char *buf, size_t len, struct serve_list *l)
 	int ret;
 
 	l->nr = 0;
-	if ((ret = expect(&c, '[', "'[' expected (a list of regions)")) ||
-	    (ret = skip_ws(&c)))
-		return ret;
-	if (c.s[c.pos] == ']')
-		c.pos++;
-	else if ((ret = entries(&c, l)))
+	ret = expect(&c, '[', "'[' expected (a list of regions)");
+	if (!ret)
+		ret = empty(&c, ']');
+	if (!ret)
+		ret = entries(&c, l);
+	if (ret < 0)
 		return ret;
 	ret = skip_ws(&c);
 	if (ret == -EAGAIN)
