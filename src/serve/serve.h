@@ -178,6 +178,8 @@ struct serve_pending {
 struct ferry_serve;
 
 struct serve_vm {
+	/* Set by the main thread before the VM's threads start; read-only
+	 * from then on (the regions' bitmaps excepted, see above). */
 	struct ferry_serve *srv;
 	const struct serve_file *file;
 	uint64_t id;
@@ -214,18 +216,22 @@ struct serve_vm {
 	uint64_t hint;
 
 	/* Recording first touches: the fault thread appends, under
-	 * rec_lock; whoever ends the recording takes them. */
+	 * rec_lock; whoever ends the recording (fill or main thread)
+	 * clears `recording` under it and takes them.  The fault thread
+	 * reads `recording` without the lock (relaxed) first. */
 	pthread_mutex_t rec_lock;
 	bool recording;
 	struct snap_page *recorded;
 	size_t nr_recorded, recorded_cap;
 
-	struct snap_page *prefetch;	/* the working set to install */
+	struct snap_page *prefetch;	/* the working set: read-only */
 	size_t nr_prefetch;
 	int fill_fd;			/* eventfd: finish now (stop) */
-	bool finish;			/* set before fill_fd: fill it all */
+	bool finish;			/* main thread sets (release) before
+					 * fill_fd; the fill reads (acquire) */
 
-	/* News for the main thread (under news_lock), then wake_fd. */
+	/* News for the main thread: the VM's threads write under
+	 * news_lock, then signal wake_fd; the main thread takes them. */
 	pthread_mutex_t news_lock;
 	char failure[256];		/* first page that cannot be served */
 	bool failure_new;
@@ -236,7 +242,9 @@ struct serve_vm {
 	bool service_ended;		/* the fault service stopped itself */
 	const char *ending;		/* main thread: why it ends, or NULL */
 
-	/* Figures: counters atomic (relaxed), any thread. */
+	/* Figures: counters atomic (relaxed), written by any of its
+	 * threads; the first fields (to `faults`) are set before start;
+	 * `reason` by the main thread under srv->lock. */
 	struct ferry_serve_vm_stats stats;
 };
 
