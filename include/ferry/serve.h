@@ -170,16 +170,19 @@ void ferry_serve_destroy(struct ferry_serve *srv);
 
 /*
  * A listening Unix stream socket at path (a socket left there by a dead
- * server is replaced; a live one is -EADDRINUSE).  Returns the fd, or
+ * server is replaced; a live one is -EADDRINUSE), mode 0600: whoever can
+ * connect is served the memory file, so only its owner may (chown or
+ * chmod it for a VMM that runs as another user).  Returns the fd, or
  * -errno with a reason.
  */
 int ferry_serve_listen(const char *path);
 
 /*
  * The VMM's side, as Firecracker does it: connect to path and send uffd
- * (registered over every region) with the region list, in one sendmsg().
- * Returns the connected socket (keep it open while the VM runs: older
- * handlers take its end for the VM's), or -errno with a reason.
+ * (registered MISSING over every region) with the region list, in one
+ * sendmsg().  Returns the connected socket, or -errno with a reason.
+ * Keep it open while the VM runs, as Firecracker does since 1.12: some
+ * handlers take its end for the VMM's.
  */
 int ferry_serve_handover(const char *path, int uffd,
 			 const struct ferry_serve_region *regions,

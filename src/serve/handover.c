@@ -77,6 +77,9 @@ int ferry_serve_listen(const char *path)
 	ret = sys_ret(bind(fd, (struct sockaddr *)&un, sizeof(un)));
 	if (ret == -EADDRINUSE && !remove_stale(&un))
 		ret = sys_ret(bind(fd, (struct sockaddr *)&un, sizeof(un)));
+	/* Whoever connects is served the memory file: its owner only. */
+	if (!ret)
+		ret = sys_ret(chmod(path, 0600));
 	if (!ret)
 		ret = sys_ret(listen(fd, 128));
 	if (ret) {
