@@ -480,20 +480,47 @@ static void wait_go(struct child *c)
 		;
 }
 
+static struct fch_result *dying;
+static uintptr_t dying_page;
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	(void)sig;
+	(void)uc;
+	dying->bus_code = si->si_code;
+	dying->bus_at_page = ((uintptr_t)si->si_addr & ~(PAGE - 1)) ==
+			     dying_page;
+	_exit(FCH_EXIT_SIGBUS);
+}
+
+/* Touch a page that must not be served: SIGBUS, or exit 3. */
+static void touch_and_die(struct child *c)
+{
+	struct sigaction sa = { .sa_sigaction = on_sigbus,
+				.sa_flags = SA_SIGINFO };
+
+	dying = c->res;
+	dying_page = ((uintptr_t)c->r[0].base + c->o->die_offset) &
+		     ~(PAGE - 1);
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, NULL);
+	(void)*(volatile const uint8_t *)(c->r[0].base + c->o->die_offset);
+	snprintf(c->res->why, sizeof(c->res->why), "the page at %llu was "
+		 "served", (unsigned long long)c->o->die_offset);
+	_exit(3);
+}
+
 static void child_main(struct child *c, const char *sock)
 {
 	map_regions(c);
 	open_uffd(c);
+	if (c->o->hold)
+		wait_go(c);
 	hand_over(c, sock);
 	if (c->o->wait_go)
 		wait_go(c);
-	if (c->o->touch_and_die) {
-		(void)*(volatile const uint8_t *)(c->r[0].base +
-						  c->o->die_offset);
-		snprintf(c->res->why, sizeof(c->res->why), "the page at %llu "
-			 "was served", (unsigned long long)c->o->die_offset);
-		_exit(3);
-	}
+	if (c->o->touch_and_die)
+		touch_and_die(c);
 	if (c->o->remove)
 		discard_untouched(c);
 	touch_all(c);

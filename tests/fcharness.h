@@ -80,7 +80,10 @@ struct fch_vm_opts {
 	 * (NULL: every page of every region). */
 	const uint32_t *order;
 	size_t order_len;
-	/* Before touching, wait until the parent says go (fch_vm_go). */
+	/* Before handing over, wait until the parent says go. */
+	bool hold;
+	/* Before touching, wait until the parent says go (fch_vm_go; a VM
+	 * that holds too wants two). */
 	bool wait_go;
 	/* After checking, discard (MADV_DONTNEED) pages of region 0 and
 	 * check they read zero: some never touched, some touched. */
@@ -114,8 +117,18 @@ struct fch_result {
 	uint64_t first_touch_ns;	/* first page in place, after sent */
 	uint64_t touched_ns;		/* every page of `order` touched */
 	uint64_t minor_faults;		/* the VM's own, while touching */
+	int bus_code;			/* touch_and_die: SIGBUS's si_code, */
+	bool bus_at_page;		/* and whether it came at that page */
 	int go_fd;			/* the parent writes, the VM reads */
 };
+
+/*
+ * A VM that touch_and_die took SIGBUS: its exit status (its handler
+ * notes what it was told and exits, so that a sanitizer's handler cannot
+ * stand in the way).  A poisoned page gives BUS_MCEERR_AR, or BUS_ADRERR
+ * on a kernel without CONFIG_MEMORY_FAILURE.
+ */
+#define FCH_EXIT_SIGBUS	77
 
 enum {
 	FCH_STAGE_START,
@@ -130,7 +143,12 @@ struct fch_vm {
 	struct fch_result *res;		/* shared, the parent unmaps it */
 };
 
-/* Fork a VM that connects to `sock`; 0 or -errno. */
+/*
+ * Fork a VM that connects to `sock`; 0 or -errno.  Fork while the caller
+ * runs no other thread (before the server's starts; `hold` is for that):
+ * a child forked beside running threads may find a lock of theirs taken
+ * forever (the sanitizers' allocators).
+ */
 int fch_vm_spawn(struct fch_vm *vm, const char *sock,
 		 const struct fch_memfile *m, const struct fch_vm_opts *o);
 

@@ -76,9 +76,13 @@ static void *server_main(void *arg)
 	return NULL;
 }
 
-static enum test_result server_start(struct test_ctx *ctx, struct server *s,
-				     const struct fch_memfile *m,
-				     const struct ferry_serve_opts *opts)
+/*
+ * A server listening, its thread not started: VMs are forked now, while
+ * this process runs no other thread (see fch_vm_spawn), then server_go.
+ */
+static enum test_result server_open(struct test_ctx *ctx, struct server *s,
+				    const struct fch_memfile *m,
+				    const struct ferry_serve_opts *opts)
 {
 	struct ferry_serve_opts o = { 0 };
 
@@ -93,6 +97,11 @@ static enum test_result server_start(struct test_ctx *ctx, struct server *s,
 	s->listen_fd = ferry_serve_listen(s->path);
 	CHECK_OK(ctx, s->listen_fd);
 	CHECK_OK(ctx, ferry_serve_create(s->listen_fd, m->fd, &o, &s->srv));
+	return TEST_PASS;
+}
+
+static enum test_result server_go(struct test_ctx *ctx, struct server *s)
+{
 	CHECK(ctx, !pthread_create(&s->thread, NULL, server_main, s),
 	      "pthread_create");
 	return TEST_PASS;
@@ -221,8 +230,9 @@ static enum test_result restore(struct test_ctx *ctx)
 
 	TRY(memfile(ctx, &m, 16 * MIB, 1));
 	data = fch_data_pages(&m, ps);
-	TRY(server_start(ctx, &s, &m, &so));
+	TRY(server_open(ctx, &s, &m, &so));
 	TRY(spawn(ctx, &vm, &s, &m, &vo));
+	TRY(server_go(ctx, &s));
 	TRY(vm_ok(ctx, &vm));
 	CHECK_EQ(ctx, vm.res->pages_checked, m.size / 4096);
 	CHECK(ctx, wait_state(&s, vm.pid, FERRY_SERVE_VM_ENDED, VM_WAIT_MS,
@@ -267,8 +277,9 @@ static enum test_result fill_handoff(struct test_ctx *ctx)
 	struct fch_vm vm;
 
 	TRY(memfile(ctx, &m, 16 * MIB, 2));
-	TRY(server_start(ctx, &s, &m, NULL));
+	TRY(server_open(ctx, &s, &m, NULL));
 	TRY(spawn(ctx, &vm, &s, &m, &vo));
+	TRY(server_go(ctx, &s));
 	CHECK(ctx, wait_state(&s, vm.pid, FERRY_SERVE_VM_HANDED_OFF,
 			      VM_WAIT_MS, &st), "the VM was not handed off");
 	CHECK_EQ(ctx, st.filled, fch_data_pages(&m, page_size_of(ctx)));
@@ -300,8 +311,9 @@ static enum test_result remove_one(struct test_ctx *ctx, bool fill)
 	struct fch_vm vm;
 
 	TRY(memfile(ctx, &m, 16 * MIB, 3));
-	TRY(server_start(ctx, &s, &m, &so));
+	TRY(server_open(ctx, &s, &m, &so));
 	TRY(spawn(ctx, &vm, &s, &m, &vo));
+	TRY(server_go(ctx, &s));
 	TRY(vm_ok(ctx, &vm));
 	CHECK(ctx, vm.res->removed_checked > 0, "no discard checked");
 	CHECK(ctx, wait_state(&s, vm.pid, FERRY_SERVE_VM_ENDED, VM_WAIT_MS,
@@ -336,9 +348,10 @@ static enum test_result two_vms(struct test_ctx *ctx, uint64_t seed,
 	struct fch_vm a, b;
 
 	TRY(memfile(ctx, &m, 8 * MIB, seed));
-	TRY(server_start(ctx, &s, &m, NULL));
+	TRY(server_open(ctx, &s, &m, NULL));
 	TRY(spawn(ctx, &a, &s, &m, oa));
 	TRY(spawn(ctx, &b, &s, &m, ob));
+	TRY(server_go(ctx, &s));
 	TRY(vm_ok(ctx, &a));
 	TRY(vm_ok(ctx, &b));
 	CHECK(ctx, vm_stats(&s, b.pid, &st), "no figures for the VM");
@@ -434,6 +447,16 @@ static void bad_opts(const struct bad *b, struct fch_vm_opts *o)
 	o->wait_go = b->no_fd;
 }
 
+/* Did the VM die of a poisoned page: SIGBUS at the page it touched? */
+static bool poisoned(const struct fch_vm *vm, int status)
+{
+	int code = vm->res->bus_code;
+
+	return WIFEXITED(status) && WEXITSTATUS(status) == FCH_EXIT_SIGBUS &&
+	       (code == BUS_MCEERR_AR || code == BUS_ADRERR) &&
+	       vm->res->bus_at_page;
+}
+
 /* Refused with the reason; one that sent a uffd dies at its first touch. */
 static enum test_result bad_done(struct test_ctx *ctx, struct server *s,
 				 const struct bad *b, struct fch_vm *vm)
@@ -448,9 +471,10 @@ static enum test_result bad_done(struct test_ctx *ctx, struct server *s,
 	if (b->no_fd)
 		kill(vm->pid, SIGKILL);
 	st = fch_vm_wait(vm, VM_WAIT_MS);
-	CHECK(ctx, b->no_fd || (WIFSIGNALED(st) && WTERMSIG(st) == SIGBUS),
-	      "refused for '%s', the VMM ended with status %#x, not SIGBUS "
-	      "(%s)", why, st, vm->res->why);
+	CHECK(ctx, b->no_fd || poisoned(vm, st),
+	      "refused for '%s', the VMM ended with status %#x (SIGBUS code "
+	      "%d), not at a poisoned page (%s)", why, st, vm->res->bus_code,
+	      vm->res->why);
 	fch_vm_release(vm);
 	return TEST_PASS;
 }
@@ -464,19 +488,16 @@ static enum test_result malformed(struct test_ctx *ctx)
 	struct server s;
 
 	TRY(memfile(ctx, &m, 4 * MIB, 5));
-	TRY(server_start(ctx, &s, &m, &so));
-	for (size_t i = 0; i < NR_BADS; i += 8) {
-		size_t end = i + 8 < NR_BADS ? i + 8 : NR_BADS;
-
-		for (size_t k = i; k < end; k++) {
-			bad_opts(&bads[k], &o);
-			TRY(spawn(ctx, &vms[k], &s, &m, &o));
-		}
-		for (size_t k = i; k < end; k++)
-			TRY(bad_done(ctx, &s, &bads[k], &vms[k]));
+	TRY(server_open(ctx, &s, &m, &so));
+	for (size_t k = 0; k < NR_BADS; k++) {
+		bad_opts(&bads[k], &o);
+		TRY(spawn(ctx, &vms[k], &s, &m, &o));
 	}
 	o = (struct fch_vm_opts){ .nr_regions = 1 };
 	TRY(spawn(ctx, &good, &s, &m, &o));
+	TRY(server_go(ctx, &s));
+	for (size_t k = 0; k < NR_BADS; k++)
+		TRY(bad_done(ctx, &s, &bads[k], &vms[k]));
 	TRY(vm_ok(ctx, &good));
 	fch_vm_release(&good);
 	server_stop(&s);
@@ -553,8 +574,9 @@ static int count_settles(const char *path, int want)
 static enum test_result vm_exit(struct test_ctx *ctx)
 {
 	struct fch_vm_opts leaver = { .hugetlb = is_hugetlb(ctx),
-				      .exit_after = 40 };
-	struct fch_vm_opts stayer = { .hugetlb = is_hugetlb(ctx) };
+				      .exit_after = 40, .hold = true };
+	struct fch_vm_opts stayer = { .hugetlb = is_hugetlb(ctx),
+				      .hold = true };
 	struct ferry_serve_vm_stats st;
 	struct fch_memfile m;
 	struct server s;
@@ -562,12 +584,16 @@ static enum test_result vm_exit(struct test_ctx *ctx)
 	int fds, threads;
 
 	TRY(memfile(ctx, &m, 16 * MIB, 6));
-	TRY(server_start(ctx, &s, &m, NULL));
-	usleep(10000);
-	fds = count_dir("/proc/self/fd");
-	threads = count_dir("/proc/self/task");
+	TRY(server_open(ctx, &s, &m, NULL));
 	TRY(spawn(ctx, &a, &s, &m, &leaver));
 	TRY(spawn(ctx, &b, &s, &m, &stayer));
+	TRY(server_go(ctx, &s));
+	usleep(10000);
+	/* Both VMs hold: nothing of theirs is in the server yet. */
+	fds = count_dir("/proc/self/fd") - 2;	/* their go pipes */
+	threads = count_dir("/proc/self/task");
+	fch_vm_go(&a);
+	fch_vm_go(&b);
 	CHECK_EQ(ctx, fch_vm_wait(&a, VM_WAIT_MS), 0);
 	CHECK(ctx, wait_event(&s, a.pid, FERRY_SERVE_EV_ENDED, VM_WAIT_MS),
 	      "the VM that left did not end");
@@ -598,11 +624,12 @@ static enum test_result ten_vms(struct test_ctx *ctx)
 	struct fch_vm vm[TEN];
 
 	TRY(memfile(ctx, &m, 16 * MIB, 7));
-	TRY(server_start(ctx, &s, &m, NULL));
+	TRY(server_open(ctx, &s, &m, NULL));
 	for (int i = 0; i < TEN; i++) {
 		o.remove = i % 3 == 0;
 		TRY(spawn(ctx, &vm[i], &s, &m, &o));
 	}
+	TRY(server_go(ctx, &s));
 	for (int i = 0; i < TEN; i++)
 		TRY(vm_ok(ctx, &vm[i]));
 	for (int i = 0; i < TEN; i++) {
@@ -642,8 +669,9 @@ static enum test_result working_set(struct test_ctx *ctx)
 	for (uint32_t i = 0; i < WS_PAGES; i++)
 		order[i] = (i * 7919) % 4096;	/* distinct pages of 16 MiB */
 	TRY(memfile(ctx, &m, 16 * MIB, 8));
-	TRY(server_start(ctx, &s, &m, &rec));
+	TRY(server_open(ctx, &s, &m, &rec));
 	TRY(spawn(ctx, &vm, &s, &m, &o));
+	TRY(server_go(ctx, &s));
 	TRY(vm_ok(ctx, &vm));
 	CHECK(ctx, wait_state(&s, vm.pid, FERRY_SERVE_VM_ENDED, VM_WAIT_MS,
 			      &st), "the recording VM's end was not seen");
@@ -652,8 +680,9 @@ static enum test_result working_set(struct test_ctx *ctx)
 	server_stop(&s);
 
 	o.wait_go = true;
-	TRY(server_start(ctx, &s, &m, &pre));
+	TRY(server_open(ctx, &s, &m, &pre));
 	TRY(spawn(ctx, &vm, &s, &m, &o));
+	TRY(server_go(ctx, &s));
 	for (int i = 0; i < VM_WAIT_MS / 2 && (!vm_stats(&s, vm.pid, &st) ||
 					       st.prefetched < WS_PAGES); i++)
 		usleep(2000);
@@ -691,15 +720,16 @@ static enum test_result unservable(struct test_ctx *ctx)
 	TRY(memfile(ctx, &m, 4 * MIB, 9));
 	for (o.die_offset = 3 * MIB; fch_is_hole(&m, o.die_offset);)
 		o.die_offset += 4096;
-	TRY(server_start(ctx, &s, &m, &so));
+	TRY(server_open(ctx, &s, &m, &so));
 	TRY(spawn(ctx, &vm, &s, &m, &o));
+	TRY(server_go(ctx, &s));
 	CHECK(ctx, wait_event(&s, vm.pid, FERRY_SERVE_EV_STARTED, VM_WAIT_MS),
 	      "the VM was not served");
 	CHECK_OK(ctx, ftruncate(m.fd, 2 * MIB) ? -errno : 0);
 	fch_vm_go(&vm);
 	st = fch_vm_wait(&vm, VM_WAIT_MS);
-	CHECK(ctx, WIFSIGNALED(st) && WTERMSIG(st) == SIGBUS,
-	      "status %#x, not SIGBUS: %s", st, vm.res->why);
+	CHECK(ctx, poisoned(&vm, st), "status %#x (SIGBUS code %d), not a "
+	      "poisoned page: %s", st, vm.res->bus_code, vm.res->why);
 	why = wait_event(&s, vm.pid, FERRY_SERVE_EV_FAILED, VM_WAIT_MS);
 	CHECK(ctx, why && strstr(why, "poisoned"), "failure: %s",
 	      why ? why : "none told");
@@ -732,9 +762,10 @@ static enum test_result stop(struct test_ctx *ctx)
 	int status;
 
 	TRY(memfile(ctx, &m, 8 * MIB, 11));
-	TRY(server_start(ctx, &s, &m, &so));
+	TRY(server_open(ctx, &s, &m, &so));
 	TRY(spawn(ctx, &vm, &s, &m, &o));
 	TRY(spawn(ctx, &refused, &s, &m, &bad));
+	TRY(server_go(ctx, &s));
 	CHECK(ctx, wait_event(&s, vm.pid, FERRY_SERVE_EV_STARTED, VM_WAIT_MS),
 	      "the VM was not served");
 	CHECK(ctx, wait_event(&s, refused.pid, FERRY_SERVE_EV_REFUSED,

@@ -125,27 +125,38 @@ out:
 	free(l);
 }
 
+/* A slot for one more connection, or NULL while SERVE_MAX_PENDING wait. */
+struct serve_conn *serve_free_conn(struct ferry_serve *srv)
+{
+	for (size_t i = 0; i < SERVE_MAX_PENDING; i++)
+		if (srv->conns[i].fd < 0)
+			return &srv->conns[i];
+	return NULL;
+}
+
+/*
+ * As many as there are free slots; the rest wait in the listen backlog
+ * (their deadline starts when they are accepted), so a burst of VMMs is
+ * taken in turn, not turned away.
+ */
 void serve_accept_all(struct ferry_serve *srv)
 {
-	for (;;) {
+	struct serve_conn *c;
+
+	while ((c = serve_free_conn(srv))) {
 		int fd = accept4(srv->listen_fd, NULL, NULL,
 				 SOCK_CLOEXEC | SOCK_NONBLOCK);
-		struct serve_conn *c = NULL;
+		struct ferry_serve_vm_stats st = { .id = 0 };
 
 		if (fd < 0 && (errno == EINTR || errno == ECONNABORTED))
 			continue;
 		if (fd < 0)
 			return;		/* EAGAIN; or EMFILE: later */
-		for (size_t i = 0; i < SERVE_MAX_PENDING && !c; i++)
-			c = srv->conns[i].fd < 0 ? &srv->conns[i] : NULL;
-		if (!c || serve_conn_init(c, fd, ++srv->next_id,
-					  srv->opts.handshake_timeout_ms)) {
-			struct ferry_serve_vm_stats st = { .id = 0 };
-
+		if (serve_conn_init(c, fd, ++srv->next_id,
+				    srv->opts.handshake_timeout_ms)) {
 			close(fd);
-			serve_tell(srv, FERRY_SERVE_EV_REFUSED, &st, c ?
-			     "out of memory" : "too many connections still "
-			     "sending their lists");
+			serve_tell(srv, FERRY_SERVE_EV_REFUSED, &st,
+				   "out of memory");
 		}
 	}
 }

@@ -103,7 +103,7 @@ static int build(struct ferry_serve *srv, size_t *n)
 		return ret;
 	watch(srv, n, srv->stop_fd, W_STOP, NULL, NULL);
 	watch(srv, n, srv->wake_fd, W_WAKE, NULL, NULL);
-	if (!srv->stops)
+	if (!srv->stops && serve_free_conn(srv))
 		watch(srv, n, srv->listen_fd, W_LISTEN, NULL, NULL);
 	for (size_t i = 0; i < SERVE_MAX_PENDING; i++)
 		if (srv->conns[i].fd >= 0)

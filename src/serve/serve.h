@@ -442,6 +442,7 @@ size_t serve_count_state(struct ferry_serve *srv,
 			 enum ferry_serve_vm_state state);
 
 /* accept.c: new connections, lists read, deadlines. */
+struct serve_conn *serve_free_conn(struct ferry_serve *srv);
 void serve_accept_all(struct ferry_serve *srv);
 void serve_conn_ready(struct ferry_serve *srv, struct serve_conn *c);
 void serve_conn_timeouts(struct ferry_serve *srv);
