@@ -158,9 +158,10 @@ int ferry_serve_run(struct ferry_serve *srv);
 void ferry_serve_stop(struct ferry_serve *srv);
 
 /*
- * The figures of every VM seen so far (served, handed off, refused and
- * ended), oldest first, at most `max`.  Returns how many there are in all
- * (more than max when some did not fit).  Any thread.
+ * The figures of the last 1024 VMs that ended, oldest first, then of
+ * every VM still kept (served, handed off, refused), in order of
+ * connection; at most `max`.  Returns how many there are in all (more
+ * than max when some did not fit).  Any thread.
  */
 size_t ferry_serve_vms(struct ferry_serve *srv,
 		       struct ferry_serve_vm_stats *out, size_t max);

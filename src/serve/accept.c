@@ -6,6 +6,7 @@
  * sent a userfaultfd with it stays as a refused VM, its faults poisoned.
  * On the server's thread.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,24 @@ static bool waits_on(int fd)
 }
 
 /*
+ * Room to keep one more refused VM: 0, or -ENOSPC after killing its VMM
+ * (it would wait forever on a descriptor nobody reads).
+ */
+static int room_to_keep(struct ferry_serve *srv, struct serve_conn *c,
+			struct ferry_serve_vm_stats *st)
+{
+	size_t len = strlen(st->reason);
+
+	if (srv->nr_vms < SERVE_KEEP_FACTOR * (size_t)srv->opts.max_vms)
+		return 0;
+	if (c->pidfd >= 0)
+		syscall(SYS_pidfd_send_signal, c->pidfd, SIGKILL, NULL, 0);
+	snprintf(st->reason + len, sizeof(st->reason) - len, "; too many "
+		 "VMs kept: the VMM was killed");
+	return -ENOSPC;
+}
+
+/*
  * A refused connection.  One that brought a userfaultfd is a VMM about
  * to wait on it: it stays, and each fault it takes is poisoned.
  */
@@ -43,7 +62,7 @@ void serve_refuse(struct ferry_serve *srv, struct serve_conn *c,
 	struct serve_vm *vm = NULL;
 
 	snprintf(st.reason, sizeof(st.reason), "%s", reason);
-	if (waits_on(c->uffd) &&
+	if (waits_on(c->uffd) && !room_to_keep(srv, c, &st) &&
 	    !serve_vm_create_refused(srv, c, c->id, reason, &vm) &&
 	    serve_add_vm(srv, vm)) {
 		serve_vm_destroy(vm);
@@ -54,7 +73,7 @@ void serve_refuse(struct ferry_serve *srv, struct serve_conn *c,
 	if (vm)
 		serve_tell_vm(srv, FERRY_SERVE_EV_REFUSED, vm, reason);
 	else
-		serve_tell(srv, FERRY_SERVE_EV_REFUSED, &st, reason);
+		serve_tell(srv, FERRY_SERVE_EV_REFUSED, &st, st.reason);
 	serve_conn_fini(c);
 }
 

@@ -45,6 +45,10 @@
 
 #define SERVE_PAGE		4096ULL
 #define SERVE_MAX_PENDING	16	/* connections still handshaking */
+#define SERVE_MAX_ENDED		1024	/* ended VMs whose figures are kept */
+/* Refused and handed-off VMs kept (read until their VMM exits), as a
+ * multiple of max_vms; a refused VMM beyond it is killed at once. */
+#define SERVE_KEEP_FACTOR	4
 
 /* ---- the memory file (file.c) -------------------------------------------- */
 
@@ -388,8 +392,8 @@ struct ferry_serve {
 	pthread_mutex_t lock;
 	struct serve_vm **vms;		/* served, handed off, refused */
 	size_t nr_vms, vms_cap;
-	struct ferry_serve_vm_stats *ended;
-	size_t nr_ended, ended_cap;
+	struct ferry_serve_vm_stats *ended;	/* a ring once full */
+	size_t nr_ended, ended_cap, ended_head;
 
 	struct serve_conn conns[SERVE_MAX_PENDING];	/* main thread */
 	uint64_t next_id;

@@ -100,26 +100,41 @@ int serve_add_vm(struct ferry_serve *srv, struct serve_vm *vm)
 	return ret;
 }
 
-/* Out of the live list, its figures into the ended one. */
-static void retire(struct ferry_serve *srv, struct serve_vm *vm,
-		   const struct ferry_serve_vm_stats *st)
+/* The ended figures kept: the last SERVE_MAX_ENDED, oldest dropped. */
+static void keep_ended(struct ferry_serve *srv,
+		       const struct ferry_serve_vm_stats *st)
 {
-	pthread_mutex_lock(&srv->lock);
-	for (size_t i = 0; i < srv->nr_vms; i++)
-		if (srv->vms[i] == vm)
-			srv->vms[i] = srv->vms[--srv->nr_vms];
+	if (srv->nr_ended == SERVE_MAX_ENDED) {
+		srv->ended[srv->ended_head] = *st;
+		srv->ended_head = (srv->ended_head + 1) % SERVE_MAX_ENDED;
+		return;
+	}
 	if (srv->nr_ended == srv->ended_cap) {
 		size_t cap = srv->ended_cap ? srv->ended_cap * 2 : 16;
 		struct ferry_serve_vm_stats *e = realloc(srv->ended,
 							 cap * sizeof(*e));
 
-		if (e) {
-			srv->ended = e;
-			srv->ended_cap = cap;
-		}
+		if (!e)
+			return;		/* its figures are lost, not the VM */
+		srv->ended = e;
+		srv->ended_cap = cap;
 	}
-	if (srv->nr_ended < srv->ended_cap)
-		srv->ended[srv->nr_ended++] = *st;
+	srv->ended[srv->nr_ended++] = *st;
+}
+
+/* Out of the live list (which stays in order), its figures kept. */
+static void retire(struct ferry_serve *srv, struct serve_vm *vm,
+		   const struct ferry_serve_vm_stats *st)
+{
+	pthread_mutex_lock(&srv->lock);
+	for (size_t i = 0; i < srv->nr_vms; i++)
+		if (srv->vms[i] == vm) {
+			memmove(&srv->vms[i], &srv->vms[i + 1],
+				(srv->nr_vms - i - 1) * sizeof(*srv->vms));
+			srv->nr_vms--;
+			break;
+		}
+	keep_ended(srv, st);
 	pthread_mutex_unlock(&srv->lock);
 }
 
@@ -244,7 +259,8 @@ size_t ferry_serve_vms(struct ferry_serve *srv,
 	pthread_mutex_lock(&srv->lock);
 	for (size_t i = 0; i < srv->nr_ended; i++, n++)
 		if (n < max)
-			out[n] = srv->ended[i];
+			out[n] = srv->ended[(srv->ended_head + i) %
+					    srv->ended_cap];
 	for (size_t i = 0; i < srv->nr_vms; i++, n++)
 		if (n < max)
 			serve_vm_stats(srv->vms[i], &out[n]);
