@@ -26,6 +26,7 @@ int cmd_send(int argc, char **argv);
 int cmd_recv(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_restore(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 /* ---- printing ----------------------------------------------------------- */
 

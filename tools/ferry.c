@@ -23,6 +23,8 @@ static const struct command commands[] = {
 	{ "snapshot", cmd_snapshot, "run a VM and save it to a file" },
 	{ "restore", cmd_restore,
 	  "run a VM from a snapshot: eagerly, lazily, or as N clones" },
+	{ "serve-faults", cmd_serve,
+	  "serve Firecracker's page faults from a memory file" },
 };
 
 static void usage(FILE *out)

@@ -20,6 +20,7 @@
 #include "ferry/net.h"
 #include "ferry/pagefaults.h"
 #include "ferry/restore.h"
+#include "ferry/serve.h"
 #include "ferry/snapshot.h"
 #include "ferry/uffd.h"
 #include "ferry/vcpu.h"

@@ -31,6 +31,7 @@ int faultsvc_create(const struct faultsvc_ops *ops, void *arg,
 	struct faultsvc *svc = calloc(1, sizeof(*svc));
 	int ret;
 
+	assert(!ops->batch_begin == !ops->batch_end);
 	if (!svc)
 		return ferry_fail(-ENOMEM, "out of memory");
 	svc->ops = ops;
@@ -66,16 +67,21 @@ static int dispatch(struct faultsvc *svc, const struct uffd_msg *msg)
 static int drain(struct faultsvc *svc)
 {
 	struct uffd_msg msgs[FAULTSVC_BATCH];
-	ssize_t n = ferry_uffd_read(svc->uffd, msgs, FAULTSVC_BATCH);
-	int ret = 0;
+	ssize_t n;
+	int ret = 0, end;
 
-	if (n == -EAGAIN)
-		return 0;
-	if (n < 0)
-		return ferry_fail((int)n, "reading userfaultfd: %s",
-				  strerror((int)-n));
+	if (svc->ops->batch_begin)
+		svc->ops->batch_begin(svc->arg);
+	n = ferry_uffd_read(svc->uffd, msgs, FAULTSVC_BATCH);
+	if (n < 0 && n != -EAGAIN)
+		ret = ferry_fail((int)n, "reading userfaultfd: %s",
+				 strerror((int)-n));
 	for (ssize_t i = 0; i < n && !ret; i++)
 		ret = dispatch(svc, &msgs[i]);
+	if (svc->ops->batch_end) {
+		end = svc->ops->batch_end(svc->arg, n > 0 ? (size_t)n : 0);
+		ret = ret ? ret : end;
+	}
 	return ret;
 }
 

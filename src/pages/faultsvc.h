@@ -41,6 +41,19 @@ struct faultsvc_ops {
 	int (*event)(void *arg, const struct uffd_msg *msg);
 	/* The flow's fd (faultsvc_start's extra_fd) is readable. */
 	int (*ready)(void *arg);
+	/*
+	 * Optional, both or neither: before each read of the uffd, and
+	 * once what it read (nr messages, 0 when nothing was pending) has
+	 * been handed to fault() and event(); batch_end's error stops the
+	 * service as a handler's does.  A flow that collects a batch's
+	 * faults and serves them in batch_end applies the batch's events
+	 * (a REMOVE read after the fault) first; one whose other threads
+	 * install pages keeps them out from the read to batch_end, the
+	 * time in which the kernel has handed over an event the flow has
+	 * not applied yet.
+	 */
+	void (*batch_begin)(void *arg);
+	int (*batch_end)(void *arg, size_t nr);
 };
 
 /* A service not started, handing faults to ops with arg: 0 or -errno. */

@@ -217,4 +217,20 @@ ssize_t snap_ws_load(const struct snap_file *f, const char *path,
 /* Write one, for snapshot f; replaces `path` whole (rename). */
 int snap_ws_save(const struct snap_file *f, const char *path,
 		 const struct snap_page *pages, size_t nr);
+
+/*
+ * The same for memory that is not a ferry snapshot (a VMM's memory file
+ * served by serve/): what a working set is checked against, the id of
+ * what it was recorded for and the pages of each region.
+ */
+struct snap_ws_layout {
+	uint64_t id;
+	unsigned int nr_regions;
+	const uint64_t *nr_pages;	/* per region */
+};
+
+ssize_t snap_ws_load_layout(const struct snap_ws_layout *l, const char *path,
+			    struct snap_page **pages);
+int snap_ws_save_layout(const struct snap_ws_layout *l, const char *path,
+			const struct snap_page *pages, size_t nr);
 #endif

@@ -5,7 +5,8 @@
  *
  *   offset  size       field
  *        0     8       magic "FERRYWS1"
- *        8     8       snapshot id (hash of the snapshot's record headers)
+ *        8     8       snapshot id (hash of the snapshot's record headers,
+ *                      or of a served memory file's layout: serve/)
  *       16     4       version, 1
  *       20     4       count
  *       24     8 x n   entries: region (u32), page (u32), in touch order
@@ -30,12 +31,12 @@
 #define WS_VERSION	1
 #define WS_HEAD		24
 
-static uint64_t max_entries(const struct snap_file *f)
+static uint64_t max_entries(const struct snap_ws_layout *l)
 {
 	uint64_t n = 0;
 
-	for (unsigned int i = 0; i < f->stream.nr_regions; i++)
-		n += f->stream.regions[i].nr_pages;
+	for (unsigned int i = 0; i < l->nr_regions; i++)
+		n += l->nr_pages[i];
 	return n;
 }
 
@@ -67,7 +68,7 @@ static int read_all(const char *path, uint8_t **buf, size_t *len,
 	return ret;
 }
 
-static int check_head(const struct snap_file *f, const char *path,
+static int check_head(const struct snap_ws_layout *l, const char *path,
 		      const uint8_t *buf, size_t len)
 {
 	uint32_t count = le32_load(buf + 20);
@@ -85,13 +86,13 @@ static int check_head(const struct snap_file *f, const char *path,
 	if (XXH3_64bits(buf, len - 8) != le64_load(buf + len - 8))
 		return ferry_fail(-EBADMSG, "working set %s: checksum "
 				  "mismatch", path);
-	if (le64_load(buf + 8) != f->id)
+	if (le64_load(buf + 8) != l->id)
 		return ferry_fail(-EINVAL, "working set %s was recorded for "
 				  "another snapshot", path);
 	return 0;
 }
 
-static int take_entries(const struct snap_file *f, const char *path,
+static int take_entries(const struct snap_ws_layout *l, const char *path,
 			const uint8_t *buf, struct snap_page *pages,
 			uint32_t count)
 {
@@ -99,8 +100,7 @@ static int take_entries(const struct snap_file *f, const char *path,
 		const uint8_t *e = buf + WS_HEAD + 8ULL * i;
 		uint32_t region = le32_load(e), page = le32_load(e + 4);
 
-		if (region >= f->stream.nr_regions ||
-		    page >= f->stream.regions[region].nr_pages)
+		if (region >= l->nr_regions || page >= l->nr_pages[region])
 			return ferry_fail(-EBADMSG, "working set %s: entry %u "
 					  "(region %u page %u) is outside "
 					  "guest memory", path, i, region,
@@ -111,21 +111,21 @@ static int take_entries(const struct snap_file *f, const char *path,
 	return 0;
 }
 
-ssize_t snap_ws_load(const struct snap_file *f, const char *path,
-		     struct snap_page **pages)
+ssize_t snap_ws_load_layout(const struct snap_ws_layout *l, const char *path,
+			    struct snap_page **pages)
 {
-	uint64_t limit = WS_HEAD + 8 * max_entries(f) + 8;
+	uint64_t limit = WS_HEAD + 8 * max_entries(l) + 8;
 	uint8_t *buf = NULL;
 	size_t len = 0;
 	uint32_t count = 0;
 	int ret = read_all(path, &buf, &len, limit);
 
 	if (!ret)
-		ret = check_head(f, path, buf, len);
+		ret = check_head(l, path, buf, len);
 	if (!ret) {
 		count = le32_load(buf + 20);
 		*pages = malloc(count ? count * sizeof(**pages) : 1);
-		ret = *pages ? take_entries(f, path, buf, *pages, count) :
+		ret = *pages ? take_entries(l, path, buf, *pages, count) :
 			       ferry_fail(-ENOMEM, "out of memory");
 		if (ret) {
 			free(*pages);
@@ -136,11 +136,11 @@ ssize_t snap_ws_load(const struct snap_file *f, const char *path,
 	return ret ? ret : (ssize_t)count;
 }
 
-static void encode(const struct snap_file *f, const struct snap_page *pages,
-		   uint32_t nr, uint8_t *buf, size_t len)
+static void encode(uint64_t id, const struct snap_page *pages, uint32_t nr,
+		   uint8_t *buf, size_t len)
 {
 	memcpy(buf, WS_MAGIC, 8);
-	le64_store(buf + 8, f->id);
+	le64_store(buf + 8, id);
 	le32_store(buf + 16, WS_VERSION);
 	le32_store(buf + 20, nr);
 	for (uint32_t i = 0; i < nr; i++) {
@@ -172,8 +172,8 @@ static int write_file(const char *path, const uint8_t *buf, size_t len)
 	return ret;
 }
 
-int snap_ws_save(const struct snap_file *f, const char *path,
-		 const struct snap_page *pages, size_t nr)
+int snap_ws_save_layout(const struct snap_ws_layout *l, const char *path,
+			const struct snap_page *pages, size_t nr)
 {
 	size_t len = WS_HEAD + 8 * nr + 8;
 	uint8_t *buf;
@@ -184,8 +184,36 @@ int snap_ws_save(const struct snap_file *f, const char *path,
 	buf = malloc(len);
 	if (!buf)
 		return ferry_fail(-ENOMEM, "out of memory");
-	encode(f, pages, (uint32_t)nr, buf, len);
+	encode(l->id, pages, (uint32_t)nr, buf, len);
 	ret = write_file(path, buf, len);
 	free(buf);
 	return ret;
+}
+
+/* A ferry snapshot's layout: its id and its regions' page counts. */
+static struct snap_ws_layout file_layout(const struct snap_file *f,
+					 uint64_t *nr_pages)
+{
+	for (unsigned int i = 0; i < f->stream.nr_regions; i++)
+		nr_pages[i] = f->stream.regions[i].nr_pages;
+	return (struct snap_ws_layout){ .id = f->id,
+		.nr_regions = f->stream.nr_regions, .nr_pages = nr_pages };
+}
+
+ssize_t snap_ws_load(const struct snap_file *f, const char *path,
+		     struct snap_page **pages)
+{
+	uint64_t nr_pages[FERRY_WIRE_MAX_REGIONS];
+	struct snap_ws_layout l = file_layout(f, nr_pages);
+
+	return snap_ws_load_layout(&l, path, pages);
+}
+
+int snap_ws_save(const struct snap_file *f, const char *path,
+		 const struct snap_page *pages, size_t nr)
+{
+	uint64_t nr_pages[FERRY_WIRE_MAX_REGIONS];
+	struct snap_ws_layout l = file_layout(f, nr_pages);
+
+	return snap_ws_save_layout(&l, path, pages, nr);
 }
