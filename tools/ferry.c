@@ -34,7 +34,7 @@ static void usage(FILE *out)
 		"to and from\na file, and lets the guest run before its "
 		"memory has arrived.\n\ncommands:\n");
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-		fprintf(out, "  %-8s %s\n", commands[i].name,
+		fprintf(out, "  %-12s %s\n", commands[i].name,
 			commands[i].summary);
 	fprintf(out, "\n'ferry COMMAND --help' describes a command's options."
 		"  ferry %s\n", FERRY_VERSION);

@@ -183,6 +183,13 @@ ssize_t ferry_uffd_continue(struct ferry_uffd *uffd, void *dst, size_t len,
 int ferry_uffd_writeprotect(struct ferry_uffd *uffd, void *addr, size_t len,
 			    bool wp, unsigned int flags);
 
+/*
+ * Mark a range that cannot be served as poisoned (UFFDIO_POISON, Linux
+ * 6.6): an access to it takes SIGBUS instead of waiting for a page that
+ * will never come.  -EEXIST if a page is there already.
+ */
+int ferry_uffd_poison(struct ferry_uffd *uffd, void *addr, size_t len);
+
 /* Wake threads waiting on faults in a range. */
 int ferry_uffd_wake(struct ferry_uffd *uffd, void *addr, size_t len);
 

@@ -24,6 +24,16 @@
 #define UFFD_FEATURE_MOVE			(1 << 16)
 #endif
 
+#ifndef UFFDIO_POISON				/* Linux 6.6 */
+#define _UFFDIO_POISON				(0x08)
+struct uffdio_poison {
+	struct uffdio_range range;
+	__u64 mode;
+	__s64 updated;
+};
+#define UFFDIO_POISON	_IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
+#endif
+
 #ifndef UFFDIO_CONTINUE_MODE_WP			/* Linux 6.3 */
 #define UFFDIO_CONTINUE_MODE_WP			((__u64)1 << 1)
 #endif

@@ -263,6 +263,32 @@ int ferry_uffd_writeprotect(struct ferry_uffd *uffd, void *addr, size_t len,
 	return 0;
 }
 
+int ferry_uffd_poison(struct ferry_uffd *uffd, void *addr, size_t len)
+{
+	struct uffdio_poison req = {
+		.range = { .start = (uintptr_t)addr, .len = len },
+	};
+	int ret;
+
+	/*
+	 * EAGAIN: the address space is changing under the call (an event
+	 * the registrant must read first); a few tries, then the caller
+	 * hears -EAGAIN and comes back later.
+	 */
+	for (int i = 0; i < 10; i++) {
+		ret = sys_ioctl(uffd->fd, UFFDIO_POISON, &req);
+		if (ret != -EAGAIN)
+			break;
+		sched_yield();
+	}
+	if (ret == -EAGAIN)
+		return ret;
+	if (ret)
+		return ferry_fail(ret, "poisoning %zu bytes at %p: %s", len,
+				  addr, strerror(-ret));
+	return 0;
+}
+
 int ferry_uffd_wake(struct ferry_uffd *uffd, void *addr, size_t len)
 {
 	struct uffdio_range range = { .start = (uintptr_t)addr, .len = len };

@@ -33,17 +33,6 @@
 #include "ferry/mem.h"
 #include "serve/serve.h"
 
-#ifndef UFFDIO_POISON			/* Linux 6.6; Debian 12 has 6.1's */
-#define _UFFDIO_POISON	(0x08)
-struct uffdio_poison {
-	struct uffdio_range range;
-	__u64 mode;
-	__s64 updated;
-};
-#define UFFDIO_POISON	_IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
-#endif
-
-#define POISON_RETRIES	10
 
 struct serve_region *serve_region_of(struct serve_vm *vm, uint64_t addr)
 {
@@ -97,18 +86,8 @@ void serve_wake(struct serve_vm *vm, struct serve_region *r, uint64_t page)
 
 static int poison_once(struct serve_vm *vm, uint64_t addr, uint64_t len)
 {
-	struct uffdio_poison p = {
-		.range = { .start = addr & ~(len - 1), .len = len },
-	};
-	int ret;
-
-	for (int i = 0; i < POISON_RETRIES; i++) {
-		ret = sys_ioctl(vm->uffd.fd, UFFDIO_POISON, &p);
-		if (ret != -EAGAIN)
-			break;
-		sched_yield();
-	}
-	return ret;
+	return ferry_uffd_poison(&vm->uffd, (void *)(uintptr_t)(addr &
+				 ~(len - 1)), len);
 }
 
 static void kill_vmm(struct serve_vm *vm, int why)
