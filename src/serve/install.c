@@ -23,7 +23,6 @@
  * through its pidfd, as Firecracker's documentation asks of a handler
  * that cannot go on.
  */
-#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
