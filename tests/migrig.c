@@ -87,7 +87,7 @@ static void side_opts(const struct rig *rig, struct ferry_migrate_opts *mo,
 
 static bool ended(struct ferry_migration *m)
 {
-	return ferry_migrate_wait(m, 0) != -ETIMEDOUT;
+	return ferry_migrate_wait(m, 0) != -EINPROGRESS;
 }
 
 /* A new session for a migration that is not paused (yet): wait a while. */
@@ -165,7 +165,7 @@ static int run_source(struct rig *rig)
 		ret = ferry_migrate_start(&rig->src->vm, s, &mo, &rig->sm);
 	if (ret)
 		return ret;
-	while ((ret = ferry_migrate_wait(rig->sm, 20)) == -ETIMEDOUT) {
+	while ((ret = ferry_migrate_wait(rig->sm, 20)) == -EINPROGRESS) {
 		struct ferry_progress p;
 		uint64_t now = now_ns();
 
@@ -248,7 +248,7 @@ static int finish_dest(struct rig *rig)
 		return -ENOTCONN;
 	ret = ferry_migrate_wait(rig->dm, (int)(3 * rig->o->timeout_ms) +
 				 2000);
-	if (ret == -ETIMEDOUT) {
+	if (ret == -EINPROGRESS) {
 		ferry_migrate_cancel(rig->dm);
 		ret = ferry_migrate_wait(rig->dm, -1);
 	}

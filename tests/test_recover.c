@@ -362,7 +362,7 @@ static void *dest_host_main(void *arg)
 		struct ferry_migration *m = atomic_load(&h->m);
 		struct ferry_session *s;
 
-		if (m && ferry_migrate_wait(m, 0) != -ETIMEDOUT)
+		if (m && ferry_migrate_wait(m, 0) != -EINPROGRESS)
 			break;
 		if (ferry_net_accept(h->listener, 50, &s))
 			continue;
@@ -630,7 +630,7 @@ static enum test_result source_killed(struct test_ctx *ctx)
 	CHECK(ctx, p1.paused && p1.owed > 0 && p1.owed == p0.owed,
 	      "paused %d, owed %llu then %llu", p1.paused,
 	      (unsigned long long)p0.owed, (unsigned long long)p1.owed);
-	CHECK_EQ(ctx, ferry_migrate_wait(dm, 0), -ETIMEDOUT);
+	CHECK_EQ(ctx, ferry_migrate_wait(dm, 0), -EINPROGRESS);
 	CHECK_OK(ctx, ferry_migrate_cancel(dm));
 	ret = ferry_migrate_wait(dm, 20000);
 	CHECK(ctx, ret == -ECANCELED && strstr(ferry_error_msg(), "discarded"),

@@ -323,7 +323,8 @@ int ferry_migrate_start_dest(struct ferry_session *session,
 /*
  * Wait up to timeout_ms (< 0: no limit) for the migration to end: 0 when
  * it completed, its error when it failed (-ECANCELED when cancelled), or
- * -ETIMEDOUT when it is still running (or paused).
+ * -EINPROGRESS when it is still running (or paused): a migration that
+ * ended on a stalled peer ended with -ETIMEDOUT.
  */
 int ferry_migrate_wait(struct ferry_migration *m, int timeout_ms);
 

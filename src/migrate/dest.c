@@ -216,8 +216,7 @@ static int final_error(struct dest *d, int ret)
 	if (!mig_cancelled(d->m) && ret != -ECANCELED)
 		return ret;
 	return mig_cancel_error(d->m, d->running ? "the VM was stopped and "
-				"discarded here; the source holds it as at "
-				"switchover" : "nothing was kept here");
+				"discarded here" : "nothing was kept here");
 }
 
 static int dest_run(struct ferry_migration *m)

@@ -298,7 +298,7 @@ int ferry_migrate_wait(struct ferry_migration *m, int timeout_ms)
 	if (m->ended)
 		ret = m->result ? ferry_fail(m->result, "%s", m->reason) : 0;
 	else
-		ret = ferry_fail(-ETIMEDOUT, "the migration is still %s",
+		ret = ferry_fail(-EINPROGRESS, "the migration is still %s",
 				 m->paused ? "paused" : "running");
 	pthread_mutex_unlock(&m->lock);
 	return ret;

@@ -55,11 +55,16 @@ static int commit(struct source *src, enum ferry_mode mode,
 {
 	int ret;
 
+	/* A handover's commit is not the VM's switchover: the first is. */
+	if (!src->committed) {
+		src->st.downtime_ns = ferry_clock_now_ns() - pause_ns;
+		src->st.mode = mode;
+	}
 	src->committed = true;
 	mig_set_location(src->m, FERRY_VM_SPLIT);
 	ret = link_send(&src->link, enc_commit, &src->stream.id);
-	src->st.downtime_ns = ferry_clock_now_ns() - pause_ns;
-	src->st.mode = mode;
+	if (!ret && !src->st.downtime_ns)	/* COMMIT is on its way */
+		src->st.downtime_ns = ferry_clock_now_ns() - pause_ns;
 	ferry_dirty_stop(src->dirty);
 	src->dirty = NULL;
 	/* Pre-copy sent everything: the send maps held the last round. */
