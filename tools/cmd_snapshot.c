@@ -300,15 +300,9 @@ static int save_vm(const struct snap_opts *o, struct ferry_guest_vm *gv,
 		   struct ferry_snapshot_stats *st)
 {
 	struct ferry_snapshot_opts so = { .live = o->live, .sync = o->sync };
-	int fd = open(o->out, O_RDWR | O_CREAT | O_CLOEXEC, 0644), ret;
+	/* Beside the target, then renamed: a failed save leaves nothing. */
+	int ret = ferry_snapshot_save_path(&gv->vm, o->out, &so, st);
 
-	if (fd < 0) {
-		fprintf(stderr, "ferry snapshot: %s: %s\n", o->out,
-			strerror(errno));
-		return 2;
-	}
-	ret = ferry_snapshot_save(&gv->vm, fd, &so, st);
-	close(fd);
 	if (ret) {
 		cli_error("saving the snapshot", ret);
 		return 2;
