@@ -115,7 +115,7 @@ static int transfer(struct source *src)
 	if (!ret)
 		ret = commit(src, mode, pause_ns);
 	if (!ret)
-		ret = source_serve(src);
+		ret = source_serve(src, mode == FERRY_MODE_POSTCOPY);
 	return ret;
 }
 
@@ -130,7 +130,7 @@ static int resume_serving(struct source *src)
 	for (unsigned int i = 0; i < mem->nr_regions; i++)
 		memcpy(src->send_map[i], src->resume_map[i],
 		       bitmap_words(mem->regions[i].nr_pages) * 8);
-	return source_serve(src);
+	return source_serve(src, true);
 }
 
 /* One session: the handshake, then whatever its answer calls for. */

@@ -305,8 +305,10 @@ int sender_push(struct sender *s, bool live, unsigned int round);
 
 /*
  * Push what is owed while the urgent thread answers requests, until the
- * destination confirms every page; then COMPLETE everywhere.
+ * destination confirms every page; then COMPLETE everywhere.  `postcopy`:
+ * pages are owed (progress says post-copy); else pre-copy sent them all
+ * and this only waits for the confirmation.
  */
-int source_serve(struct source *src);
+int source_serve(struct source *src, bool postcopy);
 
 #endif

@@ -106,17 +106,21 @@ static bool heard_complete(struct source *src)
  * the VM whole and may close at once: a push still going, or the
  * COMPLETE records this side sends last, failing then is no failure.
  */
-int source_serve(struct source *src)
+int source_serve(struct source *src, bool postcopy)
 {
+	enum ferry_phase phase = postcopy ? FERRY_PHASE_POSTCOPY :
+					    FERRY_PHASE_SWITCHOVER;
 	struct ferry_wire_complete c = { 0 };
 	int ret;
 
 	atomic_store(&src->owed_taken_base, atomic_load(&src->pushed) +
 		     atomic_load(&src->answered_owed));
 	atomic_store(&src->owed, source_count_maps(src));
-	mig_set_phase(src->m, FERRY_PHASE_POSTCOPY);
-	source_notify_progress(src, FERRY_PHASE_POSTCOPY);
-	ret = source_run_job(src, sender_push, false, FERRY_PHASE_POSTCOPY,
+	if (postcopy) {
+		mig_set_phase(src->m, phase);
+		source_notify_progress(src, phase);
+	}
+	ret = source_run_job(src, sender_push, false, phase,
 			     atomic_load(&src->owed));
 	if (!ret || heard_complete(src))
 		ret = source_wait_flag(src, &src->dest_complete);
