@@ -968,7 +968,7 @@ static const struct patch patches[] = {
 	{ H, 0, 20, 4, 0x7fffffff, -E2BIG,
 	  "HEADER guest description of 2147483647 bytes (65536 at most)" },
 	{ H, 0, 20, 4, 30, -EBADMSG, "HEADER needs 120 bytes of meta" },
-	{ H, 0, 24, 4, 1, -EBADMSG, "HEADER reserved field is 1" },
+	{ H, 0, 28, 4, 1, -EBADMSG, "HEADER reserved field is 4294967296" },
 	{ H, 0, 32, 8, 0, -EBADMSG, "HEADER of a migration with id 0" },
 	{ H, 0, 10, 2, 2, -EBADMSG, "HEADER of a snapshot with id" },
 	{ H, 0, 40, 4, 7, -EBADMSG, "region 0: unknown backing 7" },

@@ -44,7 +44,7 @@ struct wire_header {
 	uint32_t nr_regions;
 	uint32_t nr_vcpus;
 	uint32_t desc_len;
-	uint32_t reserved;
+	uint64_t reserved;	/* no padding anywhere: every byte is set */
 	uint64_t id;		/* migration id; 0 in a snapshot */
 };
 
