@@ -68,7 +68,7 @@ struct faultproxy {
 	bool stopping;
 };
 
-static uint64_t now_ns(void)
+static uint64_t fp_now_ns(void)
 {
 	struct timespec ts;
 
@@ -149,7 +149,7 @@ static bool wait_stall(struct fp_conn *c)
 	pthread_mutex_lock(&fp->lock);
 	for (;;) {
 		uint64_t until = fp->stalled_until[c->session];
-		uint64_t now = now_ns();
+		uint64_t now = fp_now_ns();
 		struct timespec ts;
 
 		if (fp->stopping || !until || (until != UINT64_MAX &&
@@ -225,7 +225,7 @@ static bool apply_rules(struct fp_pump *p, uint8_t *rec, uint32_t meta_len,
 			go = false;
 			break;
 		case FP_STALL:
-			fp->stalled_until[session] = r->ms ? now_ns() +
+			fp->stalled_until[session] = r->ms ? fp_now_ns() +
 				(uint64_t)r->ms * 1000000 : UINT64_MAX;
 			break;
 		case FP_DELAY:
@@ -317,7 +317,7 @@ static int take_hello(struct fp_conn *c, uint8_t *hello)
 	return 0;
 }
 
-static int dial(struct faultproxy *fp)
+static int fp_dial(struct faultproxy *fp)
 {
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
 
@@ -366,7 +366,7 @@ static void start_conn(struct faultproxy *fp, int src_fd)
 		c->up.buf = malloc(REC_MAX);
 		c->down.buf = malloc(REC_MAX);
 	}
-	if (!c || !c->up.buf || !c->down.buf || (c->dst_fd = dial(fp)) < 0) {
+	if (!c || !c->up.buf || !c->down.buf || (c->dst_fd = fp_dial(fp)) < 0) {
 		close(src_fd);
 		if (c) {
 			free(c->up.buf);

@@ -20,14 +20,22 @@ struct rig {
 	struct ferry_guest_vm *src;
 	struct ferry_guest_dest dd;
 	struct ferry_migration *sm;
-	/* The destination's: its thread sets it once, main reads it. */
+	/*
+	 * The destination's migration: its thread sets it, main reads it.
+	 * One that ended is kept (main may still look at it) and a new one
+	 * starts on the next session, as a destination host that went on
+	 * serving would: a source paused after its commit then hands the
+	 * VM to it.
+	 */
 	struct ferry_migration *_Atomic dm;
+	struct ferry_migration *old[8];
+	unsigned int nr_old;
 	pthread_mutex_t lock;		/* the events */
 	atomic_bool stop;
 	uint64_t deadline_ns;
 };
 
-static uint64_t now_ns(void)
+static uint64_t rig_now_ns(void)
 {
 	struct timespec ts;
 
@@ -90,21 +98,47 @@ static bool ended(struct ferry_migration *m)
 	return ferry_migrate_wait(m, 0) != -EINPROGRESS;
 }
 
-/* A new session for a migration that is not paused (yet): wait a while. */
-static void give_session(struct rig *rig, struct ferry_session *s)
+static void start_dest(struct rig *rig, struct ferry_session *s,
+		       const struct ferry_migrate_opts *mo)
 {
-	uint64_t until = now_ns() + (uint64_t)(3 * rig->o->timeout_ms + 1000) *
-				    1000000;
+	struct ferry_migration *dm = NULL, *prev = atomic_load(&rig->dm);
+
+	if (prev && rig->nr_old == sizeof(rig->old) / sizeof(rig->old[0])) {
+		ferry_net_session_close(s);
+		return;
+	}
+	if (prev)
+		rig->old[rig->nr_old++] = prev;
+	ferry_migrate_start_dest(s, ferry_guest_vm_dest_ops(), &rig->dd, mo,
+				 &dm);
+	atomic_store(&rig->dm, dm);
+}
+
+/*
+ * A new session while a migration runs here: the source thinks the last
+ * one lost; give it over once this side pauses too, or start afresh if
+ * this side's ends meanwhile (it failed before the commit).
+ */
+static void give_session(struct rig *rig, struct ferry_session *s,
+			 const struct ferry_migrate_opts *mo)
+{
+	uint64_t until = rig_now_ns() + (uint64_t)(3 * rig->o->timeout_ms +
+						   1000) * 1000000;
+	struct ferry_migration *dm = atomic_load(&rig->dm);
 	struct ferry_progress p;
 
 	do {
-		ferry_migrate_progress(rig->dm, &p);
+		ferry_migrate_progress(dm, &p);
 		if (p.paused) {
-			ferry_migrate_reconnect(rig->dm, s);
+			ferry_migrate_reconnect(dm, s);
+			return;
+		}
+		if (ended(dm)) {
+			start_dest(rig, s, mo);
 			return;
 		}
 		usleep(20000);
-	} while (now_ns() < until && !ended(rig->dm) && !rig->stop);
+	} while (rig_now_ns() < until && !rig->stop);
 	ferry_net_session_close(s);
 }
 
@@ -115,26 +149,22 @@ static void *dest_main(void *arg)
 	uint64_t max_stall = 0;
 
 	side_opts(rig, &mo, &dst_ev);
-	while (!atomic_load(&rig->stop) && !(rig->dm && ended(rig->dm))) {
+	while (!atomic_load(&rig->stop)) {
+		struct ferry_migration *dm = atomic_load(&rig->dm);
 		struct ferry_session *s;
 		struct ferry_progress p;
 
-		if (rig->dm) {
-			ferry_migrate_progress(rig->dm, &p);
+		if (dm) {
+			ferry_migrate_progress(dm, &p);
 			if (p.stalled_ns > max_stall && !p.paused)
 				max_stall = p.stalled_ns;
 		}
 		if (ferry_net_accept(rig->listener, 50, &s))
 			continue;
-		if (!rig->dm) {
-			struct ferry_migration *dm = NULL;
-
-			ferry_migrate_start_dest(s, ferry_guest_vm_dest_ops(),
-						 &rig->dd, &mo, &dm);
-			atomic_store(&rig->dm, dm);
-		} else {
-			give_session(rig, s);
-		}
+		if (!dm || ended(dm))
+			start_dest(rig, s, &mo);
+		else
+			give_session(rig, s, &mo);
 	}
 	rig->r->dst.max_stalled_ns = max_stall;
 	return NULL;
@@ -142,7 +172,7 @@ static void *dest_main(void *arg)
 
 /* ---- the source: start, dial again while paused ------------------------- */
 
-static int dial(struct rig *rig, struct ferry_session **s)
+static int rig_dial(struct rig *rig, struct ferry_session **s)
 {
 	const char *to = rig->proxy ? faultproxy_addr(rig->proxy) :
 				      ferry_net_listener_addr(rig->listener);
@@ -160,14 +190,14 @@ static int run_source(struct rig *rig)
 
 	side_opts(rig, &mo, &src_ev);
 	mo.bandwidth_bps = rig->o->bandwidth;
-	ret = dial(rig, &s);
+	ret = rig_dial(rig, &s);
 	if (!ret)
 		ret = ferry_migrate_start(&rig->src->vm, s, &mo, &rig->sm);
 	if (ret)
 		return ret;
 	while ((ret = ferry_migrate_wait(rig->sm, 20)) == -EINPROGRESS) {
 		struct ferry_progress p;
-		uint64_t now = now_ns();
+		uint64_t now = rig_now_ns();
 
 		ferry_migrate_progress(rig->sm, &p);
 		if (p.stalled_ns > side->max_stalled_ns && !p.paused)
@@ -179,7 +209,7 @@ static int run_source(struct rig *rig)
 		if (!p.paused || now < next_try)
 			continue;
 		next_try = now + 200 * 1000000ULL;
-		if (!dial(rig, &s))
+		if (!rig_dial(rig, &s))
 			ferry_migrate_reconnect(rig->sm, s);
 	}
 	return ret;
@@ -324,6 +354,8 @@ static void teardown(struct rig *rig)
 {
 	ferry_migrate_destroy(rig->sm);
 	ferry_migrate_destroy(rig->dm);
+	for (unsigned int i = 0; i < rig->nr_old; i++)
+		ferry_migrate_destroy(rig->old[i]);
 	faultproxy_stop(rig->proxy);
 	ferry_net_listener_close(rig->listener);
 	ferry_guest_vm_destroy(rig->dd.gv);
@@ -341,7 +373,7 @@ int rig_run(const struct rig_opts *o, struct rig_result *r)
 	pthread_mutex_init(&rig.lock, NULL);
 	src_ev = (struct rig_ev_arg){ &rig, &r->src };
 	dst_ev = (struct rig_ev_arg){ &rig, &r->dst };
-	rig.deadline_ns = now_ns() + (uint64_t)(o->budget_ms ? o->budget_ms :
+	rig.deadline_ns = rig_now_ns() + (uint64_t)(o->budget_ms ? o->budget_ms :
 						60000) * 1000000;
 	ret = setup(&rig);
 	if (!ret && pthread_create(&dest, NULL, dest_main, &rig))
@@ -356,7 +388,7 @@ int rig_run(const struct rig_opts *o, struct rig_result *r)
 	else
 		r->src.ret = ret;
 	/* The destination ends by itself, or is cancelled if paused. */
-	while (!rig.dm && now_ns() < rig.deadline_ns && r->src.ret == 0)
+	while (!rig.dm && rig_now_ns() < rig.deadline_ns && r->src.ret == 0)
 		usleep(10000);
 	ret = finish_dest(&rig);
 	atomic_store(&rig.stop, true);

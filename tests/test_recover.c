@@ -256,6 +256,33 @@ static enum test_result stall_postcopy(struct test_ctx *ctx)
 	return TEST_PASS;
 }
 
+/*
+ * COMMIT lost: the source committed, the destination never ran the VM
+ * and discards it (without COMMIT it cannot tell that the source did).
+ * The paused source hands the VM, whole, to the next destination that
+ * answers (here, the same host serving afresh).
+ */
+static enum test_result commit_lost(struct test_ctx *ctx)
+{
+	struct rig_opts o;
+	struct rig_result r;
+	enum test_result res;
+
+	rig_opts_init(&o);
+	o.backing = ctx->backing;
+	o.mode = FERRY_MODE_POSTCOPY;
+	rule(&o, (struct fp_rule){ .session = 1, .role = 2, .index = -1,
+		.to_dest = true, .type = FERRY_WIRE_COMMIT, .nth = 0,
+		.action = FP_CUT });
+	res = migrated(ctx, &o, &r);
+	if (res != TEST_PASS)
+		return res;
+	CHECK(ctx, r.src.stats.pauses >= 1 && r.src.stats.sessions >= 2 &&
+	      rig_saw(&r.src, FERRY_EVENT_RESUMED), "pauses %u, sessions %u",
+	      r.src.stats.pauses, r.src.stats.sessions);
+	return TEST_PASS;
+}
+
 /* A slow link is not a stalled one: every record late, nothing paused. */
 static enum test_result delay_precopy(struct test_ctx *ctx)
 {
@@ -820,6 +847,9 @@ static const struct test_case cases[] = {
 	{ "recover_cut_postcopy_resumes", cut_postcopy, B_SHMEM | B_HUGETLB,
 	  0, NEED_UFFD_MINOR | NEED_UFFD_MISSING, 64, 60 },
 	{ "recover_stall_postcopy_resumes", stall_postcopy, B_SHMEM, 0,
+	  NEED_UFFD_MINOR | NEED_UFFD_MISSING, 0, 60 },
+	{ "recover_commit_lost_vm_handed_over", commit_lost, B_SHMEM,
+	  FERRY_UFFD_F_WP_ASYNC, NEED_UFFD_WP | NEED_PAGEMAP_SCAN |
 	  NEED_UFFD_MINOR | NEED_UFFD_MISSING, 0, 60 },
 	{ "recover_delay_is_not_a_stall", delay_precopy, B_SHMEM,
 	  FERRY_UFFD_F_WP_ASYNC, NEED_UFFD_WP | NEED_PAGEMAP_SCAN |
