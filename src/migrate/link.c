@@ -36,6 +36,7 @@ int link_start(struct link *l, struct ferry_session *session,
 	pthread_mutex_init(&l->send_lock, NULL);
 	err_slot_init(&l->err);
 	atomic_init(&l->heard_ns, now);
+	atomic_init(&l->heartbeat_ns, now);
 	ferry_wire_writer_init(&l->urgent_writer, session->urgent);
 	ret = threads_init(&l->threads);
 	if (!ret)
@@ -105,9 +106,12 @@ void link_heard(struct link *l, const struct ferry_wire_rec *rec,
 					  memory_order_relaxed);
 		return;
 	}
-	if (!ferry_wire_dec_heartbeat(rec, &hb))
+	if (!ferry_wire_dec_heartbeat(rec, &hb)) {
 		atomic_store_explicit(&l->peer_received, hb.data_received,
 				      memory_order_relaxed);
+		atomic_store_explicit(&l->heartbeat_ns, ferry_clock_now_ns(),
+				      memory_order_relaxed);
+	}
 }
 
 static bool broken(int err);
@@ -201,6 +205,9 @@ static void *heartbeat_main(void *arg)
 /*
  * Data sent and not yet shown arriving starts the clock; each heartbeat
  * that shows more of it arriving restarts it; all of it arrived stops it.
+ * The peer's heartbeats say only what it had when it sent them: when they
+ * come late (queued behind data on a slow link) they cannot say it is
+ * stuck, and the clock starts again (silence still counts).
  */
 static void watch_data(struct link *l, uint64_t now)
 {
@@ -210,10 +217,13 @@ static void watch_data(struct link *l, uint64_t now)
 					    memory_order_relaxed);
 	uint64_t since = atomic_load_explicit(&l->waiting_since_ns,
 					      memory_order_relaxed);
+	uint64_t hb = atomic_load_explicit(&l->heartbeat_ns,
+					   memory_order_relaxed);
+	bool fresh = now < hb + 2ULL * l->heartbeat_ms * 1000000;
 
 	if (got >= sent)
 		since = 0;
-	else if (!since || got != l->last_peer_received)
+	else if (!since || got != l->last_peer_received || !fresh)
 		since = now;
 	l->last_peer_received = got;
 	atomic_store_explicit(&l->waiting_since_ns, since,

@@ -11,8 +11,9 @@
  *              says how many bytes of other records arrived here, so the
  *              peer can tell a slow reader from a stuck one
  *   watchdog   every heartbeat_ms, looks at the peer: nothing heard from
- *              it at all, or data sent that its heartbeats do not show
- *              arriving, for timeout_ms, and the peer is stalled
+ *              it at all, or data sent that its heartbeats (coming on
+ *              time: late ones say nothing) do not show arriving, for
+ *              timeout_ms, and the peer is stalled
  *
  * A stalled peer (a SIGSTOPped process, whose kernel still acknowledges
  * TCP), a broken channel, or any thread of the session that fails ends
@@ -52,9 +53,9 @@ struct link {
 
 	/* Any thread, relaxed: bytes of records other than HEARTBEAT. */
 	atomic_uint_fast64_t data_sent, data_received;
-	/* Any receiving thread: when the peer was last heard (ns), and the
-	 * data_received of its latest heartbeat. */
-	atomic_uint_fast64_t heard_ns, peer_received;
+	/* Any receiving thread: when the peer was last heard (ns), when its
+	 * last heartbeat came, and the data_received that heartbeat said. */
+	atomic_uint_fast64_t heard_ns, heartbeat_ns, peer_received;
 	/* The watchdog's: since when data sent has waited (0: none). */
 	atomic_uint_fast64_t waiting_since_ns;
 	uint64_t last_peer_received;	/* watchdog only */
