@@ -138,12 +138,8 @@ static void pick_fault(struct rig_opts *o, enum kind kind)
 
 /* ---- the link between two namespaces ------------------------------------ */
 
-struct flap {
-	struct netns_pair ns;
-	bool ready, done;
-};
-
-static struct flap flap;
+static struct rig_flap flap = { .down_ms = 1500 };	/* > the timeout */
+static bool flap_ready;
 
 /*
  * The namespaces go on every exit path too: a signal (the watchdog
@@ -167,7 +163,7 @@ static void del_flap_netns(void)
 	char a[40], b[40];
 	size_t n = strlen(flap.ns.name);
 
-	if (!flap.ready || n + 3 > sizeof(a))
+	if (!flap_ready || n + 3 > sizeof(a))
 		return;
 	memcpy(a, flap.ns.name, n);
 	memcpy(a + n, "-a", 3);
@@ -195,42 +191,12 @@ static void catch_signals(void)
 		sigaction(sigs[i], &sa, NULL);
 }
 
-static int enter_b(void *arg)
-{
-	return netns_enter(&((struct flap *)arg)->ns, 'b');
-}
-
-static int enter_a(void *arg)
-{
-	return netns_enter(&((struct flap *)arg)->ns, 'a');
-}
-
-static void flap_tick(struct ferry_migration *sm,
-		      const struct ferry_progress *p, void *arg)
-{
-	struct flap *f = arg;
-
-	(void)sm;
-	if (f->done || p->location != FERRY_VM_SPLIT)
-		return;
-	f->done = true;
-	netns_link(&f->ns, false);
-	usleep(1500 * 1000);	/* longer than the 1 s timeout */
-	netns_link(&f->ns, true);
-}
-
 static void link_down_opts(struct rig_opts *o)
 {
 	o->mode = FERRY_MODE_POSTCOPY;
 	o->at_once = true;
 	o->bandwidth = 8ULL << 20;
-	o->listen_addr = NETNS_ADDR_B ":7653";
-	o->enter_dest = enter_b;
-	o->enter_src = enter_a;
-	o->enter_arg = &flap;
-	o->tick = flap_tick;
-	o->tick_arg = &flap;
-	flap.done = false;
+	rig_flap_opts(o, &flap, NETNS_ADDR_B ":7653");
 }
 
 /* ---- one run, and what it came to --------------------------------------- */
@@ -275,7 +241,7 @@ static void count(struct tally *t, enum kind kind, const struct rig_opts *o,
 
 static void one_run(struct tally *t)
 {
-	enum kind kind = (enum kind)pick(flap.ready ? K_COUNT : K_LINK_DOWN);
+	enum kind kind = (enum kind)pick(flap_ready ? K_COUNT : K_LINK_DOWN);
 	struct rig_opts o;
 	struct rig_result r;
 	int ret;
@@ -343,19 +309,19 @@ int main(int argc, char **argv)
 	printf("soak_seed=%llu\nsoak_asked=%lu\n", (unsigned long long)rng,
 	       want);
 	catch_signals();
-	flap.ready = !netns_setup(&flap.ns, "tbf rate 1gbit burst 128kb "
+	flap_ready = !netns_setup(&flap.ns, "tbf rate 1gbit burst 128kb "
 				  "latency 100ms", why, sizeof(why));
-	if (flap.ready && enter_a(&flap)) {
+	if (flap_ready && rig_flap_enter_source(&flap)) {
 		snprintf(why, sizeof(why), "cannot enter the namespace");
 		netns_teardown(&flap.ns);
-		flap.ready = false;
+		flap_ready = false;
 	}
-	if (!flap.ready)
+	if (!flap_ready)
 		printf("soak_link_down_skip=%s\n", why);
 	while (t.faulted < want && bench_now_ns() - start < budget)
 		one_run(&t);
 	put_tally(&t);
-	if (flap.ready)
+	if (flap_ready)
 		netns_teardown(&flap.ns);
 	bench_finish(start);
 	return t.lost || t.torn || t.dup || t.bad ? 1 : 0;

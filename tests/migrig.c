@@ -285,7 +285,7 @@ static int finish_dest(struct rig *rig)
 	return ret;
 }
 
-static int wait_power_events(struct ferry_guest_vm *gv, const char *workload)
+int rig_wait_power_events(struct ferry_guest_vm *gv, const char *workload)
 {
 	const char *off = strstr(workload, "off=2@");
 	unsigned long step = off ? strtoul(off + 6, NULL, 10) : 0;
@@ -334,7 +334,7 @@ static int setup(struct rig *rig)
 		ret = ferry_guest_start(rig->src->guest);
 	if (!ret) {
 		usleep(o->warmup_ms * 1000);
-		ret = wait_power_events(rig->src, o->workload);
+		ret = rig_wait_power_events(rig->src, o->workload);
 	}
 	if (!ret)
 		ret = open_listener(rig);
@@ -414,4 +414,48 @@ int rig_run(const struct rig_opts *o, struct rig_result *r)
 			 "destination failed: %s", r->dst.reason);
 	teardown(&rig);
 	return ret;
+}
+
+/* ---- two hosts ---------------------------------------------------------- */
+
+static int enter_b(void *arg)
+{
+	return netns_enter(&((struct rig_flap *)arg)->ns, 'b');
+}
+
+static int enter_a(void *arg)
+{
+	return netns_enter(&((struct rig_flap *)arg)->ns, 'a');
+}
+
+int rig_flap_enter_source(struct rig_flap *f)
+{
+	return enter_a(f);
+}
+
+/* Once the VM runs at the destination: the link down for down_ms. */
+static void flap_tick(struct ferry_migration *sm,
+		      const struct ferry_progress *p, void *arg)
+{
+	struct rig_flap *f = arg;
+
+	(void)sm;
+	if (f->done || p->location != FERRY_VM_SPLIT)
+		return;
+	f->done = true;
+	netns_link(&f->ns, false);
+	usleep(f->down_ms * 1000);
+	netns_link(&f->ns, true);
+}
+
+void rig_flap_opts(struct rig_opts *o, struct rig_flap *f,
+		   const char *listen_addr)
+{
+	o->listen_addr = listen_addr;
+	o->enter_dest = enter_b;
+	o->enter_src = enter_a;
+	o->enter_arg = f;
+	o->tick = flap_tick;
+	o->tick_arg = f;
+	f->done = false;
 }

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "faultproxy.h"
+#include "netns.h"
 #include "ferry-vm/guest_vm.h"
 #include "ferry/migrate.h"
 
@@ -89,5 +90,31 @@ int rig_run(const struct rig_opts *o, struct rig_result *r);
 
 /* Did `ev` happen on this side? */
 bool rig_saw(const struct rig_side *side, enum ferry_migrate_event_kind ev);
+
+/*
+ * The workloads power vCPU 2 off at its step S ("off=2@S"; vCPU 0 powers
+ * the secondaries on first).  Until it has, a destination may see it go
+ * off after the migration while the source saw it on: wait for those
+ * steps, so the power states compared are those of one moment however
+ * slowly the vCPUs start on a busy machine.  0, or -ETIMEDOUT after 20 s.
+ */
+int rig_wait_power_events(struct ferry_guest_vm *gv, const char *workload);
+
+/*
+ * Two hosts (network namespaces, tests/netns.h) and the link between
+ * them taken down for down_ms once the VM runs at the destination.
+ */
+struct rig_flap {
+	struct netns_pair ns;		/* set up by the caller */
+	unsigned int down_ms;
+	bool done;			/* the link went down */
+};
+
+/* o's destination listens on host b at listen_addr; f flaps the link. */
+void rig_flap_opts(struct rig_opts *o, struct rig_flap *f,
+		   const char *listen_addr);
+
+/* Move the calling thread onto host a (the source's). */
+int rig_flap_enter_source(struct rig_flap *f);
 
 #endif

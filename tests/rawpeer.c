@@ -47,6 +47,19 @@ int rawpeer_next(struct rawpeer *p, struct ferry_chan *chan,
 	}
 }
 
+int rawpeer_accept_session(struct rawpeer *p, struct ferry_listener *l,
+			   int timeout_ms)
+{
+	struct ferry_session *s;
+	int ret = ferry_net_accept(l, timeout_ms, &s);
+
+	if (!ret)
+		ret = rawpeer_init(p, s);
+	if (ret && !p->buf)	/* init failed: the session was not taken */
+		ferry_net_session_close(s);
+	return ret;
+}
+
 int rawpeer_read_header(struct rawpeer *p, int timeout_ms)
 {
 	struct ferry_wire_rec rec;

@@ -34,6 +34,10 @@ int rawpeer_next(struct rawpeer *p, struct ferry_chan *chan,
 		 struct ferry_wire_reader *r, int timeout_ms,
 		 struct ferry_wire_rec *rec);
 
+/* Accept a session on l and take it over: 0 or -errno. */
+int rawpeer_accept_session(struct rawpeer *p, struct ferry_listener *l,
+			   int timeout_ms);
+
 /* Read the HEADER on bulk 0 into p->stream: 0 or -errno. */
 int rawpeer_read_header(struct rawpeer *p, int timeout_ms);
 

@@ -11,8 +11,7 @@
 #include <time.h>
 
 #include "ferry/migrate.h"
-#include "migrig.h"
-#include "test.h"
+#include "rigtest.h"
 
 static uint64_t now_ns(void)
 {
@@ -20,19 +19,6 @@ static uint64_t now_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
-static enum test_result verified(struct test_ctx *ctx, struct rig_result *r,
-				 int ret)
-{
-	CHECK(ctx, ret == 0 && r->verified, "rig: %d: %s (source %d: %s; "
-	      "destination %d: %s)", ret, r->why, r->src.ret, r->src.reason,
-	      r->dst.ret, r->dst.reason);
-	CHECK(ctx, r->rep.ok, "verifier at the %s: %llu lost, %llu torn, "
-	      "%llu duplicated", r->at_dest ? "destination" : "source",
-	      (unsigned long long)r->rep.lost, (unsigned long long)r->rep.torn,
-	      (unsigned long long)r->rep.duplicated);
-	return TEST_PASS;
 }
 
 /* ---- the bandwidth limit ------------------------------------------------ */
@@ -107,7 +93,7 @@ static enum test_result bandwidth(struct test_ctx *ctx)
 	o.bandwidth = BW_FIRST;
 	o.tick = bw_tick;
 	o.tick_arg = &bw;
-	res = verified(ctx, &r, rig_run(&o, &r));
+	res = rig_verified(ctx, &r, rig_run(&o, &r));
 	if (res != TEST_PASS)
 		return res;
 	if (getenv("FERRY_TEST_VERBOSE"))
@@ -156,7 +142,7 @@ static enum test_result cancel(struct test_ctx *ctx)
 	o.bandwidth = 8 << 20;
 	o.tick = cancel_tick;
 	o.tick_arg = &done;
-	res = verified(ctx, &r, rig_run(&o, &r));
+	res = rig_verified(ctx, &r, rig_run(&o, &r));
 	if (res != TEST_PASS)
 		return res;
 	CHECK(ctx, r.src.ret == -ECANCELED && strstr(r.src.reason,
@@ -199,7 +185,7 @@ static enum test_result postcopy_now(struct test_ctx *ctx)
 	o.bandwidth = 32 << 20;
 	o.tick = postcopy_tick;
 	o.tick_arg = &done;
-	res = verified(ctx, &r, rig_run(&o, &r));
+	res = rig_verified(ctx, &r, rig_run(&o, &r));
 	if (res != TEST_PASS)
 		return res;
 	CHECK(ctx, done && !r.src.ret && r.at_dest, "source %d (%s)",
@@ -235,7 +221,7 @@ static enum test_result events(struct test_ctx *ctx)
 	rig_opts_init(&o);
 	o.backing = ctx->backing;
 	o.mode = FERRY_MODE_POSTCOPY;
-	res = verified(ctx, &r, rig_run(&o, &r));
+	res = rig_verified(ctx, &r, rig_run(&o, &r));
 	if (res != TEST_PASS)
 		return res;
 	CHECK(ctx, in_order(&r.src, want, 3), "source events out of order");

@@ -14,6 +14,7 @@
 #include "ferry-vm/guest_vm.h"
 #include "ferry/migrate.h"
 #include "ferry/net.h"
+#include "migrig.h"
 #include "netns.h"
 #include "rawpeer.h"
 #include "test.h"
@@ -121,31 +122,6 @@ static enum test_result check_dest(struct test_ctx *ctx, struct mig *m,
 	return TEST_PASS;
 }
 
-/*
- * The workloads here power vCPU 2 off at its step S (vCPU 0 powers the
- * secondaries on first).  Until it has, the destination may see it go off
- * after the migration while the source saw it on: wait for those steps,
- * so the states compared are those of one moment however slowly the
- * vCPUs start on a busy machine.
- */
-static int wait_power_events(struct ferry_guest_vm *gv, const char *workload)
-{
-	const char *off = strstr(workload, "off=2@");
-	unsigned long step = off ? strtoul(off + 6, NULL, 10) : 0;
-
-	for (int i = 0; off && i < 4000; i++) {
-		struct ferry_guest_stats st;
-		enum ferry_mp_state mp;
-
-		ferry_guest_stats(gv->guest, &st);
-		gv->vm.ops->get_mp_state(gv->guest, 2, &mp);
-		if (st.vcpu[2].steps >= step && mp == FERRY_MP_STOPPED)
-			return 0;
-		usleep(5000);
-	}
-	return off ? -ETIMEDOUT : 0;
-}
-
 static int connect_and_send(struct mig *m, struct ferry_guest_vm *gv,
 			    const struct ferry_migrate_opts *o)
 {
@@ -177,7 +153,7 @@ static enum test_result migrate_once(struct test_ctx *ctx, struct mig *m)
 	CHECK_OK(ctx, ferry_guest_vm_create(&cfg, m->backing, m->mem, &src));
 	CHECK_OK(ctx, ferry_guest_start(src->guest));
 	usleep(m->warmup_ms * 1000);
-	CHECK_OK(ctx, wait_power_events(src, m->workload));
+	CHECK_OK(ctx, rig_wait_power_events(src, m->workload));
 	CHECK_OK(ctx, ferry_net_listener_open("127.0.0.1:0", NULL,
 					      &m->listener));
 	CHECK_EQ(ctx, pthread_create(&dest, NULL, dest_main, m), 0);
@@ -459,7 +435,7 @@ static enum test_result far_migrate(struct test_ctx *ctx, const char *shape)
 	CHECK_OK(ctx, ferry_guest_vm_create(&cfg, ctx->backing, m.mem, &src));
 	CHECK_OK(ctx, ferry_guest_start(src->guest));
 	warm_up(src->guest, 3000);
-	CHECK_OK(ctx, wait_power_events(src, m.workload));
+	CHECK_OK(ctx, rig_wait_power_events(src, m.workload));
 	ferry_migrate_opts_init(&o);
 	o.mode = FERRY_MODE_POSTCOPY;
 	ret = far_connect(1, &s);
@@ -515,20 +491,17 @@ static enum test_result far_netem(struct test_ctx *ctx)
 static void *crashing_dest_main(void *arg)
 {
 	struct mig *m = arg;
-	struct ferry_session *s = NULL;
 	struct ferry_wire_rec rec;
 	struct rawpeer p;
 
-	m->dst_ret = ferry_net_accept(m->listener, 20000, &s);
-	if (!m->dst_ret)
-		m->dst_ret = rawpeer_init(&p, s);
+	m->dst_ret = rawpeer_accept_session(&p, m->listener, 20000);
 	if (m->dst_ret)
 		return NULL;
 	m->dst_ret = rawpeer_read_header(&p, 10000);
 	if (!m->dst_ret)
 		m->dst_ret = rawpeer_accept(&p, 0);
 	for (int i = 0; !m->dst_ret && i < 3; i++)
-		if (rawpeer_next(&p, s->bulk[0], &p.bulk0, 10000, &rec) <= 0)
+		if (rawpeer_next(&p, p.s->bulk[0], &p.bulk0, 10000, &rec) <= 0)
 			m->dst_ret = -EPIPE;
 	rawpeer_fini(&p);
 	return NULL;
@@ -741,13 +714,10 @@ struct raw_dest {
 static void *raw_dest_main(void *arg)
 {
 	struct raw_dest *rd = arg;
-	struct ferry_session *s = NULL;
 	struct ferry_wire_rec rec;
 	struct rawpeer p;
 
-	rd->ret = ferry_net_accept(rd->listener, 20000, &s);
-	if (!rd->ret)
-		rd->ret = rawpeer_init(&p, s);
+	rd->ret = rawpeer_accept_session(&p, rd->listener, 20000);
 	if (rd->ret)
 		return NULL;
 	rd->ret = rawpeer_read_header(&p, 10000);
@@ -756,7 +726,7 @@ static void *raw_dest_main(void *arg)
 					"2; this ferry reads version 3");
 	/* Silent (or refusing): no guest memory may come now. */
 	if (!rd->ret)
-		rd->pages_seen = rawpeer_next(&p, s->bulk[0], &p.bulk0, 3000,
+		rd->pages_seen = rawpeer_next(&p, p.s->bulk[0], &p.bulk0, 3000,
 					      &rec) > 0;
 	rawpeer_fini(&p);
 	return NULL;

@@ -21,9 +21,8 @@
 #include "ferry/migrate.h"
 #include "ferry/net.h"
 #include "faultproxy.h"
-#include "migrig.h"
 #include "netns.h"
-#include "test.h"
+#include "rigtest.h"
 
 #define T_PAGES		FERRY_WIRE_PAGES
 #define T_BITMAP	FERRY_WIRE_BITMAP
@@ -33,19 +32,14 @@ static const char *loc(enum ferry_vm_location l)
 	return ferry_migrate_location_name(l);
 }
 
-/* The rig ran, and the verifier passed where the VM is. */
+/* The rig ran, every fault fired, the verifier passed where the VM is. */
 static enum test_result rig_ok(struct test_ctx *ctx, const struct rig_opts *o,
 			       struct rig_result *r)
 {
-	int ret = rig_run(o, r);
+	enum test_result res = rig_verified(ctx, r, rig_run(o, r));
 
-	CHECK(ctx, ret == 0 && r->verified, "rig: %d: %s (source %d: %s; "
-	      "destination %d: %s)", ret, r->why, r->src.ret, r->src.reason,
-	      r->dst.ret, r->dst.reason);
-	CHECK(ctx, r->rep.ok, "verifier at the %s: %llu lost, %llu torn, "
-	      "%llu duplicated", r->at_dest ? "destination" : "source",
-	      (unsigned long long)r->rep.lost, (unsigned long long)r->rep.torn,
-	      (unsigned long long)r->rep.duplicated);
+	if (res != TEST_PASS)
+		return res;
 	CHECK(ctx, r->fired == o->nr_rules, "%u of %u faults fired", r->fired,
 	      o->nr_rules);
 	return TEST_PASS;
@@ -115,6 +109,21 @@ static void rule(struct rig_opts *o, struct fp_rule r)
 	o->rules[o->nr_rules++] = r;
 }
 
+/*
+ * The rig's defaults on the case's backing, in `mode`; post-copy at once
+ * and slowed down, so that the push lasts and vCPUs fault, if at_once.
+ */
+static void opts(struct test_ctx *ctx, struct rig_opts *o,
+		 enum ferry_mode mode, bool at_once)
+{
+	rig_opts_init(o);
+	o->backing = ctx->backing;
+	o->mode = mode;
+	o->at_once = at_once;
+	if (at_once)
+		o->bandwidth = 24 << 20;
+}
+
 /* ---- a flipped byte ----------------------------------------------------- */
 
 /*
@@ -128,9 +137,7 @@ static enum test_result flip_precopy_page(struct test_ctx *ctx)
 	struct rig_result r;
 	enum test_result res;
 
-	rig_opts_init(&o);
-	o.backing = ctx->backing;
-	o.mode = FERRY_MODE_PRECOPY;
+	opts(ctx, &o, FERRY_MODE_PRECOPY, false);
 	rule(&o, (struct fp_rule){ .session = 1, .role = 1, .index = 0,
 		.to_dest = true, .type = T_PAGES, .nth = 2,
 		.action = FP_FLIP, .part = FP_DATA, .offset = 777,
@@ -153,9 +160,7 @@ static enum test_result flip_stale_bitmap(struct test_ctx *ctx)
 	struct rig_opts o;
 	struct rig_result r;
 
-	rig_opts_init(&o);
-	o.backing = ctx->backing;
-	o.mode = FERRY_MODE_POSTCOPY;
+	opts(ctx, &o, FERRY_MODE_POSTCOPY, false);
 	rule(&o, (struct fp_rule){ .session = 1, .role = 1, .index = 0,
 		.to_dest = true, .type = T_BITMAP, .nth = 0,
 		.action = FP_FLIP, .part = FP_META, .offset = 20,
@@ -173,11 +178,7 @@ static enum test_result flip_postcopy_reply(struct test_ctx *ctx)
 	struct rig_result r;
 	enum test_result res;
 
-	rig_opts_init(&o);
-	o.backing = ctx->backing;
-	o.mode = FERRY_MODE_POSTCOPY;
-	o.at_once = true;
-	o.bandwidth = 24 << 20;		/* demand faults, not only pushes */
+	opts(ctx, &o, FERRY_MODE_POSTCOPY, true);
 	rule(&o, (struct fp_rule){ .session = 1, .role = 2, .index = -1,
 		.to_dest = true, .type = T_PAGES, .nth = 1,
 		.action = FP_FLIP, .part = FP_DATA, .offset = 4000,
@@ -197,9 +198,7 @@ static enum test_result cut_precopy(struct test_ctx *ctx)
 	struct rig_opts o;
 	struct rig_result r;
 
-	rig_opts_init(&o);
-	o.backing = ctx->backing;
-	o.mode = FERRY_MODE_PRECOPY;
+	opts(ctx, &o, FERRY_MODE_PRECOPY, false);
 	rule(&o, (struct fp_rule){ .session = 1, .role = 1, .index = 0,
 		.to_dest = true, .type = T_PAGES, .nth = 4,
 		.action = FP_CUT });
@@ -215,11 +214,7 @@ static enum test_result cut_postcopy(struct test_ctx *ctx)
 	struct rig_opts o;
 	struct rig_result r;
 
-	rig_opts_init(&o);
-	o.backing = ctx->backing;
-	o.mode = FERRY_MODE_POSTCOPY;
-	o.at_once = true;
-	o.bandwidth = 24 << 20;
+	opts(ctx, &o, FERRY_MODE_POSTCOPY, true);
 	rule(&o, (struct fp_rule){ .session = 1, .role = 2, .index = -1,
 		.to_dest = true, .type = T_PAGES, .nth = 3,
 		.action = FP_CUT });
@@ -238,11 +233,7 @@ static enum test_result stall_postcopy(struct test_ctx *ctx)
 	struct rig_result r;
 	enum test_result res;
 
-	rig_opts_init(&o);
-	o.backing = ctx->backing;
-	o.mode = FERRY_MODE_POSTCOPY;
-	o.at_once = true;
-	o.bandwidth = 24 << 20;
+	opts(ctx, &o, FERRY_MODE_POSTCOPY, true);
 	rule(&o, (struct fp_rule){ .session = 1, .role = 2, .index = -1,
 		.to_dest = true, .type = T_PAGES, .nth = 2,
 		.action = FP_STALL, .ms = 0 });
@@ -268,9 +259,7 @@ static enum test_result commit_lost(struct test_ctx *ctx)
 	struct rig_result r;
 	enum test_result res;
 
-	rig_opts_init(&o);
-	o.backing = ctx->backing;
-	o.mode = FERRY_MODE_POSTCOPY;
+	opts(ctx, &o, FERRY_MODE_POSTCOPY, false);
 	rule(&o, (struct fp_rule){ .session = 1, .role = 2, .index = -1,
 		.to_dest = true, .type = FERRY_WIRE_COMMIT, .nth = 0,
 		.action = FP_CUT });
@@ -290,9 +279,7 @@ static enum test_result delay_precopy(struct test_ctx *ctx)
 	struct rig_result r;
 	enum test_result res;
 
-	rig_opts_init(&o);
-	o.backing = ctx->backing;
-	o.mode = FERRY_MODE_HYBRID;
+	opts(ctx, &o, FERRY_MODE_HYBRID, false);
 	rule(&o, (struct fp_rule){ .session = 1, .role = 0, .index = -1,
 		.to_dest = true, .type = T_PAGES, .nth = 1,
 		.action = FP_DELAY, .ms = 20 });
@@ -750,41 +737,10 @@ static enum test_result dest_killed(struct test_ctx *ctx)
 
 /* ---- two hosts, a link that goes down ----------------------------------- */
 
-struct flap {
-	struct netns_pair ns;
-	unsigned int down_ms;
-	bool done;
-};
-
-static int enter_b(void *arg)
-{
-	return netns_enter(&((struct flap *)arg)->ns, 'b');
-}
-
-static int enter_a(void *arg)
-{
-	return netns_enter(&((struct flap *)arg)->ns, 'a');
-}
-
-/* Once the VM runs at the destination: the link down for down_ms. */
-static void flap_tick(struct ferry_migration *sm,
-		      const struct ferry_progress *p, void *arg)
-{
-	struct flap *f = arg;
-
-	(void)sm;
-	if (f->done || p->location != FERRY_VM_SPLIT)
-		return;
-	f->done = true;
-	netns_link(&f->ns, false);
-	usleep(f->down_ms * 1000);
-	netns_link(&f->ns, true);
-}
-
 static enum test_result link_down(struct test_ctx *ctx, unsigned int down_ms,
 				  unsigned int timeout_ms, bool pause)
 {
-	struct flap f = { .down_ms = down_ms };
+	struct rig_flap f = { .down_ms = down_ms };
 	struct rig_opts o;
 	struct rig_result r;
 	enum test_result res;
@@ -801,14 +757,9 @@ static enum test_result link_down(struct test_ctx *ctx, unsigned int down_ms,
 	o.bandwidth = 16 << 20;
 	o.timeout_ms = timeout_ms;
 	o.heartbeat_ms = timeout_ms / 8;
-	o.listen_addr = NETNS_ADDR_B ":7652";
-	o.enter_dest = enter_b;
-	o.enter_src = enter_a;
-	o.enter_arg = &f;
-	o.tick = flap_tick;
-	o.tick_arg = &f;
-	res = enter_a(&f) ? TEST_FAIL : pause ? recovered(ctx, &o, &r) :
-					       migrated(ctx, &o, &r);
+	rig_flap_opts(&o, &f, NETNS_ADDR_B ":7652");
+	res = rig_flap_enter_source(&f) ? TEST_FAIL :
+	      pause ? recovered(ctx, &o, &r) : migrated(ctx, &o, &r);
 	netns_teardown(&f.ns);
 	if (res != TEST_PASS)
 		return res;

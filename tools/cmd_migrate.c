@@ -92,6 +92,15 @@ static void on_stop_signal(int sig)
 	atomic_store(&stop_signal, sig);
 }
 
+/* A signal came: cancel, once. */
+static void cancel_on_signal(struct ferry_migration *m, bool *cancelled)
+{
+	if (atomic_load(&stop_signal) && !*cancelled) {
+		ferry_migrate_cancel(m);
+		*cancelled = true;
+	}
+}
+
 static void catch_stop_signals(void)
 {
 	struct sigaction sa = { .sa_handler = on_stop_signal };
@@ -566,10 +575,7 @@ static int recv_loop(struct ferry_listener *l, struct ferry_migration *m)
 		struct ferry_progress p;
 		struct ferry_session *s;
 
-		if (atomic_load(&stop_signal) && !cancelled) {
-			ferry_migrate_cancel(m);
-			cancelled = true;
-		}
+		cancel_on_signal(m, &cancelled);
 		ferry_migrate_progress(m, &p);
 		if (p.paused && !ferry_net_accept(l, 200, &s))
 			ferry_migrate_reconnect(m, s);
@@ -697,10 +703,7 @@ static int send_loop(const struct mig_opts *o, const char *to,
 		struct ferry_progress p;
 		struct ferry_session *s;
 
-		if (atomic_load(&stop_signal) && !cancelled) {
-			ferry_migrate_cancel(m);
-			cancelled = true;
-		}
+		cancel_on_signal(m, &cancelled);
 		ferry_migrate_progress(m, &p);
 		progress_line(&p, tty);
 		if (!p.paused || cancelled || now_ms() < next_try)

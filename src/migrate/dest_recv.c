@@ -369,43 +369,24 @@ int dest_start_receiver(struct dest *d, struct receiver *rv,
 	return threads_start(&d->threads, receiver_main, rv, "receiver");
 }
 
-/* Wait on the handle's condition until cond(d) or the session ends. */
-static int wait_until(struct dest *d, bool (*cond)(struct dest *d,
-						   const void *arg),
-		      const void *arg)
+static bool all_switched(const void *arg)
 {
-	struct ferry_migration *m = d->m;
-	bool met;
+	const struct dest *d = arg;
 
-	pthread_mutex_lock(&m->lock);
-	while (!(met = cond(d, arg)) && !link_failed(&d->link) && !m->cancel)
-		pthread_cond_wait(&m->cond, &m->lock);
-	pthread_mutex_unlock(&m->lock);
-	if (met)
-		return 0;
-	if (mig_cancelled(m))
-		return -ECANCELED;
-	return link_error(&d->link);
-}
-
-static bool all_switched(struct dest *d, const void *arg)
-{
-	(void)arg;
 	return d->nr_switched == d->nr_receivers;
 }
 
 int dest_wait_switchover(struct dest *d)
 {
-	return wait_until(d, all_switched, NULL);
+	return mig_wait_until(d->m, &d->link, all_switched, d);
 }
 
-static bool flag_set(struct dest *d, const void *flag)
+static bool flag_set(const void *flag)
 {
-	(void)d;
 	return *(const bool *)flag;
 }
 
 int dest_wait_flag(struct dest *d, const bool *flag)
 {
-	return wait_until(d, flag_set, flag);
+	return mig_wait_until(d->m, &d->link, flag_set, flag);
 }

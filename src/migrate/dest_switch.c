@@ -58,9 +58,10 @@ static int request_bad(struct dest *d)
 	return ret;
 }
 
-static bool none_bad(struct dest *d, const void *arg)
+static bool none_bad(const void *arg)
 {
-	(void)arg;
+	const struct dest *d = arg;
+
 	return refetch_count(&d->rf) == 0;
 }
 
@@ -71,20 +72,9 @@ static bool none_bad(struct dest *d, const void *arg)
  */
 static int fetch_bad(struct dest *d)
 {
-	struct ferry_migration *m = d->m;
-	bool met;
 	int ret = request_bad(d);
 
-	if (ret)
-		return ret;
-	pthread_mutex_lock(&m->lock);
-	while (!(met = none_bad(d, NULL)) && !link_failed(&d->link) &&
-	       !m->cancel)
-		pthread_cond_wait(&m->cond, &m->lock);
-	pthread_mutex_unlock(&m->lock);
-	if (met)
-		return 0;
-	return m->cancel ? -ECANCELED : link_error(&d->link);
+	return ret ? ret : mig_wait_until(d->m, &d->link, none_bad, d);
 }
 
 /* ---- switchover --------------------------------------------------------- */
@@ -225,9 +215,10 @@ static void fill_fault_stats(struct dest *d)
 		ferry_hist_add(d->opts->fault_latency, &d->pc->fault_latency);
 }
 
-static bool bulk_ended(struct dest *d, const void *arg)
+static bool bulk_ended(const void *arg)
 {
-	(void)arg;
+	const struct dest *d = arg;
+
 	return d->nr_ended == d->nr_receivers;
 }
 
@@ -252,15 +243,9 @@ int dest_serve(struct dest *d)
 	/* Every page is in place: the VM is whole here, whatever follows. */
 	d->complete = true;
 	mig_set_location(d->m, FERRY_VM_HERE);
-	if (!link_send(&d->link, enc_complete, &c)) {
-		/* The source's COMPLETE on every bulk channel, if it comes. */
-		struct ferry_migration *m = d->m;
-
-		pthread_mutex_lock(&m->lock);
-		while (!bulk_ended(d, NULL) && !link_failed(&d->link))
-			pthread_cond_wait(&m->cond, &m->lock);
-		pthread_mutex_unlock(&m->lock);
-	}
+	/* The source's COMPLETE on every bulk channel, if it comes. */
+	if (!link_send(&d->link, enc_complete, &c))
+		mig_wait_until(d->m, &d->link, bulk_ended, d);
 	return 0;
 }
 

@@ -220,6 +220,22 @@ int mig_cancel_error(struct ferry_migration *m, const char *where)
 	return ferry_fail(-ECANCELED, "cancelled (%s)", where);
 }
 
+int mig_wait_until(struct ferry_migration *m, struct link *l,
+		   bool (*cond)(const void *arg), const void *arg)
+{
+	bool met;
+
+	pthread_mutex_lock(&m->lock);
+	while (!(met = cond(arg)) && !link_failed(l) && !m->cancel)
+		pthread_cond_wait(&m->cond, &m->lock);
+	pthread_mutex_unlock(&m->lock);
+	if (met)
+		return 0;
+	if (mig_cancelled(m))
+		return -ECANCELED;
+	return link_error(l);
+}
+
 /* ---- pausing ------------------------------------------------------------ */
 
 static struct timespec deadline_in(uint64_t ms)

@@ -129,6 +129,14 @@ void mig_publish_stats(struct ferry_migration *m,
 /* Close a session the handle owns; the caller's first one stays. */
 void mig_session_close(struct ferry_migration *m, struct ferry_session *s);
 
+/*
+ * The flow waits for an answer from its peer: until cond(arg) holds
+ * (under m->lock), the session `l` ends or a cancel comes.  0, -ECANCELED,
+ * or the session's error.
+ */
+int mig_wait_until(struct ferry_migration *m, struct link *l,
+		   bool (*cond)(const void *arg), const void *arg);
+
 /* Fill what every report carries (lock not held). */
 void mig_fill_progress(struct ferry_migration *m, struct ferry_progress *p);
 

@@ -85,40 +85,20 @@ int source_session_close(struct source *src, int ret)
 	return ret;
 }
 
-/* Wait on the handle's condition until cond(src) or the session ends. */
-static int wait_until(struct source *src, bool (*cond)(struct source *src,
-						      const void *arg),
-		      const void *arg)
+static bool flag_set(const void *flag)
 {
-	struct ferry_migration *m = src->m;
-	bool met;
-
-	pthread_mutex_lock(&m->lock);
-	while (!(met = cond(src, arg)) && !link_failed(&src->link) &&
-	       !m->cancel)
-		pthread_cond_wait(&m->cond, &m->lock);
-	pthread_mutex_unlock(&m->lock);
-	if (met)
-		return 0;
-	if (mig_cancelled(m))
-		return -ECANCELED;
-	return link_error(&src->link);
-}
-
-static bool flag_set(struct source *src, const void *flag)
-{
-	(void)src;
 	return *(const bool *)flag;
 }
 
 int source_wait_flag(struct source *src, const bool *flag)
 {
-	return wait_until(src, flag_set, flag);
+	return mig_wait_until(src->m, &src->link, flag_set, flag);
 }
 
-static bool replied(struct source *src, const void *arg)
+static bool replied(const void *arg)
 {
-	(void)arg;
+	const struct source *src = arg;
+
 	return src->reply != REPLY_NONE;
 }
 
@@ -138,5 +118,5 @@ int source_handshake(struct source *src)
 		ret = source_send_frame(src, &s0->writer, &s0->frame);
 	if (ret)
 		return link_fail(&src->link, ret);
-	return wait_until(src, replied, NULL);
+	return mig_wait_until(src->m, &src->link, replied, src);
 }
