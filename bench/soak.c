@@ -217,7 +217,8 @@ static void count(struct tally *t, enum kind kind, const struct rig_opts *o,
 	t->lost += r->rep.lost;
 	t->torn += r->rep.torn;
 	t->dup += r->rep.duplicated;
-	t->paused += paused && (!r->dst.ret || r->src.location != FERRY_VM_HERE);
+	t->paused += paused && (!r->dst.ret ||
+				r->src.location != FERRY_VM_HERE);
 	if (ret || !r->verified || !r->rep.ok) {
 		t->bad++;
 		fprintf(stderr, "soak run %u (%s, %s): %s; source %d (%s), "

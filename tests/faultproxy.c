@@ -86,7 +86,7 @@ static int parse_addr(const char *text, struct sockaddr_in *sa)
 	memcpy(host, text, (size_t)(colon - text));
 	host[colon - text] = '\0';
 	*sa = (struct sockaddr_in){ .sin_family = AF_INET,
-				    .sin_port = htons((uint16_t)atoi(colon + 1)) };
+		.sin_port = htons((uint16_t)atoi(colon + 1)) };
 	return inet_pton(AF_INET, host, &sa->sin_addr) == 1 ? 0 : -EINVAL;
 }
 
@@ -378,7 +378,8 @@ static void start_conn(struct faultproxy *fp, int src_fd)
 	setsockopt(src_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	c->fp = fp;
 	c->src_fd = src_fd;
-	c->up = (struct fp_pump){ c, true, src_fd, c->dst_fd, .buf = c->up.buf };
+	c->up = (struct fp_pump){ c, true, src_fd, c->dst_fd,
+				  .buf = c->up.buf };
 	c->down = (struct fp_pump){ c, false, c->dst_fd, src_fd,
 				    .buf = c->down.buf };
 	pthread_mutex_lock(&fp->lock);

@@ -329,7 +329,8 @@ static int setup(struct rig *rig)
 	cfg.seed = 42;
 	ret = ferry_guest_config_set_workload(&cfg, o->workload);
 	if (!ret)
-		ret = ferry_guest_vm_create(&cfg, o->backing, o->mem, &rig->src);
+		ret = ferry_guest_vm_create(&cfg, o->backing, o->mem,
+					    &rig->src);
 	if (!ret)
 		ret = ferry_guest_start(rig->src->guest);
 	if (!ret) {
@@ -373,8 +374,9 @@ int rig_run(const struct rig_opts *o, struct rig_result *r)
 	pthread_mutex_init(&rig.lock, NULL);
 	src_ev = (struct rig_ev_arg){ &rig, &r->src };
 	dst_ev = (struct rig_ev_arg){ &rig, &r->dst };
-	rig.deadline_ns = rig_now_ns() + (uint64_t)(o->budget_ms ? o->budget_ms :
-						60000) * 1000000;
+	rig.deadline_ns = rig_now_ns() +
+			  (uint64_t)(o->budget_ms ? o->budget_ms : 60000) *
+			  1000000;
 	ret = setup(&rig);
 	if (!ret && pthread_create(&dest, NULL, dest_main, &rig))
 		ret = -EAGAIN;

@@ -130,7 +130,8 @@ static void progress_line(const struct ferry_progress *p, bool tty)
 		fprintf(stderr, "remaining %llu pages",
 			(unsigned long long)p->remaining);
 	if (!p->paused && p->stalled_ns >= 1000000000ULL)
-		fprintf(stderr, "  stalled %.0f s", (double)p->stalled_ns / 1e9);
+		fprintf(stderr, "  stalled %.0f s",
+			(double)p->stalled_ns / 1e9);
 	else if (p->eta_s >= 0 && p->phase == FERRY_PHASE_PRECOPY)
 		fprintf(stderr, "  eta %.1fs", p->eta_s);
 	fflush(stderr);
@@ -346,8 +347,9 @@ static void usage_send(FILE *out)
 		"                  [--workload SPEC] [--backing B] [--warmup S]\n"
 		"                  [--mode precopy|postcopy|hybrid] [--at-once]\n"
 		"                  [--max-downtime MS] [--channels N] [--seed N]\n"
-		"                  [--bandwidth RATE] [--timeout S] [--give-up S]\n"
-		"                  [--recover-to ADDR:PORT] [--json FILE] [--quiet]\n\n"
+		"                  [--bandwidth RATE] [--timeout S]\n"
+		"                  [--give-up S] [--recover-to ADDR:PORT]\n"
+		"                  [--json FILE] [--quiet]\n\n"
 		"Runs the built-in workload VM, then live-migrates it to a "
 		"'ferry recv'.\nNo page goes before the destination accepts "
 		"the stream; a session lost\nafter the commit pauses the "

@@ -70,11 +70,11 @@ enum ferry_wire_type {
 	FERRY_WIRE_ERROR = 9,		/* the sender gives up, and why */
 	FERRY_WIRE_PAGE_REQUEST = 10,	/* urgent: send me these pages now */
 	FERRY_WIRE_PAGE_EXTENT = 11,	/* snapshot: pages stored at a file offset */
-	FERRY_WIRE_ACCEPT = 12,		/* urgent: the HEADER is accepted, send */
-	FERRY_WIRE_HEARTBEAT = 13,	/* urgent: alive, and how much came in */
+	FERRY_WIRE_ACCEPT = 12,		/* urgent: HEADER accepted, send */
+	FERRY_WIRE_HEARTBEAT = 13,	/* urgent: alive, and what came in */
 	FERRY_WIRE_REFETCH = 14,	/* urgent: these pages failed: again */
 	FERRY_WIRE_RESUME = 15,		/* urgent: resume a paused migration */
-	FERRY_WIRE_COMMIT = 16,		/* urgent: the VM is the destination's */
+	FERRY_WIRE_COMMIT = 16,		/* urgent: the VM is the dest's */
 	FERRY_WIRE_TYPE_COUNT
 };
 
@@ -288,7 +288,7 @@ struct ferry_wire_frame {
 	uint32_t data_len;
 	uint64_t meta_sum;
 	uint64_t hdr[FERRY_WIRE_HDR_SIZE / 8];
-	uint64_t fixed[6];			/* the largest fixed part: HEADER */
+	uint64_t fixed[6];		/* the largest fixed part: HEADER */
 	uint64_t table[FERRY_WIRE_MAX_PAGES];	/* page sums, region table */
 };
 

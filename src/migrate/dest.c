@@ -298,7 +298,8 @@ static int prepare(struct ferry_session *session,
 	if (!session || !session->nr_bulk || !session->urgent || !ops ||
 	    !ops->create)
 		return ferry_fail(-EINVAL, "receiving needs a session with a "
-				  "bulk and an urgent channel, and a create op");
+				  "bulk and an urgent channel, and a create "
+				  "op");
 	ret = mig_create(false, opts, &m);
 	if (ret)
 		return ret;

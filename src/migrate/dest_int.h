@@ -126,6 +126,7 @@ struct dest {
 	/* The receivers say, under m->lock (broadcasting m->cond): how
 	 * many bulk channels reached SWITCHOVER and ended, and COMMIT. */
 	unsigned int nr_switched, nr_ended;
+	bool ready_sent;		/* main: READY went; COMMIT may come */
 	bool got_commit;
 	pthread_mutex_t stats_lock;	/* torn_pages: any receiver */
 

@@ -247,10 +247,12 @@ static int take_commit(struct receiver *rv, const struct ferry_wire_rec *rec)
 		return ferry_fail(-EBADMSG, "COMMIT of migration %016llx, not "
 				  "this one", (unsigned long long)id);
 	pthread_mutex_lock(&d->m->lock);
-	d->got_commit = true;
+	if (!d->ready_sent)
+		ret = misplaced(rv, rec);	/* nothing to commit to yet */
+	d->got_commit = !ret;
 	pthread_cond_broadcast(&d->m->cond);
 	pthread_mutex_unlock(&d->m->lock);
-	return 0;
+	return ret;
 }
 
 static int source_error(struct receiver *rv, const struct ferry_wire_rec *rec)

@@ -40,7 +40,7 @@ static void forget_session(struct dest *d)
 {
 	pthread_mutex_lock(&d->m->lock);
 	d->nr_switched = d->nr_ended = 0;
-	d->got_commit = false;
+	d->ready_sent = d->got_commit = false;
 	pthread_mutex_unlock(&d->m->lock);
 }
 

@@ -151,8 +151,12 @@ int dest_switchover(struct dest *d)
 	 * source not heard READY, it would run the VM too.  Without COMMIT
 	 * they never run, and the VM is discarded here.
 	 */
-	if (!ret)
+	if (!ret) {
+		pthread_mutex_lock(&d->m->lock);
+		d->ready_sent = true;
+		pthread_mutex_unlock(&d->m->lock);
 		ret = link_send(&d->link, enc_ready, &d->mode);
+	}
 	if (!ret)
 		ret = dest_wait_flag(d, &d->got_commit);
 	return ret ? ret : run_vm(d, t0);

@@ -334,7 +334,8 @@ int ferry_migrate_cancel(struct ferry_migration *m)
 int ferry_migrate_postcopy_now(struct ferry_migration *m)
 {
 	if (!m->source)
-		return ferry_fail(-EINVAL, "post-copy is the source's to start");
+		return ferry_fail(-EINVAL, "post-copy is the source's to "
+				  "start");
 	pthread_mutex_lock(&m->lock);
 	m->postcopy_now = true;
 	pthread_mutex_unlock(&m->lock);

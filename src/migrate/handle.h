@@ -39,12 +39,12 @@ struct ferry_migration {
 	bool source;
 	struct ferry_migrate_opts opts;		/* a copy, defaults filled */
 	const struct mig_flow_ops *ops;
-	void *flow;				/* struct source or struct dest */
+	void *flow;				/* struct source or dest */
 	int (*run)(struct ferry_migration *m);	/* the flow, on the worker */
 	/* The blocking wrappers: nobody can reconnect, so a pause ends the
 	 * flow; and the first session stays the caller's. */
 	bool blocking;
-	struct ferry_session *first;		/* the session start was given */
+	struct ferry_session *first;		/* the one start was given */
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;

@@ -30,7 +30,8 @@ void ratelimit_set(struct ratelimit *rl, uint64_t bytes_per_s)
 /* Reserve the bytes; how long to wait before sending them, ns. */
 static uint64_t reserve(struct ratelimit *rl, uint64_t bytes, uint64_t now)
 {
-	uint64_t bps = ratelimit_get(rl), burst = RATELIMIT_BURST_MS * 1000000ULL;
+	uint64_t bps = ratelimit_get(rl);
+	uint64_t burst = RATELIMIT_BURST_MS * 1000000ULL;
 	uint64_t wait;
 
 	if (!bps)

@@ -116,8 +116,8 @@ int refetch_failed(struct refetch *rf, unsigned int region, uint64_t page)
 	if (tries >= REFETCH_MAX_TRIES)
 		return ferry_fail(-EBADMSG, "page %llu of region %u failed its "
 				  "checksum %u times, sent by a paused source: "
-				  "the link changes data", (unsigned long long)page,
-				  region, tries);
+				  "the link changes data",
+				  (unsigned long long)page, region, tries);
 	return 0;
 }
 

@@ -204,6 +204,9 @@ static int on_request(struct source *src, const struct ferry_wire_rec *rec)
 	/* Pages of a running VM would be no answer: they change. */
 	if (!atomic_load(&src->vm_paused))
 		return misplaced(rec, "while the VM runs here");
+	/* Nor are they for a peer that has not said which VM it holds. */
+	if (src->reply == REPLY_NONE)
+		return misplaced(rec, "before it answered the HEADER");
 	return answer_request(src, src->urgent_sender, &req);
 }
 

@@ -675,7 +675,8 @@ uint64_t postcopy_owed_map(const struct postcopy *pc, unsigned int region,
 		uint64_t bits = pc->owed[region][w];
 
 		while (bits) {
-			uint64_t page = w * 64 + (uint64_t)__builtin_ctzll(bits);
+			uint64_t page = w * 64 +
+					(uint64_t)__builtin_ctzll(bits);
 
 			bits &= bits - 1;
 			if (page < ps->nr_pages &&
