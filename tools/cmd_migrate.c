@@ -48,6 +48,7 @@ struct mig_opts {
 	double warmup_s;
 	enum ferry_mode mode;
 	bool at_once;
+	bool retry;		/* a failed migration is tried again */
 	uint64_t bandwidth;
 	/* destination */
 	const char *listen;
@@ -334,10 +335,11 @@ static void usage_recovery(FILE *out)
 		"                     before the commit the migration fails, "
 		"after it it pauses\n"
 		"                     (default 10)\n"
-		"  --give-up S        end a paused migration after S seconds "
-		"(default: wait\n"
-		"                     for a new session until SIGINT or "
-		"SIGTERM)\n");
+		"  --give-up S        end a paused migration after S seconds; "
+		"send also\n"
+		"                     stops trying again after S (default: "
+		"until SIGINT or\n"
+		"                     SIGTERM)\n");
 }
 
 static void usage_send(FILE *out)
@@ -353,7 +355,12 @@ static void usage_send(FILE *out)
 		"Runs the built-in workload VM, then live-migrates it to a "
 		"'ferry recv'.\nNo page goes before the destination accepts "
 		"the stream; a session lost\nafter the commit pauses the "
-		"migration and send dials again until it\nresumes.\n\n"
+		"migration and send dials again until it\nresumes.  A "
+		"migration that fails before the commit leaves the VM\n"
+		"running here: send tries again every 2 s (unless the "
+		"destination refused\nthe stream for good: another format "
+		"version, a machine it cannot hold).\nOnly SIGINT, SIGTERM "
+		"or --give-up end the VM.\n\n"
 		"  --to ADDR:PORT     the destination (HOST:PORT or "
 		"unix:/path)\n"
 		"  --mem SIZE         guest memory (default 1G)\n"
@@ -729,24 +736,15 @@ struct send_result {
 	struct ferry_migrate_stats stats;
 };
 
-static void send_one(const struct mig_opts *o, const char *to,
-		     struct send_result *res)
+/* One migration of the running VM: res says how it ended. */
+static void migrate_once(const struct mig_opts *o, const char *to,
+			 struct ferry_guest_vm *gv, struct send_result *res)
 {
-	struct ferry_hugetlb_resv resv = CLI_RESV_INIT;
-	struct ferry_guest_vm *gv = NULL;
 	struct ferry_migration *m = NULL;
 	struct ferry_migrate_opts mo;
 	struct ferry_session *s = NULL;
 	struct ferry_progress p;
 
-	/* The demo's source too speaks as "send". */
-	res->location = FERRY_VM_HERE;
-	res->ret = cli_start_guest("send", &o->guest, &gv, &resv);
-	if (res->ret) {
-		snprintf(res->reason, sizeof(res->reason), "starting the VM");
-		return;
-	}
-	cli_sleep(o->warmup_s);
 	migrate_opts(o, "send", &mo);
 	res->ret = ferry_net_connect(to, (unsigned int)o->channels, NULL, &s);
 	if (!res->ret)
@@ -756,6 +754,7 @@ static void send_one(const struct mig_opts *o, const char *to,
 	if (res->ret)
 		snprintf(res->reason, sizeof(res->reason), "%s",
 			 ferry_error_msg());
+	res->location = FERRY_VM_HERE;
 	if (m) {
 		res->location = ferry_migrate_vm_location(m);
 		ferry_migrate_progress(m, &p);
@@ -763,6 +762,61 @@ static void send_one(const struct mig_opts *o, const char *to,
 		ferry_migrate_get_stats(m, &res->stats);
 	}
 	ferry_migrate_destroy(m);
+}
+
+/*
+ * A destination that refused the stream for good (another format version,
+ * a machine it cannot hold): trying again changes nothing.
+ */
+static bool refused_for_good(int err)
+{
+	return err == -EPROTO || err == -EINVAL || err == -E2BIG ||
+	       err == -EOPNOTSUPP;
+}
+
+/*
+ * Failed before the commit: the VM runs here, whole.  Try again (every
+ * RETRY_S, a new session and a new migration) rather than end it, until
+ * the operator stops (a signal) or --give-up runs out.
+ */
+#define RETRY_S	2
+
+static bool try_again(const struct mig_opts *o, const struct send_result *res,
+		      uint64_t started_ms)
+{
+	if (!res->ret || res->location != FERRY_VM_HERE || !o->retry ||
+	    refused_for_good(res->ret) || atomic_load(&stop_signal))
+		return false;
+	if (o->give_up_s > 0 &&
+	    now_ms() - started_ms + RETRY_S * 1000 > o->give_up_s * 1000)
+		return false;
+	fprintf(stderr, "ferry send: failed: %s; the VM runs here, whole: "
+		"trying again in %d s (SIGINT or SIGTERM to stop)\n",
+		res->reason, RETRY_S);
+	for (int i = 0; i < RETRY_S * 10 && !atomic_load(&stop_signal); i++)
+		usleep(100000);
+	return !atomic_load(&stop_signal);
+}
+
+static void send_one(const struct mig_opts *o, const char *to,
+		     struct send_result *res)
+{
+	struct ferry_hugetlb_resv resv = CLI_RESV_INIT;
+	struct ferry_guest_vm *gv = NULL;
+	uint64_t started_ms;
+
+	/* The demo's source too speaks as "send". */
+	res->location = FERRY_VM_HERE;
+	res->ret = cli_start_guest("send", &o->guest, &gv, &resv);
+	if (res->ret) {
+		snprintf(res->reason, sizeof(res->reason), "starting the VM");
+		return;
+	}
+	cli_sleep(o->warmup_s);
+	started_ms = now_ms();
+	do
+		migrate_once(o, to, gv, res);
+	while (try_again(o, res, started_ms));
 	cli_stop_guest(gv, &resv);
 }
 
@@ -797,6 +851,7 @@ int cmd_send(int argc, char **argv)
 		return ret == 1 ? 0 : ret;
 	if (!o.to)
 		return cli_bad("send", "--to", "", "is required");
+	o.retry = true;		/* the VM is never ended over a failure */
 	catch_stop_signals();
 	send_one(&o, o.to, &res);
 	if (!res.ret) {
