@@ -27,8 +27,9 @@
  * tally says how many runs fit), FERRY_SOAK_SEED.
  *
  * Figures (key=value): soak_runs, soak_faulted, soak_unfaulted,
- * soak_migrated (completed, no pause), soak_refetched (completed after a
- * page failed its check), soak_failed_before_commit_intact,
+ * soak_migrated (completed, no pause), soak_refetched (of those, the ones
+ * where a page failed its check: torn, or flipped on the way),
+ * soak_failed_before_commit_intact,
  * soak_paused_after_commit, soak_recovered_after_commit,
  * soak_recovered_share_pct, soak_lost_writes, soak_torn_writes,
  * soak_duplicated_writes, soak_bad (a run that broke the promise: the
