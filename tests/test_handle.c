@@ -23,8 +23,8 @@ static uint64_t now_ns(void)
 
 /* ---- the bandwidth limit ------------------------------------------------ */
 
-#define BW_FIRST	(12ULL << 20)
-#define BW_SECOND	(36ULL << 20)
+#define BW_FIRST	(8ULL << 20)
+#define BW_SECOND	(20ULL << 20)
 
 /*
  * Windows of one second of the test's clock, each opened 300 ms after the
@@ -80,14 +80,14 @@ static enum test_result bandwidth(struct test_ctx *ctx)
 
 	rig_opts_init(&o);
 	o.backing = ctx->backing;
-	o.mem = 96 << 20;
+	o.mem = 64 << 20;
 	/*
 	 * Writes capped, so the machine is not kept busy, yet faster than
 	 * the limit: pre-copy never converges while limited, and the
 	 * senders always have pages to send.
 	 */
 	o.vcpus = 2;
-	o.workload = "random,rate=64M";
+	o.workload = "random,rate=40M";
 	o.mode = FERRY_MODE_PRECOPY;
 	o.timeout_ms = 5000;
 	o.bandwidth = BW_FIRST;
