@@ -47,6 +47,10 @@ static void decode(struct ferry_wire_stream *s, const struct ferry_wire_rec *rec
 	struct ferry_wire_round_end re;
 	struct ferry_wire_complete c;
 	enum ferry_wire_switch_mode mode;
+	struct ferry_wire_accept acc;
+	struct ferry_wire_resume res;
+	struct ferry_wire_heartbeat hb;
+	uint64_t id;
 
 	switch (rec->type) {
 	case FERRY_WIRE_HEADER:
@@ -55,6 +59,8 @@ static void decode(struct ferry_wire_stream *s, const struct ferry_wire_rec *rec
 	case FERRY_WIRE_PAGES:
 	case FERRY_WIRE_ZERO_PAGES:
 		if (!ferry_wire_dec_pages(s, rec, &p))
+			check_pages(s, rec, &p);
+		if (!ferry_wire_dec_pages_tolerant(s, rec, &p))
 			check_pages(s, rec, &p);
 		break;
 	case FERRY_WIRE_BITMAP:
@@ -89,6 +95,26 @@ static void decode(struct ferry_wire_stream *s, const struct ferry_wire_rec *rec
 		break;
 	case FERRY_WIRE_COMPLETE:
 		ferry_wire_dec_complete(rec, &c);
+		break;
+	case FERRY_WIRE_REFETCH:
+		if (!ferry_wire_dec_refetch(s, rec, &p))
+			check_pages(s, rec, &p);
+		break;
+	case FERRY_WIRE_ACCEPT:
+		if (!ferry_wire_dec_accept(rec, &acc))
+			check(acc.id && acc.version);
+		break;
+	case FERRY_WIRE_RESUME:
+		if (!ferry_wire_dec_resume(rec, &res))
+			check(res.id && res.nr_bitmaps <=
+			      FERRY_WIRE_MAX_OWED_BITMAPS);
+		break;
+	case FERRY_WIRE_HEARTBEAT:
+		ferry_wire_dec_heartbeat(rec, &hb);
+		break;
+	case FERRY_WIRE_COMMIT:
+		if (!ferry_wire_dec_commit(rec, &id))
+			check(id != 0);
 		break;
 	default:
 		abort();	/* the reader passed an unknown type */

@@ -74,6 +74,12 @@ int netns_enter(const struct netns_pair *p, char side)
 	return ret;
 }
 
+int netns_link(const struct netns_pair *p, bool up)
+{
+	return sh("ip -n %1$s-a link set %1$sa %2$s >/dev/null 2>&1", p->name,
+		  up ? "up" : "down");
+}
+
 void netns_teardown(struct netns_pair *p)
 {
 	sh("ip netns del %1$s-a >/dev/null 2>&1; "

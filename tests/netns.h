@@ -32,6 +32,9 @@ int netns_setup(struct netns_pair *p, const char *shape, char *why,
 /* Move the calling thread (and the threads it starts) into side a or b. */
 int netns_enter(const struct netns_pair *p, char side);
 
+/* Take the link between the two down or bring it up: 0, or -1. */
+int netns_link(const struct netns_pair *p, bool up);
+
 /* Delete both namespaces (and with them the veth pair).  Idempotent. */
 void netns_teardown(struct netns_pair *p);
 

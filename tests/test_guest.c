@@ -27,7 +27,18 @@ static enum test_result run_workload(struct test_ctx *ctx, const char *spec,
 	tvm_config(&cfg, 2, spec, 0);
 	TRY(tvm_create(ctx, &t, &cfg));
 	CHECK_OK(ctx, ferry_guest_start(t.g));
+	/*
+	 * 300 ms, and then as long as a vCPU has not run yet (vCPU 0 powers
+	 * the other on, which a busy machine may delay), up to 10 s.
+	 */
 	sleep_ms(300);
+	for (int i = 0; i < 1000; i++) {
+		ferry_guest_stats(t.g, &st);
+		if (st.vcpu[0].steps && st.vcpu[1].steps &&
+		    (!writes || (st.vcpu[0].reads && st.vcpu[1].reads)))
+			break;
+		sleep_ms(10);
+	}
 	CHECK_OK(ctx, ferry_guest_pause(t.g));
 	ferry_guest_stats(t.g, &st);
 	for (unsigned int i = 0; i < 2; i++)

@@ -14,7 +14,9 @@
 #include "ferry-vm/guest_vm.h"
 #include "ferry/migrate.h"
 #include "ferry/net.h"
+#include "migrig.h"
 #include "netns.h"
+#include "rawpeer.h"
 #include "test.h"
 
 struct mig {
@@ -151,6 +153,7 @@ static enum test_result migrate_once(struct test_ctx *ctx, struct mig *m)
 	CHECK_OK(ctx, ferry_guest_vm_create(&cfg, m->backing, m->mem, &src));
 	CHECK_OK(ctx, ferry_guest_start(src->guest));
 	usleep(m->warmup_ms * 1000);
+	CHECK_OK(ctx, rig_wait_power_events(src, m->workload));
 	CHECK_OK(ctx, ferry_net_listener_open("127.0.0.1:0", NULL,
 					      &m->listener));
 	CHECK_EQ(ctx, pthread_create(&dest, NULL, dest_main, m), 0);
@@ -433,6 +436,7 @@ static enum test_result far_migrate(struct test_ctx *ctx, const char *shape)
 	CHECK_OK(ctx, ferry_guest_vm_create(&cfg, ctx->backing, m.mem, &src));
 	CHECK_OK(ctx, ferry_guest_start(src->guest));
 	warm_up(src->guest, 3000);
+	CHECK_OK(ctx, rig_wait_power_events(src, m.workload));
 	ferry_migrate_opts_init(&o);
 	o.mode = FERRY_MODE_POSTCOPY;
 	ret = far_connect(1, &s);
@@ -481,23 +485,26 @@ static enum test_result far_netem(struct test_ctx *ctx)
 	return far_migrate(ctx, "netem rate 1gbit delay 1ms");
 }
 
-/* A destination that reads a few records and then drops the session. */
+/*
+ * A destination that accepts the HEADER, reads a few records and then
+ * drops the session.
+ */
 static void *crashing_dest_main(void *arg)
 {
 	struct mig *m = arg;
-	struct ferry_session *s = NULL;
-	struct ferry_wire_reader r;
 	struct ferry_wire_rec rec;
-	void *buf = aligned_alloc(4096, FERRY_WIRE_BUF_SIZE);
+	struct rawpeer p;
 
-	m->dst_ret = ferry_net_accept(m->listener, 20000, &s);
-	if (!m->dst_ret && buf) {
-		ferry_wire_reader_init(&r, s->bulk[0]);
-		for (int i = 0; i < 3; i++)
-			ferry_wire_recv(&r, buf, FERRY_WIRE_BUF_SIZE, &rec);
-	}
-	ferry_net_session_close(s);
-	free(buf);
+	m->dst_ret = rawpeer_accept_session(&p, m->listener, 20000);
+	if (m->dst_ret)
+		return NULL;
+	m->dst_ret = rawpeer_read_header(&p, 10000);
+	if (!m->dst_ret)
+		m->dst_ret = rawpeer_accept(&p, 0);
+	for (int i = 0; !m->dst_ret && i < 3; i++)
+		if (rawpeer_next(&p, p.s->bulk[0], &p.bulk0, 10000, &rec) <= 0)
+			m->dst_ret = -EPIPE;
+	rawpeer_fini(&p);
 	return NULL;
 }
 
@@ -547,45 +554,82 @@ static enum test_result broken_before_switchover(struct test_ctx *ctx)
 
 /* Raw bytes for the destination: a real HEADER, then `tail`. */
 struct bad_stream {
-	struct mig *m;
 	const void *tail;
 	size_t tail_len;
 	bool corrupt_next;	/* flip a byte in a real PAGES record */
+	bool other_version;	/* the HEADER says version 1 */
 };
 
-static int send_header(struct ferry_session *s, struct ferry_guest_vm *gv,
-		       struct ferry_wire_stream *st,
-		       struct ferry_wire_writer *w, struct ferry_wire_frame *f)
-{
-	int ret = ferry_wire_stream_init(st, gv->mem, FERRY_WIRE_MIGRATION,
-			gv->vm.ops->nr_vcpus(gv->guest), gv->desc,
-			gv->vm.desc_len);
-
-	ferry_wire_writer_init(w, s->bulk[0]);
-	if (!ret)
-		ret = ferry_wire_enc_header(f, st);
-	if (!ret)
-		ret = (int)ferry_wire_send(w, f);
-	return ret < 0 ? ret : 0;
-}
-
 /* A PAGES record of page 0 with one byte of its data flipped on the way. */
-static int send_corrupt_pages(struct ferry_guest_vm *gv,
-			      struct ferry_wire_stream *st,
-			      struct ferry_wire_writer *w,
-			      struct ferry_wire_frame *f)
+static int send_corrupt_pages(struct rawpeer *p)
 {
 	static uint8_t page[4 << 20];
 	uint32_t index = 0;
 	struct ferry_wire_batch b = { .region = 0, .count = 1,
 				      .index = &index, .base = page };
-	int ret = ferry_wire_enc_pages(f, st, &b);
+	int ret = ferry_wire_enc_pages(&p->frame, &p->stream, &b);
 
-	(void)gv;
 	page[100] ^= 0x40;	/* after the checksum was taken */
 	if (!ret)
-		ret = (int)ferry_wire_send(w, f);
+		ret = (int)ferry_wire_send(&p->bulk0_w, &p->frame);
 	return ret < 0 ? ret : 0;
+}
+
+/*
+ * What the destination says on the urgent channel before it gives up:
+ * the first record of `type` (skipping heartbeats), or -errno.
+ */
+static int urgent_says(struct rawpeer *p, enum ferry_wire_type type,
+		       struct ferry_wire_rec *rec)
+{
+	int ret;
+
+	do
+		ret = rawpeer_next(p, p->s->urgent, &p->urgent, 10000, rec);
+	while (ret > 0 && ret != (int)type);
+	return ret == (int)type ? 0 : ret < 0 ? ret : -ENOMSG;
+}
+
+/* The source side of refuse_stream: its HEADER, then the bad part. */
+static enum test_result bad_source(struct test_ctx *ctx, struct rawpeer *p,
+				   struct ferry_guest_vm *src,
+				   const struct bad_stream *bs)
+{
+	struct ferry_wire_rec rec;
+	struct ferry_wire_error e;
+
+	CHECK_OK(ctx, ferry_wire_stream_init(&p->stream, src->mem,
+		 FERRY_WIRE_MIGRATION, src->vm.ops->nr_vcpus(src->guest),
+		 src->desc, src->vm.desc_len));
+	p->stream.id = 0xfeed;
+	if (bs->other_version) {
+		CHECK_OK(ctx, rawpeer_send_header_version(p, &p->stream, 1));
+		/* Refused with a reason the source can print. */
+		CHECK_OK(ctx, urgent_says(p, FERRY_WIRE_ERROR, &rec));
+		CHECK_OK(ctx, ferry_wire_dec_error(&rec, &e));
+		CHECK(ctx, e.err == EPROTO && strstr(e.msg, "version 1"),
+		      "ERROR %d: %s", e.err, e.msg);
+		return TEST_PASS;
+	}
+	CHECK_OK(ctx, ferry_wire_enc_header(&p->frame, &p->stream));
+	CHECK(ctx, ferry_wire_send(&p->bulk0_w, &p->frame) > 0, "header");
+	CHECK_OK(ctx, urgent_says(p, FERRY_WIRE_ACCEPT, &rec));
+	if (bs->corrupt_next) {
+		struct ferry_wire_pages pg;
+
+		CHECK_OK(ctx, send_corrupt_pages(p));
+		/* Not installed, not dropped: asked for again. */
+		CHECK_OK(ctx, urgent_says(p, FERRY_WIRE_REFETCH, &rec));
+		CHECK_OK(ctx, ferry_wire_dec_refetch(&p->stream, &rec, &pg));
+		CHECK(ctx, pg.count == 1 && pg.index[0] == 0, "REFETCH %u",
+		      pg.count);
+	}
+	if (bs->tail_len) {
+		struct iovec iov = { (void *)bs->tail, bs->tail_len };
+
+		ferry_chan_sendv(p->s->bulk[0], &iov, 1);
+	}
+	return TEST_PASS;
 }
 
 static enum test_result refuse_stream(struct test_ctx *ctx,
@@ -594,15 +638,13 @@ static enum test_result refuse_stream(struct test_ctx *ctx,
 {
 	struct mig m = { .vcpus = 2, .workload = "random", .channels = 1,
 			 .mem = 8 << 20 };
-	static struct ferry_wire_frame f;
 	struct ferry_guest_config cfg;
-	struct ferry_wire_stream st;
-	struct ferry_wire_writer w;
 	struct ferry_guest_vm *src;
 	struct ferry_session *s;
+	enum test_result res;
+	struct rawpeer p;
 	pthread_t dest;
 
-	bs->m = &m;
 	m.dd = (struct ferry_guest_dest){ .keep_backing = true };
 	config(&m, &cfg);
 	CHECK_OK(ctx, ferry_guest_vm_create(&cfg, ctx->backing, m.mem, &src));
@@ -611,17 +653,15 @@ static enum test_result refuse_stream(struct test_ctx *ctx,
 	CHECK_EQ(ctx, pthread_create(&dest, NULL, dest_main, &m), 0);
 	CHECK_OK(ctx, ferry_net_connect(ferry_net_listener_addr(m.listener),
 					1, NULL, &s));
-	CHECK_OK(ctx, send_header(s, src, &st, &w, &f));
-	if (bs->corrupt_next)
-		CHECK_OK(ctx, send_corrupt_pages(src, &st, &w, &f));
-	if (bs->tail_len) {
-		struct iovec iov = { (void *)bs->tail, bs->tail_len };
-
-		ferry_chan_sendv(s->bulk[0], &iov, 1);
-	}
-	ferry_net_session_close(s);	/* the stream ends here */
+	CHECK_OK(ctx, rawpeer_init(&p, s));
+	res = bad_source(ctx, &p, src, bs);
+	/* Bulk 0's stream ends here; the destination ends the session. */
+	ferry_chan_shutdown(s->bulk[0]);
 	pthread_join(dest, NULL);
+	rawpeer_fini(&p);
 	ferry_net_listener_close(m.listener);
+	if (res != TEST_PASS)
+		return res;
 	CHECK_EQ(ctx, m.dst_ret, want_err);
 	CHECK(ctx, strstr(m.dst_reason, want_reason), "reason '%s' does not "
 	      "say '%s'", m.dst_reason, want_reason);
@@ -630,11 +670,12 @@ static enum test_result refuse_stream(struct test_ctx *ctx,
 	return TEST_PASS;
 }
 
+/* A page whose data fails its sum: asked for again; never installed. */
 static enum test_result corrupt_stream(struct test_ctx *ctx)
 {
 	struct bad_stream bs = { .corrupt_next = true };
 
-	return refuse_stream(ctx, &bs, -EBADMSG, "checksum");
+	return refuse_stream(ctx, &bs, -EPIPE, "closed the channel");
 }
 
 static enum test_result truncated_stream(struct test_ctx *ctx)
@@ -653,6 +694,100 @@ static enum test_result garbage_stream(struct test_ctx *ctx)
 
 	memset(junk, 0xa5, sizeof(junk));
 	return refuse_stream(ctx, &bs, -EBADMSG, "record");
+}
+
+/* A source of another format version: refused, with the reason, at once. */
+static enum test_result other_version_source(struct test_ctx *ctx)
+{
+	struct bad_stream bs = { .other_version = true };
+
+	return refuse_stream(ctx, &bs, -EPROTO, "format version 1");
+}
+
+/* The destination side: a raw peer that answers the HEADER as told. */
+struct raw_dest {
+	struct ferry_listener *listener;
+	bool refuse;		/* ERROR(EPROTO), as another version would */
+	bool pages_seen;	/* anything but the HEADER on bulk 0 */
+	int ret;
+};
+
+static void *raw_dest_main(void *arg)
+{
+	struct raw_dest *rd = arg;
+	struct ferry_wire_rec rec;
+	struct rawpeer p;
+
+	rd->ret = rawpeer_accept_session(&p, rd->listener, 20000);
+	if (rd->ret)
+		return NULL;
+	rd->ret = rawpeer_read_header(&p, 10000);
+	if (!rd->ret && rd->refuse)
+		rd->ret = rawpeer_error(&p, EPROTO, "stream is format version "
+					"2; this ferry reads version 3");
+	/* Silent (or refusing): no guest memory may come now. */
+	if (!rd->ret)
+		rd->pages_seen = rawpeer_next(&p, p.s->bulk[0], &p.bulk0, 3000,
+					      &rec) > 0;
+	rawpeer_fini(&p);
+	return NULL;
+}
+
+/*
+ * Version before memory: a source sends its HEADER and no page until the
+ * destination accepts it.  One that refuses is heard (the reason is the
+ * source's error); one that never answers, nor heartbeats, is a stall.
+ * The VM runs on here either way.
+ */
+static enum test_result waits_for_accept(struct test_ctx *ctx, bool refuse)
+{
+	struct mig m = { .workload = "random", .vcpus = 2, .channels = 1,
+			 .mem = 8 << 20 };
+	struct raw_dest rd = { .refuse = refuse };
+	struct ferry_verify_report rep;
+	struct ferry_guest_config cfg;
+	struct ferry_migrate_opts o;
+	struct ferry_guest_vm *src;
+	pthread_t dest;
+	int ret;
+
+	config(&m, &cfg);
+	CHECK_OK(ctx, ferry_guest_vm_create(&cfg, ctx->backing, m.mem, &src));
+	CHECK_OK(ctx, ferry_guest_start(src->guest));
+	CHECK_OK(ctx, ferry_net_listener_open("127.0.0.1:0", NULL,
+					      &rd.listener));
+	m.listener = rd.listener;
+	CHECK_EQ(ctx, pthread_create(&dest, NULL, raw_dest_main, &rd), 0);
+	ferry_migrate_opts_init(&o);
+	o.timeout_ms = 1000;
+	o.heartbeat_ms = 100;
+	ret = connect_and_send(&m, src, &o);
+	pthread_join(dest, NULL);
+	ferry_net_listener_close(rd.listener);
+	CHECK_EQ(ctx, rd.ret, 0);
+	CHECK(ctx, !rd.pages_seen, "the source sent more than its HEADER");
+	if (refuse)
+		CHECK(ctx, ret == -EPROTO && strstr(ferry_error_msg(),
+		      "reads version 3"), "send: %d (%s)", ret,
+		      ferry_error_msg());
+	else
+		CHECK(ctx, ret == -ETIMEDOUT && strstr(ferry_error_msg(),
+		      "no progress"), "send: %d (%s)", ret, ferry_error_msg());
+	CHECK_OK(ctx, ferry_guest_stop(src->guest));
+	CHECK_OK(ctx, ferry_guest_verify(src->guest, &rep));
+	CHECK(ctx, rep.ok, "the source VM fails verification");
+	ferry_guest_vm_destroy(src);
+	return TEST_PASS;
+}
+
+static enum test_result refused_header(struct test_ctx *ctx)
+{
+	return waits_for_accept(ctx, true);
+}
+
+static enum test_result silent_dest(struct test_ctx *ctx)
+{
+	return waits_for_accept(ctx, false);
 }
 
 static const struct test_case cases[] = {
@@ -682,6 +817,11 @@ static const struct test_case cases[] = {
 	{ "migrate_refuses_truncated_stream", truncated_stream, B_SHMEM, 0, 0,
 	  0, 30 },
 	{ "migrate_refuses_garbage", garbage_stream, B_SHMEM, 0, 0, 0, 30 },
+	{ "migrate_dest_refuses_other_version", other_version_source, B_SHMEM,
+	  0, 0, 0, 30 },
+	{ "migrate_source_hears_refusal", refused_header, B_SHMEM, 0, 0, 0,
+	  30 },
+	{ "migrate_no_page_before_accept", silent_dest, B_SHMEM, 0, 0, 0, 30 },
 };
 
 TEST_SUITE(migrate, cases)

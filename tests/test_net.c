@@ -97,6 +97,7 @@ static void stream_make(struct ferry_wire_stream *s)
 	*s = (struct ferry_wire_stream){
 		.version = FERRY_WIRE_VERSION,
 		.kind = FERRY_WIRE_MIGRATION,
+		.id = 1,		/* a migration names itself */
 		.nr_vcpus = 1,
 		.nr_regions = 1,
 	};

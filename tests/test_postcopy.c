@@ -265,11 +265,119 @@ static enum test_result postcopy_refuses_bad_pages(struct test_ctx *ctx)
 	return TEST_PASS;
 }
 
+/* ---- across sessions ---------------------------------------------------- */
+
+/* Requests are only counted: no source answers them. */
+struct counted {
+	atomic_uint asked[64];
+};
+
+static int count_request(void *arg, unsigned int region, uint64_t page)
+{
+	struct counted *c = arg;
+
+	(void)region;
+	if (page < 64)
+		atomic_fetch_add(&c->asked[page], 1);
+	return 0;
+}
+
+static const struct postcopy_ops count_ops = { .request = count_request };
+
+struct toucher {
+	const volatile uint8_t *p;
+	uint8_t seen;
+	pthread_t thread;
+};
+
+static void *touch_main(void *arg)
+{
+	struct toucher *t = arg;
+
+	t->seen = *t->p;	/* waits in the kernel while the page is owed */
+	return NULL;
+}
+
+/* Until `page` was asked for n times (the fault read and handled). */
+static bool asked(struct counted *c, size_t page, unsigned int n)
+{
+	for (int i = 0; i < 2000 && atomic_load(&c->asked[page]) < n; i++)
+		usleep(1000);
+	return atomic_load(&c->asked[page]) >= n;
+}
+
+/*
+ * What a new session needs from the page machinery: what is still owed
+ * (a faulting vCPU's page included, a page in place not), the requests
+ * the lost session never answered asked again, a page asked for on the
+ * destination's own account; and, failing closed, a vCPU blocked on an
+ * owed page let go.
+ */
+static enum test_result postcopy_across_sessions(struct test_ctx *ctx)
+{
+	uint64_t stale = 0xff0f0ULL, owed = 0, map[1];	/* 4-7, 12-19 */
+	struct counted c = { 0 };
+	struct toucher t[2];
+	struct ferry_region *r;
+	struct ferry_mem *mem;
+	struct postcopy *pc;
+	uint8_t page[4096];
+
+	CHECK_OK(ctx, ferry_mem_create(&mem));
+	CHECK_OK(ctx, ferry_mem_add_region(mem, FERRY_BACKING_SHMEM, 64 * 4096,
+					   &r));
+	CHECK_OK(ctx, postcopy_create(mem, &pc));
+	/* Pages 0-31 came but 16-19; 4-7, 12-15 since dirtied. */
+	for (size_t p = 0; p < 32; p++) {
+		memset(page, (int)p + 1, sizeof(page));
+		if (p < 16 || p > 19)
+			CHECK_OK(ctx, postcopy_store(pc, 0, p, 1, page));
+	}
+	CHECK_OK(ctx, postcopy_switchover(pc, 0, &stale));
+	CHECK_OK(ctx, postcopy_start(pc, &count_ops, &c));
+	t[0] = (struct toucher){ .p = r->guest + 5 * 4096 };	/* stale */
+	pthread_create(&t[0].thread, NULL, touch_main, &t[0]);
+	CHECK(ctx, asked(&c, 5, 1), "the fault on page 5 asked nothing");
+	CHECK_EQ(ctx, postcopy_owed_map(pc, 0, map), 12);
+	CHECK(ctx, map[0] == stale, "owed %#llx, want %#llx",
+	      (unsigned long long)map[0], (unsigned long long)stale);
+	/* The new session: what was asked and not answered, again. */
+	CHECK_OK(ctx, postcopy_rerequest(pc));
+	CHECK(ctx, asked(&c, 5, 2), "page 5 not asked again");
+	CHECK_EQ(ctx, atomic_load(&c.asked[6]), 0);
+	/* Asked on our own account (its copy failed): owed pages only. */
+	CHECK_OK(ctx, postcopy_request(pc, 0, 17));
+	CHECK_OK(ctx, postcopy_request(pc, 0, 2));	/* PRESENT: not owed */
+	CHECK_EQ(ctx, atomic_load(&c.asked[17]), 1);
+	CHECK_EQ(ctx, atomic_load(&c.asked[2]), 0);
+	/* Page 5 comes: the vCPU reads it, it is owed no more. */
+	memset(page, 0x55, sizeof(page));
+	CHECK_EQ(ctx, postcopy_install(pc, 0, 5, page), 1);
+	pthread_join(t[0].thread, NULL);
+	CHECK_EQ(ctx, t[0].seen, 0x55);
+	CHECK_EQ(ctx, postcopy_owed_map(pc, 0, map), 11);
+	owed = stale & ~(1ULL << 5);
+	CHECK_EQ(ctx, map[0], owed);
+	/* Failing closed: a vCPU on an owed page gets what the memfd has. */
+	t[1] = (struct toucher){ .p = r->guest + 13 * 4096 };
+	pthread_create(&t[1].thread, NULL, touch_main, &t[1]);
+	CHECK(ctx, asked(&c, 13, 1), "the fault on page 13 asked nothing");
+	postcopy_release(pc);
+	pthread_join(t[1].thread, NULL);
+	CHECK_EQ(ctx, t[1].seen, 14);		/* the copy before switchover */
+	CHECK_OK(ctx, postcopy_finish(pc));
+	postcopy_destroy(pc);
+	ferry_mem_destroy(mem);
+	return TEST_PASS;
+}
+
 static const struct test_case cases[] = {
 	{ "postcopy_serves_minor_and_missing", postcopy_serves_all, B_ALL, 0,
 	  NEED_UFFD_MISSING | NEED_UFFD_MINOR, 0, 0 },
 	{ "postcopy_refuses_bad_pages", postcopy_refuses_bad_pages, 0, 0, 0,
 	  0, 0 },
+	{ "postcopy_across_sessions", postcopy_across_sessions, B_SHMEM, 0,
+	  NEED_UFFD_MISSING | NEED_UFFD_MINOR, 0, 30 },
 };
 
 TEST_SUITE(postcopy, cases)

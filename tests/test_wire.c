@@ -115,6 +115,7 @@ static void stream_desc(struct ferry_wire_stream *s, uint64_t r0_pages)
 	*s = (struct ferry_wire_stream){
 		.version = FERRY_WIRE_VERSION,
 		.kind = FERRY_WIRE_MIGRATION,
+		.id = 0x5eed0f0e,
 		.nr_vcpus = 2,
 		.nr_regions = 2,
 		.desc = desc,
@@ -187,6 +188,33 @@ static const uint64_t bitmap_words[2] = { 0x8000000000000001ULL,
 static const uint8_t regs[64] = { 1, 2, 3, 4, 5, 6, 7, 8, 9 };
 static const uint64_t extent_sums[3] = { 11, 22, 33 };
 
+static const uint32_t refetch_index[] = { 9, 4000, 8191 };
+
+/* The records of recovery: ACCEPT ... COMMIT, with an OWED bitmap. */
+static int send_recovery(struct fixture *fx)
+{
+	struct ferry_wire_frame *f = &fx->frame;
+	struct ferry_wire_accept a = { FERRY_WIRE_VERSION, fx->stream.id };
+	struct ferry_wire_heartbeat hb = { 41, 123456789 };
+	struct ferry_wire_batch b = { .region = 0, .count = 3,
+				      .index = refetch_index };
+	struct ferry_wire_resume rs = { fx->stream.id, 5, 1 };
+	struct ferry_wire_bitmap owed = { 0, FERRY_WIRE_BITMAP_OWED, 128, 64,
+					  &bitmap_words[1] };
+	int ret = 0;
+
+	ret = ret ? ret : send_frame(fx, ferry_wire_enc_accept(f, &a));
+	ret = ret ? ret : send_frame(fx, ferry_wire_enc_heartbeat(f, &hb));
+	ret = ret ? ret : send_frame(fx, ferry_wire_enc_refetch(f,
+					&fx->stream, &b));
+	ret = ret ? ret : send_frame(fx, ferry_wire_enc_resume(f, &rs));
+	ret = ret ? ret : send_frame(fx, ferry_wire_enc_bitmap(f,
+					&fx->stream, &owed));
+	ret = ret ? ret : send_frame(fx, ferry_wire_enc_commit(f,
+					fx->stream.id));
+	return ret;
+}
+
 static int send_controls(struct fixture *fx)
 {
 	struct ferry_wire_frame *f = &fx->frame;
@@ -205,6 +233,7 @@ static int send_controls(struct fixture *fx)
 					&fx->stream, &e));
 	ret = ret ? ret : send_frame(fx, ferry_wire_enc_error(f, -EIO,
 					"disk on fire"));
+	ret = ret ? ret : send_recovery(fx);
 	ret = ret ? ret : send_frame(fx, ferry_wire_enc_complete(f, &c));
 	return ret;
 }
@@ -247,6 +276,10 @@ union view {
 	struct ferry_wire_error error;
 	struct ferry_wire_page_request req;
 	struct ferry_wire_extent extent;
+	struct ferry_wire_accept accept;
+	struct ferry_wire_heartbeat heartbeat;
+	struct ferry_wire_resume resume;
+	uint64_t commit;
 };
 
 static int decode(struct ferry_wire_stream *s, const struct ferry_wire_rec *rec,
@@ -274,6 +307,16 @@ static int decode(struct ferry_wire_stream *s, const struct ferry_wire_rec *rec,
 		return ferry_wire_dec_page_request(s, rec, &v->req);
 	case FERRY_WIRE_PAGE_EXTENT:
 		return ferry_wire_dec_extent(s, rec, &v->extent);
+	case FERRY_WIRE_ACCEPT:
+		return ferry_wire_dec_accept(rec, &v->accept);
+	case FERRY_WIRE_HEARTBEAT:
+		return ferry_wire_dec_heartbeat(rec, &v->heartbeat);
+	case FERRY_WIRE_REFETCH:
+		return ferry_wire_dec_refetch(s, rec, &v->pages);
+	case FERRY_WIRE_RESUME:
+		return ferry_wire_dec_resume(rec, &v->resume);
+	case FERRY_WIRE_COMMIT:
+		return ferry_wire_dec_commit(rec, &v->commit);
 	default:
 		return -ENOSYS;	/* the reader let an unknown type through */
 	}
@@ -312,6 +355,7 @@ static bool view_sane(const struct ferry_wire_stream *s,
 	switch (rec->type) {
 	case FERRY_WIRE_PAGES:
 	case FERRY_WIRE_ZERO_PAGES:
+	case FERRY_WIRE_REFETCH:
 		return pages_sane(s, rec, &v->pages);
 	case FERRY_WIRE_BITMAP:
 		return v->bitmap.region < s->nr_regions &&
@@ -573,6 +617,44 @@ static enum test_result round_trip_max(struct test_ctx *ctx)
 	return TEST_PASS;
 }
 
+#define NEXT_OF(fxp, rp, sp, want)					\
+	do {								\
+		CHECK_OK(ctx, next(fxp, rp, sp, &rec, &v));		\
+		CHECK(ctx, rec.type == (want), "record %llu is %s",	\
+		      (unsigned long long)rec.nr,			\
+		      ferry_wire_type_name(rec.type));			\
+	} while (0)
+
+/* What send_recovery() sent, read back. */
+static enum test_result check_recovery(struct test_ctx *ctx,
+				       struct fixture *fx,
+				       struct ferry_wire_reader *r,
+				       struct ferry_wire_stream *s)
+{
+	struct ferry_wire_rec rec;
+	union view v;
+
+	NEXT_OF(fx, r, s, FERRY_WIRE_ACCEPT);
+	CHECK(ctx, v.accept.version == FERRY_WIRE_VERSION &&
+	      v.accept.id == fx->stream.id, "accept");
+	NEXT_OF(fx, r, s, FERRY_WIRE_HEARTBEAT);
+	CHECK(ctx, v.heartbeat.seq == 41 &&
+	      v.heartbeat.data_received == 123456789, "heartbeat");
+	NEXT_OF(fx, r, s, FERRY_WIRE_REFETCH);
+	CHECK(ctx, v.pages.count == 3 && !v.pages.data &&
+	      !v.pages.request_id && v.pages.index[2] == 8191, "refetch");
+	NEXT_OF(fx, r, s, FERRY_WIRE_RESUME);
+	CHECK(ctx, v.resume.id == fx->stream.id && v.resume.owed == 5 &&
+	      v.resume.nr_bitmaps == 1, "resume");
+	NEXT_OF(fx, r, s, FERRY_WIRE_BITMAP);
+	CHECK(ctx, v.bitmap.kind == FERRY_WIRE_BITMAP_OWED &&
+	      v.bitmap.first_page == 128 && v.bitmap.words[0] ==
+	      bitmap_words[1], "owed bitmap");
+	NEXT_OF(fx, r, s, FERRY_WIRE_COMMIT);
+	CHECK_EQ(ctx, v.commit, fx->stream.id);
+	return TEST_PASS;
+}
+
 static enum test_result round_trip_small(struct test_ctx *ctx)
 {
 	struct fixture fx;
@@ -618,10 +700,12 @@ static enum test_result round_trip_small(struct test_ctx *ctx)
 	NEXT(FERRY_WIRE_ERROR);
 	CHECK(ctx, v.error.err == EIO && !strcmp(v.error.msg, "disk on fire"),
 	      "error: %d %s", v.error.err, v.error.msg);
+	if (check_recovery(ctx, &fx, &r, &s))
+		return TEST_FAIL;
 	NEXT(FERRY_WIRE_COMPLETE);
 	CHECK(ctx, v.complete.pages == 5000 && v.complete.zero_pages == 600,
 	      "complete");
-	CHECK_EQ(ctx, rec.nr, 11);
+	CHECK_EQ(ctx, rec.nr, 17);
 	CHECK_EQ(ctx, ferry_wire_recv(&r, fx.rbuf, FERRY_WIRE_BUF_SIZE, &rec),
 		 0);
 	fixture_fini(&fx);
@@ -693,6 +777,11 @@ static enum test_result live_torn_page(struct test_ctx *ctx)
 	CHECK_EQ(ctx, next(&fx, &r, &s, &rec, &v), -EBADMSG);
 	CHECK(ctx, strstr(ferry_error_msg(), "record 2: PAGES page 2 (index 7) "
 			  "checksum mismatch"), "reason: %s", ferry_error_msg());
+	/* A migration takes the record and asks for the page again. */
+	CHECK_OK(ctx, ferry_wire_dec_pages_tolerant(&s, &rec, &v.pages));
+	CHECK(ctx, !v.pages.live && v.pages.nr_torn == 1 &&
+	      ferry_wire_page_torn(&v.pages, 2), "tolerant: %u torn",
+	      v.pages.nr_torn);
 	fixture_fini(&fx);
 	return TEST_PASS;
 }
@@ -729,7 +818,7 @@ static enum test_result corrupt_every_byte(struct test_ctx *ctx)
 	CHECK_OK(ctx, small_stream(&fx, false, &bytes, &len));
 	copy = aligned_alloc(4096, (len + 4095) & ~4095UL);
 	CHECK_OK(ctx, decode_bytes(bytes, len, &all));
-	CHECK_EQ(ctx, all, 11);
+	CHECK_EQ(ctx, all, 17);
 	for (size_t pos = 0; pos < len; pos++) {
 		for (unsigned int m = 0; m < sizeof(masks); m++) {
 			memcpy(copy, bytes, len);
@@ -784,14 +873,14 @@ static ssize_t drain(struct fixture *fx, unsigned int *nr)
 static enum test_result truncate_every_length(struct test_ctx *ctx)
 {
 	struct fixture fx;
-	size_t ends[16], len;
+	size_t ends[24], len;
 	unsigned int nr_ends, nr, whole = 0;
 	uint8_t *bytes;
 	ssize_t n;
 
 	CHECK_OK(ctx, small_stream(&fx, false, &bytes, &len));
-	nr_ends = boundaries(bytes, len, ends, 16);
-	CHECK_EQ(ctx, nr_ends, 11);
+	nr_ends = boundaries(bytes, len, ends, 24);
+	CHECK_EQ(ctx, nr_ends, 17);
 	for (size_t cut = 0; cut <= len; cut++) {
 		bool boundary = whole < nr_ends && cut == ends[whole];
 
@@ -809,7 +898,7 @@ static enum test_result truncate_every_length(struct test_ctx *ctx)
 	}
 	fx.chan.limit = len - 1;
 	CHECK_EQ(ctx, drain(&fx, &nr), -EPIPE);
-	CHECK(ctx, strstr(ferry_error_msg(), "record 10: stream ended inside a "
+	CHECK(ctx, strstr(ferry_error_msg(), "record 16: stream ended inside a "
 			  "48-byte COMPLETE record (47 of 48 bytes)"),
 	      "reason: %s", ferry_error_msg());
 	fx.chan.limit = ends[0] + 10;
@@ -868,25 +957,30 @@ static const struct patch patches[] = {
 	  "VCPU 1 register blob of 4294967280 bytes (65536 at most)" },
 	{ V, 0, 8, 4, 100, -EBADMSG, "VCPU needs 120 bytes of meta" },
 	{ V, 0, 12, 4, 1, -EBADMSG, "VCPU reserved field is 1" },
-	{ H, 0, 8, 2, 2, -EPROTO,
-	  "record 0: stream is format version 2; this ferry reads version 1" },
+	{ H, 0, 8, 2, 3, -EPROTO,
+	  "record 0: stream is format version 3; this ferry reads version 2" },
+	{ H, 0, 8, 2, 1, -EPROTO,
+	  "record 0: stream is format version 1; this ferry reads version 2" },
 	{ H, 0, 0, 1, 'X', -EBADMSG, "HEADER magic wrong" },
 	{ H, 0, 10, 2, 9, -EBADMSG, "HEADER stream kind 9 unknown" },
 	{ H, 0, 12, 4, 65, -EBADMSG, "HEADER has 65 regions (1 to 64" },
 	{ H, 0, 16, 4, 0, -EBADMSG, "HEADER has 0 vCPUs" },
 	{ H, 0, 20, 4, 0x7fffffff, -E2BIG,
 	  "HEADER guest description of 2147483647 bytes (65536 at most)" },
-	{ H, 0, 20, 4, 30, -EBADMSG, "HEADER needs 104 bytes of meta" },
-	{ H, 0, 24, 4, 7, -EBADMSG, "region 0: unknown backing 7" },
-	{ H, 0, 28, 4, 21, -EBADMSG,
+	{ H, 0, 20, 4, 30, -EBADMSG, "HEADER needs 120 bytes of meta" },
+	{ H, 0, 28, 4, 1, -EBADMSG, "HEADER reserved field is 4294967296" },
+	{ H, 0, 32, 8, 0, -EBADMSG, "HEADER of a migration with id 0" },
+	{ H, 0, 10, 2, 2, -EBADMSG, "HEADER of a snapshot with id" },
+	{ H, 0, 40, 4, 7, -EBADMSG, "region 0: unknown backing 7" },
+	{ H, 0, 44, 4, 21, -EBADMSG,
 	  "region 0: page size 2097152 does not match shmem backing" },
-	{ H, 0, 28, 4, 40, -EBADMSG, "region 0: page size 2^40" },
-	{ H, 0, 32, 8, (32 << 20) + 1, -EBADMSG,
+	{ H, 0, 44, 4, 40, -EBADMSG, "region 0: page size 2^40" },
+	{ H, 0, 48, 8, (32 << 20) + 1, -EBADMSG,
 	  "region 0: size 33554433 is not a whole number" },
-	{ H, 0, 32, 8, 0, -EBADMSG, "region 0: size 0 is not" },
-	{ H, 0, 64, 8, 16 << 20, -EBADMSG,
+	{ H, 0, 48, 8, 0, -EBADMSG, "region 0: size 0 is not" },
+	{ H, 0, 80, 8, 16 << 20, -EBADMSG,
 	  "region 1 at 0x1000000 overlaps or precedes region 0" },
-	{ H, 0, 64, 8, 0xffffffffffe00000ULL, -EBADMSG,
+	{ H, 0, 80, 8, 0xffffffffffe00000ULL, -EBADMSG,
 	  "region 1: guest base 0xffffffffffe00000 misaligned or wrapping" },
 	{ H, 1, 2, 1, 77, -EBADMSG, "record 0: unknown record type 77" },
 	{ P, 1, 3, 1, 0x80, -EBADMSG, "flags 0x80 not valid on a PAGES" },
@@ -930,6 +1024,26 @@ static const struct patch patches[] = {
 	  "message length 5000 out of range" },
 	{ FERRY_WIRE_COMPLETE, 1, 8, 4, 8, -EBADMSG,
 	  "COMPLETE needs 16 bytes of meta, record has 8" },
+	{ FERRY_WIRE_ACCEPT, 0, 8, 8, 0, -EBADMSG,
+	  "ACCEPT of version 2, migration 0" },
+	{ FERRY_WIRE_ACCEPT, 0, 2, 2, 1, -EBADMSG,
+	  "ACCEPT reserved field is 1" },
+	{ FERRY_WIRE_HEARTBEAT, 1, 8, 4, 8, -EBADMSG,
+	  "HEARTBEAT needs 16 bytes of meta, record has 8" },
+	{ FERRY_WIRE_REFETCH, 0, 8, 8, 7, -EBADMSG,
+	  "REFETCH reserved field is 7" },
+	{ FERRY_WIRE_REFETCH, 0, 20, 4, 9, -EBADMSG,
+	  "REFETCH indices not ascending at 1" },
+	{ FERRY_WIRE_REFETCH, 0, 24, 4, 8192, -EBADMSG,
+	  "REFETCH index 8192 beyond region 0's 8192 pages" },
+	{ FERRY_WIRE_RESUME, 0, 0, 8, 0, -EBADMSG, "RESUME of migration id 0" },
+	{ FERRY_WIRE_RESUME, 0, 16, 4, 0, -EBADMSG,
+	  "RESUME owes 5 pages in no bitmap" },
+	{ FERRY_WIRE_RESUME, 0, 16, 4, 0x7fffffff, -EBADMSG,
+	  "RESUME announces 2147483647 bitmaps" },
+	{ FERRY_WIRE_RESUME, 0, 20, 4, 1, -EBADMSG,
+	  "RESUME reserved field is 1" },
+	{ FERRY_WIRE_COMMIT, 0, 0, 8, 0, -EBADMSG, "COMMIT of migration id 0" },
 };
 
 static int apply(uint8_t *bytes, size_t len, const struct patch *p)

@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -298,28 +299,43 @@ static void json_save(FILE *f, const void *arg)
 }
 
 /*
- * The output, opened before any VM is built: a path that cannot be
- * written fails at once.  *created: it did not exist (removed again if
- * nothing is saved).
+ * The output, checked before any VM is built: the save writes a new file
+ * beside it and renames it over the target only once it is whole, so
+ * the target's folder must take a new file (tried for real: a read-only
+ * or full file system, or a folder that is not there, fails at once),
+ * and an existing target must be a file it may replace.
  */
-static int open_out(const char *path, bool *created)
+static int check_out(const char *path)
 {
-	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	char tmp[PATH_MAX];
+	const char *slash = strrchr(path, '/');
+	struct stat st;
+	int fd, len = slash ? (int)(slash - path) : 1;
 
-	*created = fd >= 0;
-	if (fd < 0 && errno == EEXIST)
-		fd = open(path, O_RDWR | O_CLOEXEC);
-	if (fd < 0)
-		fprintf(stderr, "ferry snapshot: --out %s: %s\n", path,
-			strerror(errno));
-	return fd;
+	if (!stat(path, &st) && !S_ISREG(st.st_mode)) {
+		fprintf(stderr, "ferry snapshot: --out %s: not a regular "
+			"file\n", path);
+		return -1;
+	}
+	snprintf(tmp, sizeof(tmp), "%.*s/.ferry-check-XXXXXX",
+		 slash ? len : 1, slash ? path : ".");
+	fd = mkstemp(tmp);
+	if (fd < 0) {
+		fprintf(stderr, "ferry snapshot: --out %s: cannot write "
+			"beside it: %s\n", path, strerror(errno));
+		return -1;
+	}
+	close(fd);
+	unlink(tmp);
+	return 0;
 }
 
 static int save_vm(const struct snap_opts *o, struct ferry_guest_vm *gv,
-		   int fd, struct ferry_snapshot_stats *st)
+		   struct ferry_snapshot_stats *st)
 {
 	struct ferry_snapshot_opts so = { .live = o->live, .sync = o->sync };
-	int ret = ferry_snapshot_save(&gv->vm, fd, &so, st);
+	/* Beside the target, then renamed: a failed save leaves nothing. */
+	int ret = ferry_snapshot_save_path(&gv->vm, o->out, &so, st);
 
 	if (ret) {
 		cli_error("saving the snapshot", ret);
@@ -336,8 +352,7 @@ int cmd_snapshot(int argc, char **argv)
 	struct ferry_guest_vm *gv = NULL;
 	struct snap_opts o;
 	char size[32];
-	bool created;
-	int fd, ret = parse_args(&snapshot_cmd, argc, argv, &o);
+	int ret = parse_args(&snapshot_cmd, argc, argv, &o);
 
 	if (ret)
 		return ret == 1 ? 0 : ret;
@@ -345,8 +360,7 @@ int cmd_snapshot(int argc, char **argv)
 		return cli_bad("snapshot", "--out", "", "is required");
 	if (cli_guest_check("snapshot", &o.guest))
 		return 2;
-	fd = open_out(o.out, &created);
-	if (fd < 0)
+	if (check_out(o.out))
 		return 2;
 	ret = cli_start_guest("snapshot", &o.guest, &gv, &resv);
 	if (!ret) {
@@ -357,12 +371,9 @@ int cmd_snapshot(int argc, char **argv)
 		       o.guest.workload, o.seconds);
 		fflush(stdout);
 		cli_sleep(o.seconds);
-		ret = save_vm(&o, gv, fd, &st);
+		ret = save_vm(&o, gv, &st);
 	}
 	cli_stop_guest(gv, &resv);
-	close(fd);
-	if (ret && created)
-		unlink(o.out);
 	if (ret)
 		return ret;
 	print_save(&o, &st);

@@ -168,6 +168,16 @@ int ferry_net_session_from_fds(const int *fds, unsigned int nr_bulk,
 int ferry_net_session_pair(unsigned int nr_bulk, struct ferry_session **a,
 			   struct ferry_session **b);
 
+/*
+ * Is anyone listening at addr?  Checks what ferry_net_connect would
+ * (the address, the keys and certificates, plain TCP off this machine
+ * refused without `insecure`) and connects once, then closes at once,
+ * opening no session: a listener drops a connection that says no hello.
+ * For failing fast before expensive work; the errors are
+ * ferry_net_connect's.
+ */
+int ferry_net_probe(const char *addr, const struct ferry_net_opts *opts);
+
 /* Shut every channel down (see the shutdown op): wakes blocked threads. */
 void ferry_net_session_shutdown(struct ferry_session *session);
 

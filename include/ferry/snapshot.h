@@ -82,6 +82,18 @@ int ferry_snapshot_save(const struct ferry_vm *vm, int fd,
 			const struct ferry_snapshot_opts *opts,
 			struct ferry_snapshot_stats *stats);
 
+/*
+ * The same, atomically, to `path`: written beside it (in the same
+ * directory, unnamed where the filesystem has O_TMPFILE, else under a
+ * temporary name), made durable (fsync, whatever opts->sync says), then
+ * renamed over the path, and the directory made durable.  A save that
+ * fails (a full disk) leaves nothing behind, and a snapshot already at
+ * the path untouched.
+ */
+int ferry_snapshot_save_path(const struct ferry_vm *vm, const char *path,
+			     const struct ferry_snapshot_opts *opts,
+			     struct ferry_snapshot_stats *stats);
+
 /* What a snapshot file holds, for a listing; every record checked. */
 struct ferry_snapshot_info {
 	struct ferry_wire_stream stream;	/* desc is not kept: NULL */

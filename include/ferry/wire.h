@@ -39,7 +39,7 @@ extern "C" {
  * record), with a reason naming the record, via ferry_error_msg().
  */
 
-#define FERRY_WIRE_VERSION	1
+#define FERRY_WIRE_VERSION	2
 
 /* Bounds.  A decoder refuses anything beyond them. */
 #define FERRY_WIRE_HDR_SIZE	32		/* record header */
@@ -54,6 +54,7 @@ extern "C" {
 #define FERRY_WIRE_MAX_BITS	(1U << 23)	/* bits in one BITMAP record */
 #define FERRY_WIRE_MAX_EXTENT	65536		/* pages in one PAGE_EXTENT */
 #define FERRY_WIRE_MAX_META	((1U << 20) + 64)
+#define FERRY_WIRE_MAX_OWED_BITMAPS (1U << 20)	/* BITMAPs after a RESUME */
 
 /*
  * A receive buffer of this many bytes takes any record.  Allocate it
@@ -73,15 +74,23 @@ enum ferry_wire_type {
 	FERRY_WIRE_ERROR = 9,		/* the sender gives up, and why */
 	FERRY_WIRE_PAGE_REQUEST = 10,	/* urgent: send me these pages now */
 	FERRY_WIRE_PAGE_EXTENT = 11,	/* snapshot: pages stored at a file offset */
+	FERRY_WIRE_ACCEPT = 12,		/* urgent: HEADER accepted, send */
+	FERRY_WIRE_HEARTBEAT = 13,	/* urgent: alive, and what came in */
+	FERRY_WIRE_REFETCH = 14,	/* urgent: these pages failed: again */
+	FERRY_WIRE_RESUME = 15,		/* urgent: resume a paused migration */
+	FERRY_WIRE_COMMIT = 16,		/* urgent: the VM is the dest's */
 	FERRY_WIRE_TYPE_COUNT
 };
 
 /*
  * Record flag: the pages were read from a guest that was running, so a
  * page may have changed while it was being sent.  A page whose data no
- * longer matches its checksum is then reported torn (dropped, to come
- * again: the write that tore it also marked it dirty at the source) rather
- * than failing the stream.  Without the flag a mismatch is -EBADMSG.
+ * longer matches its checksum is then reported torn rather than failing
+ * the stream; without the flag a mismatch is -EBADMSG.  A torn page is
+ * never installed, and never just dropped either: the reader cannot tell
+ * a guest write from a byte changed in transit (which does not dirty the
+ * page at the source, so it would not come again), so a migration asks
+ * for it again (REFETCH).
  */
 #define FERRY_WIRE_F_LIVE	(1U << 0)
 
@@ -93,6 +102,7 @@ enum ferry_wire_kind {
 enum ferry_wire_bitmap_kind {
 	FERRY_WIRE_BITMAP_DIRTY = 1,	/* written since the last send */
 	FERRY_WIRE_BITMAP_STALE = 2,	/* destination copy out of date */
+	FERRY_WIRE_BITMAP_OWED = 3,	/* after RESUME: still needed there */
 };
 
 enum ferry_wire_switch_mode {
@@ -118,6 +128,8 @@ struct ferry_wire_region {
 struct ferry_wire_stream {
 	unsigned int version;
 	enum ferry_wire_kind kind;
+	uint64_t id;		/* migration: its random id, not 0; snapshot:
+				 * 0.  ferry_wire_stream_init() sets 0 */
 	unsigned int nr_vcpus;
 	unsigned int nr_regions;
 	struct ferry_wire_region regions[FERRY_WIRE_MAX_REGIONS];
@@ -208,6 +220,28 @@ struct ferry_wire_error {
 	char msg[FERRY_WIRE_MAX_MSG + 1];
 };
 
+/*
+ * The destination accepts a HEADER (ACCEPT) or resumes a paused migration
+ * (RESUME, followed by `nr_bitmaps` BITMAP records of kind OWED on the
+ * same channel, with `owed` bits set in all).
+ */
+struct ferry_wire_accept {
+	uint32_t version;	/* the destination's FERRY_WIRE_VERSION */
+	uint64_t id;		/* the HEADER's migration id, echoed */
+};
+
+struct ferry_wire_resume {
+	uint64_t id;		/* the migration being resumed */
+	uint64_t owed;		/* pages still owed, over every region */
+	uint32_t nr_bitmaps;	/* OWED bitmaps that follow */
+};
+
+/* Alive; data_received: bytes of non-HEARTBEAT records received so far. */
+struct ferry_wire_heartbeat {
+	uint64_t seq;
+	uint64_t data_received;
+};
+
 /* Pages [page, page + count) of one region, wanted now. */
 struct ferry_wire_page_request {
 	uint32_t region;
@@ -258,7 +292,7 @@ struct ferry_wire_frame {
 	uint32_t data_len;
 	uint64_t meta_sum;
 	uint64_t hdr[FERRY_WIRE_HDR_SIZE / 8];
-	uint64_t fixed[4];
+	uint64_t fixed[6];		/* the largest fixed part: HEADER */
 	uint64_t table[FERRY_WIRE_MAX_PAGES];	/* page sums, region table */
 };
 
@@ -329,6 +363,18 @@ int ferry_wire_enc_page_request(struct ferry_wire_frame *f,
 int ferry_wire_enc_extent(struct ferry_wire_frame *f,
 			  const struct ferry_wire_stream *stream,
 			  const struct ferry_wire_extent *extent);
+int ferry_wire_enc_accept(struct ferry_wire_frame *f,
+			  const struct ferry_wire_accept *accept);
+int ferry_wire_enc_resume(struct ferry_wire_frame *f,
+			  const struct ferry_wire_resume *resume);
+int ferry_wire_enc_heartbeat(struct ferry_wire_frame *f,
+			     const struct ferry_wire_heartbeat *hb);
+int ferry_wire_enc_commit(struct ferry_wire_frame *f, uint64_t id);
+
+/* Pages to send again: batch->base and request_id are unused. */
+int ferry_wire_enc_refetch(struct ferry_wire_frame *f,
+			   const struct ferry_wire_stream *stream,
+			   const struct ferry_wire_batch *batch);
 
 /*
  * Finish a frame as record number `nr` of its channel: fill the header and
@@ -394,6 +440,29 @@ int ferry_wire_dec_page_request(const struct ferry_wire_stream *stream,
 int ferry_wire_dec_extent(const struct ferry_wire_stream *stream,
 			  const struct ferry_wire_rec *rec,
 			  struct ferry_wire_extent *extent);
+
+/*
+ * PAGES as ferry_wire_dec_pages(), but a page whose data does not match
+ * its sum is reported in torn[], live or not, instead of failing the
+ * record: the header and meta checksums vouch for the record's framing,
+ * so only that page's data is in doubt, and a migration fetches it again
+ * (docs/migration.md) rather than end over one page.
+ */
+int ferry_wire_dec_pages_tolerant(const struct ferry_wire_stream *stream,
+				  const struct ferry_wire_rec *rec,
+				  struct ferry_wire_pages *pages);
+int ferry_wire_dec_accept(const struct ferry_wire_rec *rec,
+			  struct ferry_wire_accept *accept);
+int ferry_wire_dec_resume(const struct ferry_wire_rec *rec,
+			  struct ferry_wire_resume *resume);
+int ferry_wire_dec_heartbeat(const struct ferry_wire_rec *rec,
+			     struct ferry_wire_heartbeat *hb);
+int ferry_wire_dec_commit(const struct ferry_wire_rec *rec, uint64_t *id);
+
+/* REFETCH: the same view as ZERO_PAGES (data NULL, request_id 0). */
+int ferry_wire_dec_refetch(const struct ferry_wire_stream *stream,
+			   const struct ferry_wire_rec *rec,
+			   struct ferry_wire_pages *pages);
 
 #ifdef __cplusplus
 }

@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: MIT
 /*
  * dest_recv: the receivers, one thread per channel.  Pages are stored as
- * they come, bulk channel 0's switchover records are collected, and each
- * bulk channel counts itself in at SWITCHOVER.
+ * they come, bulk channel 0's switchover records are collected, each bulk
+ * channel counts itself in at SWITCHOVER, and the urgent channel brings
+ * heartbeats, COMMIT and the replies to page requests.  A page whose copy
+ * fails its check is marked and asked for again (refetch.h), never
+ * installed.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +15,6 @@
 #include "base/error.h"
 #include "base/sys.h"
 #include "migrate/dest_int.h"
-#include "migrate/dest_limits.h"
 #include "pages/postcopy.h"
 
 static int misplaced(struct receiver *rv, const struct ferry_wire_rec *rec)
@@ -22,9 +24,52 @@ static int misplaced(struct receiver *rv, const struct ferry_wire_rec *rec)
 			  ferry_wire_type_name(rec->type));
 }
 
+/* ---- pages that failed their check -------------------------------------- */
+
+/*
+ * Pre-copy: the source sends what REFETCH names in its next round, so a
+ * byte changed in transit does not leave an old copy here unnoticed.
+ */
+struct refetch_arg {
+	const struct ferry_wire_stream *stream;
+	struct ferry_wire_batch batch;
+};
+
+static int enc_refetch(struct ferry_wire_frame *f, const void *arg)
+{
+	const struct refetch_arg *a = arg;
+
+	return ferry_wire_enc_refetch(f, a->stream, &a->batch);
+}
+
+static int send_refetch(struct dest *d, const struct ferry_wire_pages *p,
+			const uint32_t *bad, uint32_t nr)
+{
+	struct refetch_arg a = { .stream = &d->stream,
+		.batch = { .region = p->region, .count = nr, .index = bad } };
+
+	return link_send(&d->link, enc_refetch, &a);
+}
+
+/*
+ * Page i of p failed its check.  A copy the paused source sent cannot
+ * have torn: it counts against the page's tries.
+ */
+static int page_failed(struct receiver *rv, const struct ferry_wire_pages *p,
+		       uint32_t i)
+{
+	struct dest *d = rv->d;
+
+	refetch_mark(&d->rf, p->region, p->index[i]);
+	pthread_mutex_lock(&d->stats_lock);
+	d->st.torn_pages++;
+	pthread_mutex_unlock(&d->stats_lock);
+	return p->live ? 0 : refetch_failed(&d->rf, p->region, p->index[i]);
+}
+
 /* ---- records ------------------------------------------------------------ */
 
-/* How many pages from i on are consecutive and whole (not torn). */
+/* How many pages from i on are consecutive and whole. */
 static uint32_t run_length(const struct ferry_wire_pages *p, uint32_t i)
 {
 	uint32_t n = 1;
@@ -37,41 +82,63 @@ static uint32_t run_length(const struct ferry_wire_pages *p, uint32_t i)
 	return n;
 }
 
-/* Before switchover: runs of consecutive pages, one write each. */
+/*
+ * Before switchover (and pre-copy's replies): runs of consecutive pages,
+ * one write each.  A failed page is marked, and named in a REFETCH.
+ */
 static int store_runs(struct receiver *rv, const struct ferry_wire_pages *p)
 {
-	uint32_t i = 0;
+	struct dest *d = rv->d;
+	uint32_t bad[FERRY_WIRE_MAX_PAGES], nr_bad = 0, i = 0;
 	int ret = 0;
 
 	while (i < p->count && !ret) {
 		uint32_t n = run_length(p, i);
 
-		if (!n) {	/* torn: comes again, it was dirtied */
-			i++;
+		if (!n) {
+			ret = page_failed(rv, p, i);
+			bad[nr_bad++] = p->index[i++];
 			continue;
 		}
-		ret = postcopy_store(rv->d->pc, p->region, p->index[i], n,
+		ret = postcopy_store(d->pc, p->region, p->index[i], n,
 				     p->data ? p->data + i * p->page_size :
 					       NULL);
+		if (!ret)
+			refetch_clear(&d->rf, p->region, p->index[i], n);
 		rv->installed += n;
 		rv->installed_bytes += (uint64_t)n * p->page_size;
 		i += n;
 	}
+	if (!ret && nr_bad && !rv->urgent)
+		ret = send_refetch(d, p, bad, nr_bad);
+	if (!ret && nr_bad && rv->urgent)	/* a reply: ask at once */
+		for (uint32_t k = 0; k < nr_bad && !ret; k++)
+			ret = dest_request(d, p->region, bad[k]);
 	return ret;
 }
 
 /* After switchover: page by page, each into the guest view. */
 static int install_each(struct receiver *rv, const struct ferry_wire_pages *p)
 {
+	struct dest *d = rv->d;
 	int ret = 0;
 
 	for (uint32_t i = 0; i < p->count && ret >= 0; i++) {
-		if (p->data && ferry_wire_page_torn(p, i))
-			return ferry_fail(-EBADMSG, "a page changed while "
-					  "the paused source sent it");
-		ret = postcopy_install(rv->d->pc, p->region, p->index[i],
+		uint32_t page = p->index[i];
+
+		if (p->data && ferry_wire_page_torn(p, i)) {
+			if (!postcopy_needs(d->pc, p->region, page))
+				continue;	/* in place already */
+			ret = page_failed(rv, p, i);
+			if (!ret)
+				ret = postcopy_request(d->pc, p->region, page);
+			continue;
+		}
+		ret = postcopy_install(d->pc, p->region, page,
 				       p->data ? p->data + i * p->page_size :
 						 NULL);
+		if (ret >= 0)
+			refetch_clear(&d->rf, p->region, page, 1);
 		rv->installed += ret > 0;
 		rv->installed_bytes += ret > 0 ? p->page_size : 0;
 	}
@@ -82,18 +149,26 @@ static int store_pages(struct receiver *rv, const struct ferry_wire_rec *rec)
 {
 	struct dest *d = rv->d;
 	struct ferry_wire_pages p;
-	int ret = ferry_wire_dec_pages(&d->stream, rec, &p);
+	int ret = ferry_wire_dec_pages_tolerant(&d->stream, rec, &p);
 
 	if (ret)
 		return ret;
-	if (p.nr_torn) {
-		pthread_mutex_lock(&d->lock);
-		d->stats->torn_pages += p.nr_torn;
-		pthread_mutex_unlock(&d->lock);
-	}
-	if (rv->switched || rv->urgent)
+	if (rv->urgent && !p.request_id)
+		return misplaced(rv, rec);
+	if (atomic_load(&d->all_in))	/* a late push, a duplicate reply */
+		return 0;
+	/* Fault service runs only in post-copy, from its switchover on. */
+	if ((rv->switched || rv->urgent) && d->pc->started)
 		return install_each(rv, &p);
-	return store_runs(rv, &p);
+	if (rv->switched)	/* pre-copy sends nothing after SWITCHOVER */
+		return misplaced(rv, rec);
+	ret = store_runs(rv, &p);
+	if (rv->urgent) {	/* main waits for the failed pages */
+		pthread_mutex_lock(&d->m->lock);
+		pthread_cond_broadcast(&d->m->cond);
+		pthread_mutex_unlock(&d->m->lock);
+	}
+	return ret;
 }
 
 static int take_bitmap(struct receiver *rv, const struct ferry_wire_rec *rec)
@@ -106,8 +181,8 @@ static int take_bitmap(struct receiver *rv, const struct ferry_wire_rec *rec)
 	if (ret)
 		return ret;
 	if (b.kind != FERRY_WIRE_BITMAP_STALE)
-		return ferry_fail(-EBADMSG, "a %s bitmap is not expected here",
-				  "DIRTY");
+		return ferry_fail(-EBADMSG, "a bitmap of kind %u is not "
+				  "expected here", b.kind);
 	map = d->stale[b.region];
 	for (uint32_t w = 0; w < bitmap_words(b.nr_bits); w++)
 		map[b.first_page / 64 + w] |= b.words[w];
@@ -148,34 +223,73 @@ static int take_switchover(struct receiver *rv,
 	if (rv->switched)
 		return ferry_fail(-EBADMSG, "%s: a second SWITCHOVER",
 				  rv->chan->name);
-	pthread_mutex_lock(&d->lock);
+	pthread_mutex_lock(&d->m->lock);
 	if (d->nr_switched && mode != d->mode)
 		ret = ferry_fail(-EBADMSG, "channels disagree on the "
 				 "switchover mode");
 	d->mode = mode;
 	d->nr_switched++;
-	pthread_cond_broadcast(&d->cond);
-	pthread_mutex_unlock(&d->lock);
+	pthread_cond_broadcast(&d->m->cond);
+	pthread_mutex_unlock(&d->m->lock);
 	rv->switched = true;
 	return ret;
 }
 
-static int source_error(const struct ferry_wire_rec *rec)
+static int take_commit(struct receiver *rv, const struct ferry_wire_rec *rec)
+{
+	struct dest *d = rv->d;
+	uint64_t id;
+	int ret = ferry_wire_dec_commit(rec, &id);
+
+	if (ret)
+		return ret;
+	if (id != d->stream.id)
+		return ferry_fail(-EBADMSG, "COMMIT of migration %016llx, not "
+				  "this one", (unsigned long long)id);
+	pthread_mutex_lock(&d->m->lock);
+	if (!d->ready_sent)
+		ret = misplaced(rv, rec);	/* nothing to commit to yet */
+	d->got_commit = !ret;
+	pthread_cond_broadcast(&d->m->cond);
+	pthread_mutex_unlock(&d->m->lock);
+	return ret;
+}
+
+static int source_error(struct receiver *rv, const struct ferry_wire_rec *rec)
 {
 	struct ferry_wire_error e;
 	int ret = ferry_wire_dec_error(rec, &e);
 
 	if (ret)
 		return ret;
-	return ferry_fail(-(e.err ? e.err : EIO), "the source gave up: %s",
-			  e.msg);
+	ret = ferry_fail(-(e.err ? e.err : EIO), "the source gave up: %s",
+			 e.msg);
+	return link_peer_said(&rv->d->link, ret);
 }
 
-/* One record; 1 when the channel is complete. */
-static int handle_record(struct receiver *rv, const struct ferry_wire_rec *rec)
+/* An urgent record; 1 when the channel is complete. */
+static int urgent_record(struct receiver *rv, const struct ferry_wire_rec *rec)
 {
-	bool bulk0 = !rv->urgent && rv->chan == rv->d->session->bulk[0];
+	switch (rec->type) {
+	case FERRY_WIRE_HEARTBEAT:
+		return 0;		/* link_heard() took it */
+	case FERRY_WIRE_PAGES:
+	case FERRY_WIRE_ZERO_PAGES:
+		return store_pages(rv, rec);
+	case FERRY_WIRE_COMMIT:
+		return take_commit(rv, rec);
+	case FERRY_WIRE_COMPLETE:
+		return 1;
+	case FERRY_WIRE_ERROR:
+		return source_error(rv, rec);
+	default:
+		return misplaced(rv, rec);
+	}
+}
 
+/* A bulk record; 1 when the channel is complete. */
+static int bulk_record(struct receiver *rv, const struct ferry_wire_rec *rec)
+{
 	switch (rec->type) {
 	case FERRY_WIRE_PAGES:
 	case FERRY_WIRE_ZERO_PAGES:
@@ -183,18 +297,17 @@ static int handle_record(struct receiver *rv, const struct ferry_wire_rec *rec)
 	case FERRY_WIRE_ROUND_END:
 		return 0;
 	case FERRY_WIRE_BITMAP:
-		return bulk0 && !rv->switched ? take_bitmap(rv, rec) :
-						misplaced(rv, rec);
+		return rv->bulk0 && !rv->switched ? take_bitmap(rv, rec) :
+						    misplaced(rv, rec);
 	case FERRY_WIRE_VCPU:
-		return bulk0 && !rv->switched ? take_vcpu(rv, rec) :
-						misplaced(rv, rec);
+		return rv->bulk0 && !rv->switched ? take_vcpu(rv, rec) :
+						    misplaced(rv, rec);
 	case FERRY_WIRE_SWITCHOVER:
-		return rv->urgent ? misplaced(rv, rec) :
-				    take_switchover(rv, rec);
+		return take_switchover(rv, rec);
 	case FERRY_WIRE_COMPLETE:
 		return 1;
 	case FERRY_WIRE_ERROR:
-		return source_error(rec);
+		return source_error(rv, rec);
 	default:
 		return misplaced(rv, rec);
 	}
@@ -204,6 +317,7 @@ static int handle_record(struct receiver *rv, const struct ferry_wire_rec *rec)
 
 static int receive(struct receiver *rv)
 {
+	struct dest *d = rv->d;
 	struct ferry_wire_rec rec;
 
 	for (;;) {
@@ -218,7 +332,11 @@ static int receive(struct receiver *rv)
 		if (n < 0)
 			return (int)n;
 		rv->bytes += (uint64_t)n;
-		ret = handle_record(rv, &rec);
+		atomic_fetch_add_explicit(&d->m->bytes_received, (uint64_t)n,
+					  memory_order_relaxed);
+		link_heard(&d->link, &rec, (uint64_t)n);
+		ret = rv->urgent ? urgent_record(rv, &rec) :
+				   bulk_record(rv, &rec);
 		if (ret)
 			return ret > 0 ? 0 : ret;
 	}
@@ -235,82 +353,42 @@ static void *receiver_main(void *arg)
 	ferry_pagefaults_start(&rv->faults, FERRY_PAGEFAULTS_THREAD);
 	ret = receive(rv);
 	ferry_pagefaults_stop(&rv->faults);
-	if (ret) {	/* the first failure ends the migration */
-		err_slot_set(&d->err, ret);
-		evfd_signal(d->threads.stop_fd);
-	}
-	pthread_mutex_lock(&d->lock);
-	d->nr_failed += ret != 0;
-	d->nr_ended++;
-	pthread_cond_broadcast(&d->cond);
-	pthread_mutex_unlock(&d->lock);
+	if (ret)	/* the first failure ends the session */
+		link_fail(&d->link, ret);
+	pthread_mutex_lock(&d->m->lock);
+	d->nr_ended += !rv->urgent;
+	pthread_cond_broadcast(&d->m->cond);
+	pthread_mutex_unlock(&d->m->lock);
 	return NULL;
 }
 
-int dest_prepare_receiver(struct dest *d, struct receiver *rv,
-			  struct ferry_chan *chan, bool urgent)
+int dest_start_receiver(struct dest *d, struct receiver *rv,
+			struct ferry_chan *chan, bool urgent)
 {
 	rv->d = d;
 	rv->chan = chan;
 	rv->urgent = urgent;
-	ferry_wire_reader_init(&rv->reader, chan);
-	rv->buf = sys_zalloc_aligned(4096, FERRY_WIRE_BUF_SIZE);
-	if (!rv->buf)
-		return ferry_fail(-ENOMEM, "out of memory");
-	return 0;
+	return threads_start(&d->threads, receiver_main, rv, "receiver");
 }
 
-int dest_start_receiver(struct dest *d, struct receiver *rv)
+static bool all_switched(const void *arg)
 {
-	return threads_start(&d->threads, receiver_main, rv, "receiver");
+	const struct dest *d = arg;
+
+	return d->nr_switched == d->nr_receivers;
 }
 
 int dest_wait_switchover(struct dest *d)
 {
-	int ret;
-
-	pthread_mutex_lock(&d->lock);
-	while (!d->nr_failed && d->nr_switched < d->nr_receivers &&
-	       d->nr_ended < d->nr_receivers)
-		pthread_cond_wait(&d->cond, &d->lock);
-	ret = err_slot_get(&d->err);
-	if (!ret && d->nr_switched < d->nr_receivers)
-		ret = ferry_fail(-EPIPE, "a channel ended before switchover");
-	pthread_mutex_unlock(&d->lock);
-	return ret;
+	return mig_wait_until(d->m, &d->link, all_switched, d);
 }
 
-int dest_read_header(struct dest *d)
+static bool flag_set(const void *flag)
 {
-	struct receiver *rv0 = &d->receivers[0];
-	struct ferry_wire_rec rec;
-	ssize_t n;
-	int ret;
+	return *(const bool *)flag;
+}
 
-	n = ferry_wire_recv(&rv0->reader, rv0->buf, FERRY_WIRE_BUF_SIZE, &rec);
-	if (n == 0)
-		return ferry_fail(-EPIPE, "the source closed the stream "
-				  "before its header");
-	if (n < 0)
-		return (int)n;
-	rv0->bytes += (uint64_t)n;
-	if (rec.type != FERRY_WIRE_HEADER)
-		return ferry_fail(-EBADMSG, "the stream starts with %s, not "
-				  "HEADER", ferry_wire_type_name(rec.type));
-	ret = ferry_wire_dec_header(&rec, &d->stream);
-	if (!ret && d->stream.kind != FERRY_WIRE_MIGRATION)
-		ret = ferry_fail(-EBADMSG, "this stream is a snapshot, not a "
-				 "migration");
-	if (!ret)	/* before anything is sized from the header */
-		ret = dest_limits_check(&d->stream,
-					d->session->max_guest_bytes,
-					"the source");
-	if (ret)
-		return ret;
-	d->desc = malloc(d->stream.desc_len ? d->stream.desc_len : 1);
-	if (!d->desc)
-		return -ENOMEM;
-	memcpy(d->desc, d->stream.desc, d->stream.desc_len);
-	d->stream.desc = d->desc;
-	return 0;
+int dest_wait_flag(struct dest *d, const bool *flag)
+{
+	return mig_wait_until(d->m, &d->link, flag_set, flag);
 }

@@ -1,11 +1,16 @@
 // SPDX-License-Identifier: MIT
 /*
- * source: the sending side of a live migration, the flow.  Set up, send
- * the HEADER, arm dirty tracking, pre-copy, switch over, and in post-copy
- * push the rest; then account.  source_int.h says which file does what.
+ * source: the sending side of a live migration, the flow.  Open the
+ * session, send the HEADER and wait for ACCEPT, arm dirty tracking,
+ * pre-copy, switch over, commit, serve what is still owed; then account.
+ * After the commit a failed session pauses instead: the VM stays paused
+ * here, whole, and a new session resumes it or hands it to a new
+ * destination.  source_int.h says which file does what.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "base/bitmap.h"
 #include "base/error.h"
@@ -13,21 +18,6 @@
 #include "ferry/clock.h"
 #include "ferry/hist.h"
 #include "migrate/source_int.h"
-
-static int send_header(struct source *src)
-{
-	const struct ferry_vm *vm = src->vm;
-	struct sender *s0 = &src->senders[0];
-	int ret = ferry_wire_stream_init(&src->stream, vm->mem,
-			FERRY_WIRE_MIGRATION, vm->ops->nr_vcpus(vm->handle),
-			vm->desc, vm->desc_len);
-
-	if (!ret)
-		ret = ferry_wire_enc_header(&s0->frame, &src->stream);
-	if (!ret)
-		ret = source_send_frame(src, &s0->writer, &s0->frame);
-	return ret;
-}
 
 /*
  * Dirty tracking, or none: without async write-protect (before Linux 6.7)
@@ -50,89 +40,252 @@ static int arm_dirty(struct source *src)
 	return ret;
 }
 
-static void fill_stats(struct source *src, enum ferry_mode mode,
-		       uint64_t downtime_ns)
+static int enc_commit(struct ferry_wire_frame *f, const void *arg)
 {
-	struct ferry_migrate_stats *st = src->stats;
+	return ferry_wire_enc_commit(f, *(const uint64_t *)arg);
+}
 
-	st->mode = mode;
-	st->downtime_ns = downtime_ns;
-	st->total_ns = ferry_clock_now_ns() - src->start_ns;
-	st->bytes_sent = atomic_load(&src->bytes_sent);
+/*
+ * The destination is ready: commit.  From here on the VM is the
+ * destination's to run and is never resumed here, whatever happens to
+ * the session: COMMIT may be lost, and the VM may run there already.
+ */
+static int commit(struct source *src, enum ferry_mode mode,
+		  uint64_t pause_ns)
+{
+	int ret;
+
+	/* A handover's commit is not the VM's switchover: the first is. */
+	if (!src->committed) {
+		src->st.downtime_ns = ferry_clock_now_ns() - pause_ns;
+		src->st.mode = mode;
+	}
+	src->committed = true;
+	mig_set_location(src->m, FERRY_VM_SPLIT);
+	ret = link_send(&src->link, enc_commit, &src->stream.id);
+	if (!ret && !src->st.downtime_ns)	/* COMMIT is on its way */
+		src->st.downtime_ns = ferry_clock_now_ns() - pause_ns;
+	ferry_dirty_stop(src->dirty);
+	src->dirty = NULL;
+	/* Pre-copy sent everything: the send maps held the last round. */
+	if (mode == FERRY_MODE_PRECOPY)
+		source_clear_maps(src);
+	if (!ret)
+		mig_event(src->m, FERRY_EVENT_DEST_RUNNING, 0,
+			  source_count_maps(src));
+	return ret;
+}
+
+/*
+ * A handover: the VM is paused since an earlier commit, so one pass over
+ * every page that exists is all of it (nothing is torn: nothing runs).
+ */
+static int handover_pass(struct source *src)
+{
+	double bps;
+	int ret;
+
+	source_clear_maps(src);
+	ret = source_map_populated(src);
+	if (!ret)
+		ret = source_round(src, false, &bps);
+	source_clear_maps(src);
+	return ret;
+}
+
+/* A destination that starts afresh: all of the VM, then serve. */
+static int transfer(struct source *src)
+{
+	enum ferry_mode mode = FERRY_MODE_PRECOPY;
+	uint64_t pause_ns = 0;
+	int ret;
+
+	mig_set_phase(src->m, FERRY_PHASE_PRECOPY);
+	if (src->handover) {
+		ret = handover_pass(src);
+	} else {
+		ret = arm_dirty(src);
+		if (!ret)
+			ret = source_precopy(src, &mode);
+	}
+	if (!ret) {
+		source_notify_progress(src, FERRY_PHASE_SWITCHOVER);
+		ret = source_switchover(src, mode, &pause_ns);
+	}
+	if (!ret)
+		ret = commit(src, mode, pause_ns);
+	if (!ret)
+		ret = source_serve(src, mode == FERRY_MODE_POSTCOPY);
+	return ret;
+}
+
+/* The destination holds this migration: what it owes is the truth. */
+static int resume_serving(struct source *src)
+{
+	const struct ferry_mem *mem = src->vm->mem;
+
+	if (!src->committed)
+		return ferry_fail(-EPROTO, "the destination resumes a "
+				  "migration this source never committed");
+	for (unsigned int i = 0; i < mem->nr_regions; i++)
+		memcpy(src->send_map[i], src->resume_map[i],
+		       bitmap_words(mem->regions[i].nr_pages) * 8);
+	return source_serve(src, true);
+}
+
+/* One session: the handshake, then whatever its answer calls for. */
+static int run_session(struct source *src, struct ferry_session *session,
+		       bool again)
+{
+	int ret = source_session_open(src, session);
+
+	if (!ret)
+		ret = source_handshake(src);
+	if (!ret && again)
+		mig_event(src->m, FERRY_EVENT_RESUMED, 0, source_owed_now(src));
+	if (!ret && src->reply == REPLY_RESUME)
+		return resume_serving(src);
+	if (!ret && src->committed)	/* ACCEPT after a commit */
+		src->handover = true;
+	return ret ? ret : transfer(src);
+}
+
+/*
+ * The session ended after the commit: pause, wait for another (or a
+ * cancel, or the deadline), resume on it; again if that fails too.
+ */
+static int recover(struct source *src, int ret)
+{
+	struct ferry_migration *m = src->m;
+
+	while (ret && src->committed && !mig_cancelled(m)) {
+		uint64_t owed = source_owed_now(src);
+		struct ferry_session *session;
+		char why[400];
+
+		ret = source_session_close(src, ret);
+		snprintf(why, sizeof(why), "%s", ferry_error_msg());
+		if (m->blocking)
+			return ferry_fail(-ENOTCONN, "paused after the commit "
+					  "(%s); the VM is paused here, whole, "
+					  "%llu pages not confirmed at the "
+					  "destination", why,
+					  (unsigned long long)owed);
+		ferry_fail(ret, "%s", why);
+		ret = mig_pause_wait(m, ret, owed, &session);
+		if (ret)
+			break;
+		ret = run_session(src, session, true);
+	}
+	return ret;
+}
+
+/* The error to end with, saying where the VM is. */
+static int final_error(struct source *src, int ret)
+{
+	if (!mig_cancelled(src->m) && ret != -ECANCELED)
+		return ret;
+	return mig_cancel_error(src->m, src->committed ?
+				"the VM stays paused here, whole, as at "
+				"switchover" : "the VM runs here");
+}
+
+static void fill_stats(struct source *src)
+{
+	struct ferry_migrate_stats *st = &src->st;
+
+	st->bytes_sent = atomic_load(&src->m->bytes_sent);
+	st->bytes_received = atomic_load(&src->m->bytes_received);
 	st->pages_sent = atomic_load(&src->pages_sent);
 	st->zero_pages = atomic_load(&src->zero_pages);
 	st->pages_pushed = atomic_load(&src->pushed);
 	st->pages_requested = atomic_load(&src->requested);
+	st->pages_refetched = atomic_load(&src->refetched);
 	st->guest_bytes = src->vm->mem->total_size;
+	mig_publish_stats(src->m, st);
 }
 
-/* Switch over and, in post-copy, serve the rest. */
-static int finish(struct source *src, enum ferry_mode mode)
+static int source_run(struct ferry_migration *m)
 {
-	uint64_t downtime_ns;
+	struct source *src = m->flow;
 	int ret;
 
-	source_notify_progress(src, FERRY_PHASE_SWITCHOVER);
-	ret = source_switchover(src, mode, &downtime_ns);
-	if (ret)
-		return ret;
+	mig_set_phase(m, FERRY_PHASE_SETUP);
+	source_notify_progress(src, FERRY_PHASE_SETUP);
+	ret = run_session(src, m->first, false);
+	ret = recover(src, ret);
+	ret = source_session_close(src, ret);
 	ferry_dirty_stop(src->dirty);
 	src->dirty = NULL;
-	if (mode == FERRY_MODE_POSTCOPY) {
-		src->owed = source_count_maps(src);
-		source_notify_progress(src, FERRY_PHASE_POSTCOPY);
-		ret = source_postcopy(src);
-		if (ret)
-			return ferry_fail_ctx(ret, "post-copy (the VM runs at "
-					      "the destination)");
-	}
-	fill_stats(src, mode, downtime_ns);
-	source_notify_progress(src, FERRY_PHASE_DONE);
-	return 0;
+	if (ret)
+		ret = final_error(src, ret);
+	else
+		mig_set_location(m, FERRY_VM_THERE);
+	fill_stats(src);
+	if (!ret)
+		source_notify_progress(src, FERRY_PHASE_DONE);
+	return mig_end(m, ret);
 }
 
-static int migrate(struct source *src)
-{
-	enum ferry_mode mode = FERRY_MODE_PRECOPY;
-	int ret = source_start_senders(src);
+/* ---- progress ----------------------------------------------------------- */
 
-	source_notify_progress(src, FERRY_PHASE_SETUP);
-	if (!ret)
-		ret = send_header(src);
-	if (!ret)
-		ret = arm_dirty(src);
-	if (!ret)
-		ret = source_precopy(src, &mode);
-	if (ret)
-		ret = source_peer_reason(src, ret);
-	if (!ret)
-		ret = finish(src, mode);
-	if (ret)	/* wake senders blocked on a dead peer */
-		ferry_net_session_shutdown(src->session);
-	source_stop_senders(src);
-	ferry_dirty_stop(src->dirty);
-	return ret;
+static void source_progress(struct ferry_migration *m,
+			    struct ferry_progress *p)
+{
+	struct source *src = m->flow;
+
+	p->pages_requested = atomic_load(&src->requested);
+	p->dirty = atomic_load(&src->dirty_pages);
+	if (m->location != FERRY_VM_HERE)
+		p->owed = source_owed_now(src);
+	p->remaining = m->location != FERRY_VM_HERE ? p->owed : p->dirty;
+	p->rate_bps = (double)atomic_load(&src->rate_bps);
+	if (p->rate_bps > 0)
+		p->eta_s = (double)p->remaining * 4096.0 / p->rate_bps;
 }
 
 /* ---- setup and teardown ------------------------------------------------- */
 
-static void source_destroy(struct source *src)
+static void free_maps(uint64_t **maps, unsigned int nr)
 {
-	for (unsigned int i = 0; src->send_map &&
-	     i < src->vm->mem->nr_regions; i++)
-		free(src->send_map[i]);
-	free(src->send_map);
-	free(src->senders);
+	for (unsigned int i = 0; maps && i < nr; i++)
+		free(maps[i]);
+	free(maps);
+}
+
+static void source_destroy(struct ferry_migration *m)
+{
+	struct source *src = m->flow;
+	unsigned int nr = src->vm->mem->nr_regions;
+
+	free_maps(src->send_map, nr);
+	free_maps(src->refetch_map, nr);
+	free_maps(src->resume_map, nr);
 	free(src->urgent_sender);
 	free(src->urgent_buf);
-	free(src->main_buf);
-	threads_fini(&src->urgent_thread);
-	threads_fini(&src->sender_threads);
-	err_slot_fini(&src->urgent_err);
-	err_slot_fini(&src->sender_err);
 	pthread_cond_destroy(&src->cond);
 	pthread_mutex_destroy(&src->lock);
 	free(src);
+	m->flow = NULL;
+}
+
+static const struct mig_flow_ops source_ops = {
+	.progress = source_progress,
+	.destroy = source_destroy,
+};
+
+static uint64_t **alloc_maps(const struct ferry_mem *mem)
+{
+	uint64_t **maps = calloc(mem->nr_regions, sizeof(*maps));
+
+	for (unsigned int i = 0; maps && i < mem->nr_regions; i++) {
+		maps[i] = bitmap_alloc(mem->regions[i].nr_pages);
+		if (!maps[i]) {
+			free_maps(maps, i);
+			return NULL;
+		}
+	}
+	return maps;
 }
 
 /* Buffers and maps, faulted in now: none of it may cost the downtime. */
@@ -140,60 +293,56 @@ static int source_alloc(struct source *src)
 {
 	const struct ferry_mem *mem = src->vm->mem;
 
-	src->nr_senders = src->session->nr_bulk;
-	src->senders = sys_zalloc(src->nr_senders * sizeof(*src->senders));
 	src->urgent_sender = sys_zalloc(sizeof(*src->urgent_sender));
 	src->urgent_buf = sys_zalloc_aligned(4096, FERRY_WIRE_BUF_SIZE);
-	src->main_buf = sys_zalloc_aligned(4096, FERRY_WIRE_BUF_SIZE);
-	src->send_map = calloc(mem->nr_regions ? mem->nr_regions : 1,
-			       sizeof(*src->send_map));
-	if (!src->senders || !src->urgent_sender || !src->urgent_buf ||
-	    !src->main_buf || !src->send_map)
+	src->send_map = alloc_maps(mem);
+	src->refetch_map = alloc_maps(mem);
+	src->resume_map = alloc_maps(mem);
+	if (!src->urgent_sender || !src->urgent_buf || !src->send_map ||
+	    !src->refetch_map || !src->resume_map)
 		return ferry_fail(-ENOMEM, "out of memory");
 	src->urgent_sender->src = src;
-	for (unsigned int i = 0; i < mem->nr_regions; i++) {
-		src->send_map[i] = bitmap_alloc(mem->regions[i].nr_pages);
-		if (!src->send_map[i])
-			return ferry_fail(-ENOMEM, "out of memory");
-	}
 	return 0;
 }
 
-static int source_create(const struct ferry_vm *vm,
-			 struct ferry_session *session,
-			 const struct ferry_migrate_opts *opts,
-			 struct ferry_migrate_stats *stats,
-			 struct source **out)
+/* A random id, not 0: the destination resumes only the one it holds. */
+static int make_id(uint64_t *id)
+{
+	do {
+		if (getrandom(id, sizeof(*id), 0) != sizeof(*id))
+			return ferry_fail(-errno, "getrandom: %s",
+					  strerror(errno));
+	} while (!*id);
+	return 0;
+}
+
+static int source_create(struct ferry_migration *m, const struct ferry_vm *vm)
 {
 	struct source *src = calloc(1, sizeof(*src));
 	int ret;
 
 	if (!src)
 		return ferry_fail(-ENOMEM, "out of memory");
-	*src = (struct source){ .vm = vm, .session = session, .opts = opts,
-				.stats = stats, .start_ns = ferry_clock_now_ns(),
-				.sender_threads = { .stop_fd = -1 },
-				.urgent_thread = { .stop_fd = -1 } };
+	*src = (struct source){ .m = m, .vm = vm, .opts = &m->opts,
+				.start_ns = ferry_clock_now_ns() };
 	pthread_mutex_init(&src->lock, NULL);
 	pthread_cond_init(&src->cond, NULL);
-	err_slot_init(&src->sender_err);
-	err_slot_init(&src->urgent_err);
-	ferry_wire_reader_init(&src->urgent_reader, session->urgent);
-	ferry_wire_writer_init(&src->urgent_writer, session->urgent);
+	m->flow = src;
+	m->ops = &source_ops;
+	m->run = source_run;
 	ret = source_alloc(src);
 	if (!ret)
-		ret = threads_init(&src->sender_threads);
+		ret = ferry_wire_stream_init(&src->stream, vm->mem,
+				FERRY_WIRE_MIGRATION,
+				vm->ops->nr_vcpus(vm->handle), vm->desc,
+				vm->desc_len);
 	if (!ret)
-		ret = threads_init(&src->urgent_thread);
-	if (ret) {
-		source_destroy(src);
-		return ret;
-	}
-	*out = src;
-	return 0;
+		ret = make_id(&src->stream.id);
+	return ret;
 }
 
-static int check_args(const struct ferry_vm *vm, struct ferry_session *s)
+static int check_args(const struct ferry_vm *vm, struct ferry_session *s,
+		      const struct ferry_migrate_opts *opts)
 {
 	int ret = ferry_vcpu_ops_check(vm->ops);
 
@@ -204,6 +353,54 @@ static int check_args(const struct ferry_vm *vm, struct ferry_session *s)
 				  "urgent channel");
 	if (!vm->mem || !vm->mem->nr_regions)
 		return ferry_fail(-EINVAL, "the VM has no memory");
+	if (opts && opts->postcopy_at_once && opts->mode != FERRY_MODE_POSTCOPY)
+		return ferry_fail(-EINVAL, "postcopy_at_once needs mode "
+				  "postcopy, not %s",
+				  ferry_migrate_mode_name(opts->mode));
+	return 0;
+}
+
+static int prepare(const struct ferry_vm *vm, struct ferry_session *session,
+		   const struct ferry_migrate_opts *opts, bool blocking,
+		   struct ferry_migration **out)
+{
+	struct ferry_migration *m;
+	int ret = check_args(vm, session, opts);
+
+	if (!ret)
+		ret = mig_create(true, opts, &m);
+	if (ret)
+		return ret;
+	m->blocking = blocking;
+	m->first = session;
+	ret = source_create(m, vm);
+	if (ret) {
+		mig_free(m);
+		return ret;
+	}
+	*out = m;
+	return 0;
+}
+
+int ferry_migrate_start(const struct ferry_vm *vm,
+			struct ferry_session *session,
+			const struct ferry_migrate_opts *opts,
+			struct ferry_migration **out)
+{
+	struct ferry_migration *m;
+	int ret = prepare(vm, session, opts, false, &m);
+
+	if (ret) {
+		ferry_net_session_close(session);	/* it was ours */
+		return ret;
+	}
+	ret = mig_start_worker(m);
+	if (ret) {
+		mig_free(m);
+		ferry_net_session_close(session);
+		return ret;
+	}
+	*out = m;
 	return 0;
 }
 
@@ -212,24 +409,17 @@ int ferry_migrate_send(const struct ferry_vm *vm,
 		       const struct ferry_migrate_opts *opts,
 		       struct ferry_migrate_stats *stats)
 {
-	struct ferry_migrate_opts defaults;
-	struct source *src = NULL;
-	int ret = check_args(vm, session);
+	struct ferry_migration *m;
+	char reason[400];
+	int ret;
 
-	if (ret)
-		return ret;
-	if (!opts) {
-		ferry_migrate_opts_init(&defaults);
-		opts = &defaults;
-	}
-	if (opts->postcopy_at_once && opts->mode != FERRY_MODE_POSTCOPY)
-		return ferry_fail(-EINVAL, "postcopy_at_once needs mode "
-				  "postcopy, not %s", ferry_migrate_mode_name(opts->mode));
 	memset(stats, 0, sizeof(*stats));
-	ret = source_create(vm, session, opts, stats, &src);
+	ret = prepare(vm, session, opts, true, &m);
 	if (ret)
 		return ret;
-	ret = migrate(src);
-	source_destroy(src);
-	return ret;
+	ret = m->run(m);
+	snprintf(reason, sizeof(reason), "%s", ferry_error_msg());
+	ferry_migrate_get_stats(m, stats);
+	mig_free(m);
+	return ret ? ferry_fail(ret, "%s", reason) : 0;
 }

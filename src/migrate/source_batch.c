@@ -30,15 +30,35 @@ static void map_runs(const struct ferry_region *r, const uint64_t *map,
 	}
 }
 
+/*
+ * A record on a bulk channel, within the bandwidth limit; or on the
+ * urgent channel, whose writer the link guards.  Counted either way, for
+ * the progress report and for the destination's heartbeats to answer.
+ */
 int source_send_frame(struct source *src, struct ferry_wire_writer *w,
 		      struct ferry_wire_frame *f)
 {
-	ssize_t n = ferry_wire_send(w, f);
+	struct link *l = &src->link;
+	bool urgent = w == &l->urgent_writer;
+	uint64_t len = FERRY_WIRE_HDR_SIZE + (uint64_t)f->meta_len +
+		       f->data_len;
+	ssize_t n;
+	int ret = 0;
 
+	if (!urgent)
+		ret = ratelimit_take(&src->m->rl, len, l->threads.stop_fd);
+	if (ret)
+		return ret;
+	if (urgent)
+		pthread_mutex_lock(&l->send_lock);
+	n = ferry_wire_send(w, f);
+	if (urgent)
+		pthread_mutex_unlock(&l->send_lock);
 	if (n < 0)
 		return (int)n;
-	atomic_fetch_add_explicit(&src->bytes_sent, (uint64_t)n,
+	atomic_fetch_add_explicit(&src->m->bytes_sent, (uint64_t)n,
 				  memory_order_relaxed);
+	link_sent(l, (uint64_t)n);
 	return 0;
 }
 
@@ -101,6 +121,23 @@ int sender_flush(struct sender *s, bool live)
 }
 
 /*
+ * Pages in one PAGES record: as many as the format takes, but under a
+ * bandwidth limit at most LIMITED_BATCH_BYTES, so the limit paces the
+ * stream smoothly rather than a few MiB at a time.
+ */
+#define LIMITED_BATCH_BYTES	(256U << 10)
+
+static uint32_t batch_max(struct source *src, const struct ferry_region *r)
+{
+	size_t max = FERRY_WIRE_MAX_DATA / r->page_size;
+
+	if (ratelimit_get(&src->m->rl) && r->page_size < LIMITED_BATCH_BYTES)
+		max = LIMITED_BATCH_BYTES / r->page_size;
+	return (uint32_t)(max < FERRY_WIRE_MAX_PAGES ? max :
+			  FERRY_WIRE_MAX_PAGES);
+}
+
+/*
  * Add one page to the sender's batches; a batch is sent when full, or
  * when the region changes or the index would go backwards (the pushes
  * wrap around).
@@ -109,7 +146,6 @@ static int add_page(struct sender *s, unsigned int region, uint64_t page,
 		    bool live)
 {
 	struct ferry_region *r = &s->src->vm->mem->regions[region];
-	size_t max_data = FERRY_WIRE_MAX_DATA / r->page_size;
 	uint32_t *last = s->nr_data ? &s->data_index[s->nr_data - 1] :
 		s->nr_zero ? &s->zero_index[s->nr_zero - 1] : NULL;
 	int ret = 0;
@@ -128,7 +164,7 @@ static int add_page(struct sender *s, unsigned int region, uint64_t page,
 		return ret;
 	}
 	s->data_index[s->nr_data++] = (uint32_t)page;
-	if (s->nr_data == FERRY_WIRE_MAX_PAGES || s->nr_data == max_data)
+	if (s->nr_data >= batch_max(s->src, r))
 		ret = flush_data(s, &s->writer, live, 0);
 	return ret;
 }

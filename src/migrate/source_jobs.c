@@ -15,7 +15,7 @@ static void *sender_main(void *arg)
 {
 	struct sender *s = arg;
 	struct source *src = s->src;
-	unsigned int gen = 0;
+	unsigned int gen = s->start_gen;	/* jobs posted from then on */
 
 	/* A migration that converges beats one that leaves the vCPUs a
 	 * little more CPU. */
@@ -38,8 +38,8 @@ static void *sender_main(void *arg)
 		pthread_mutex_unlock(&src->lock);
 		ferry_error_clear();	/* a failure's reason: this job's */
 		ret = job(s, live, round);
-		if (ret)
-			err_slot_set(&src->sender_err, ret);
+		if (ret)	/* the session is over: wake the others */
+			link_fail(&src->link, ret);
 		pthread_mutex_lock(&src->lock);
 		src->done++;
 		pthread_cond_broadcast(&src->cond);
@@ -48,35 +48,38 @@ static void *sender_main(void *arg)
 	return NULL;
 }
 
+/* How much is left: owed after the commit, else the round's dirty set. */
+uint64_t source_owed_now(struct source *src)
+{
+	uint64_t taken = atomic_load(&src->pushed) +
+			 atomic_load(&src->answered_owed) -
+			 atomic_load(&src->owed_taken_base);
+	uint64_t owed = atomic_load(&src->owed);
+
+	return taken < owed ? owed - taken : 0;
+}
+
 static void report(struct source *src, enum ferry_phase phase,
-		   uint64_t remaining, uint64_t *last_bytes, uint64_t *last_ns)
+		   uint64_t *last_bytes, uint64_t *last_ns)
 {
 	const struct ferry_migrate_opts *o = src->opts;
-	struct ferry_progress p = { .phase = phase, .round = src->round,
-				    .remaining = remaining, .eta_s = -1 };
+	struct ferry_progress p;
 	uint64_t now = ferry_clock_now_ns();
 
 	if (!o->progress)
 		return;
-	p.bytes_sent = atomic_load(&src->bytes_sent);
-	p.pages_requested = atomic_load(&src->requested);
-	p.elapsed_ns = now - src->start_ns;
-	if (phase == FERRY_PHASE_POSTCOPY) {	/* what is still owed now */
-		uint64_t sent = atomic_load(&src->pushed) +
-				atomic_load(&src->answered_owed);
-
-		p.remaining = sent < src->owed ? src->owed - sent : 0;
-	}
+	mig_fill_progress(src->m, &p);
+	p.phase = phase;
 	if (now > *last_ns && *last_ns)
 		p.rate_bps = (double)(p.bytes_sent - *last_bytes) * 1e9 /
 			     (double)(now - *last_ns);
 	else if (phase == FERRY_PHASE_DONE && p.elapsed_ns)
 		p.rate_bps = (double)p.bytes_sent * 1e9 / (double)p.elapsed_ns;
 	else	/* a round's start: no interval of its own yet */
-		p.rate_bps = src->rate_bps;
-	src->rate_bps = p.rate_bps;
-	if (p.rate_bps > 0)
-		p.eta_s = (double)remaining * 4096.0 / p.rate_bps;
+		p.rate_bps = (double)atomic_load(&src->rate_bps);
+	atomic_store(&src->rate_bps, (uint64_t)p.rate_bps);
+	p.eta_s = p.rate_bps > 0 ? (double)p.remaining * 4096.0 / p.rate_bps :
+				   -1;
 	*last_bytes = p.bytes_sent;
 	*last_ns = now;
 	o->progress(&p, o->progress_arg);
@@ -86,7 +89,7 @@ void source_notify_progress(struct source *src, enum ferry_phase phase)
 {
 	uint64_t b = 0, t = 0;
 
-	report(src, phase, 0, &b, &t);
+	report(src, phase, &b, &t);
 }
 
 /* A progress interval from now, for pthread_cond_timedwait. */
@@ -108,8 +111,10 @@ int source_run_job(struct source *src, source_job_fn job, bool live,
 
 	/* A round's start is reported with its dirty set; the push's after
 	 * its first interval. */
-	if (phase != FERRY_PHASE_POSTCOPY)
-		report(src, phase, remaining, &last_bytes, &last_ns);
+	if (phase != FERRY_PHASE_POSTCOPY) {
+		atomic_store(&src->dirty_pages, remaining);
+		report(src, phase, &last_bytes, &last_ns);
+	}
 	pthread_mutex_lock(&src->lock);
 	src->job = job;
 	src->live = live;
@@ -121,12 +126,12 @@ int source_run_job(struct source *src, source_job_fn job, bool live,
 
 		if (pthread_cond_timedwait(&src->cond, &src->lock, &ts)) {
 			pthread_mutex_unlock(&src->lock);
-			report(src, phase, remaining, &last_bytes, &last_ns);
+			report(src, phase, &last_bytes, &last_ns);
 			pthread_mutex_lock(&src->lock);
 		}
 	}
 	pthread_mutex_unlock(&src->lock);
-	return err_slot_get(&src->sender_err);
+	return link_error(&src->link);
 }
 
 int source_start_senders(struct source *src)
@@ -137,6 +142,8 @@ int source_start_senders(struct source *src)
 
 		s->src = src;
 		s->idx = i;
+		s->nr_data = s->nr_zero = 0;
+		s->start_gen = src->gen;	/* main's: no job is running */
 		ferry_wire_writer_init(&s->writer, src->session->bulk[i]);
 		ret = threads_start(&src->sender_threads, sender_main, s,
 				    "sender");

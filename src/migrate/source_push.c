@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
 /*
- * source_push: post-copy, once the VM runs at the destination.  The
- * senders push every page still owed, starting near the latest fault,
- * while the urgent thread answers requests; then COMPLETE on every
- * channel.
+ * source_push: after the commit, once the VM runs at the destination.
+ * The senders push every page still owed, starting near the latest
+ * fault, while the urgent thread answers requests; then COMPLETE on
+ * every channel.
  */
 #include "migrate/source_int.h"
 
@@ -83,34 +83,50 @@ int sender_push(struct sender *s, bool live, unsigned int round)
 	return ret;
 }
 
-/* COMPLETE on the urgent channel too, which ends it: the senders idle. */
-static int send_urgent_complete(struct source *src)
+static int enc_complete(struct ferry_wire_frame *f, const void *arg)
 {
-	struct sender *s0 = &src->senders[0];
-	struct ferry_wire_complete c = { 0 };
-	int ret = ferry_wire_enc_complete(&s0->frame, &c);
-
-	if (!ret)
-		ret = source_send_frame(src, &src->urgent_writer, &s0->frame);
-	return ret;
+	return ferry_wire_enc_complete(f, arg);
 }
 
-int source_postcopy(struct source *src)
+static bool heard_complete(struct source *src)
 {
-	int ret = source_start_urgent(src);
+	bool done;
 
+	pthread_mutex_lock(&src->m->lock);
+	done = src->dest_complete;
+	pthread_mutex_unlock(&src->m->lock);
+	return done;
+}
+
+/*
+ * What the destination still needs, pushed while the urgent thread
+ * answers its requests; then its COMPLETE (every page in place, which
+ * the push alone cannot tell: a page may be in flight, or failed its
+ * check and been asked for again).  Once it came, the destination holds
+ * the VM whole and may close at once: a push still going, or the
+ * COMPLETE records this side sends last, failing then is no failure.
+ */
+int source_serve(struct source *src, bool postcopy)
+{
+	enum ferry_phase phase = postcopy ? FERRY_PHASE_POSTCOPY :
+					    FERRY_PHASE_SWITCHOVER;
+	struct ferry_wire_complete c = { 0 };
+	int ret;
+
+	atomic_store(&src->owed_taken_base, atomic_load(&src->pushed) +
+		     atomic_load(&src->answered_owed));
+	atomic_store(&src->owed, source_count_maps(src));
+	if (postcopy) {
+		mig_set_phase(src->m, phase);
+		source_notify_progress(src, phase);
+	}
+	ret = source_run_job(src, sender_push, false, phase,
+			     atomic_load(&src->owed));
+	if (!ret || heard_complete(src))
+		ret = source_wait_flag(src, &src->dest_complete);
 	if (ret)
 		return ret;
-	ret = source_run_job(src, sender_push, false, FERRY_PHASE_POSTCOPY,
-			     src->owed);
-	if (ret)	/* the urgent thread may sit in recv: wake it */
-		ferry_net_session_shutdown(src->session);
-	source_stop_urgent(src);
-	if (!ret)
-		ret = err_slot_get(&src->urgent_err);
-	if (!ret)
-		ret = source_send_complete(src);
-	if (!ret)
-		ret = send_urgent_complete(src);
-	return ret;
+	if (!source_send_complete(src))
+		link_send(&src->link, enc_complete, &c);
+	return 0;
 }

@@ -31,7 +31,7 @@ int sender_round(struct sender *s, bool live, unsigned int round)
 	return ret;
 }
 
-static void clear_maps(struct source *src)
+void source_clear_maps(struct source *src)
 {
 	const struct ferry_mem *mem = src->vm->mem;
 
@@ -40,14 +40,33 @@ static void clear_maps(struct source *src)
 		       bitmap_words(mem->regions[i].nr_pages) * 8);
 }
 
-uint64_t source_count_maps(struct source *src)
+static uint64_t count(struct source *src, uint64_t **maps)
 {
 	const struct ferry_mem *mem = src->vm->mem;
 	uint64_t n = 0;
 
 	for (unsigned int i = 0; i < mem->nr_regions; i++)
-		n += bitmap_weight(src->send_map[i], mem->regions[i].nr_pages);
+		n += bitmap_weight(maps[i], mem->regions[i].nr_pages);
 	return n;
+}
+
+uint64_t source_count_maps(struct source *src)
+{
+	return count(src, src->send_map);
+}
+
+uint64_t source_count_resume(struct source *src)
+{
+	return count(src, src->resume_map);
+}
+
+void source_clear_resume(struct source *src)
+{
+	const struct ferry_mem *mem = src->vm->mem;
+
+	for (unsigned int i = 0; i < mem->nr_regions; i++)
+		memset(src->resume_map[i], 0,
+		       bitmap_words(mem->regions[i].nr_pages) * 8);
 }
 
 int source_map_populated(struct source *src)
@@ -64,22 +83,48 @@ int source_map_populated(struct source *src)
 	return 0;
 }
 
+/*
+ * Take what REFETCH records asked for: word by word, atomically, since
+ * the urgent thread may OR more in meanwhile (they wait for the next
+ * round, or for the stale set).
+ */
+static void take_refetch(struct source *src, unsigned int region)
+{
+	const struct ferry_region *r = &src->vm->mem->regions[region];
+	uint64_t n = 0;
+
+	for (size_t w = 0; w < bitmap_words(r->nr_pages); w++) {
+		_Atomic uint64_t *word =
+			(_Atomic uint64_t *)&src->refetch_map[region][w];
+		uint64_t bits;
+
+		if (!atomic_load_explicit(word, memory_order_relaxed))
+			continue;
+		bits = atomic_exchange(word, 0);
+		src->send_map[region][w] |= bits;
+		n += (uint64_t)__builtin_popcountll(bits);
+	}
+	atomic_fetch_add_explicit(&src->refetched, n, memory_order_relaxed);
+}
+
 int source_map_dirty(struct source *src)
 {
-	for (unsigned int i = 0; src->dirty && i < src->vm->mem->nr_regions;
-	     i++) {
-		ssize_t n = ferry_dirty_collect(src->dirty, i,
-						src->send_map[i]);
+	for (unsigned int i = 0; i < src->vm->mem->nr_regions; i++) {
+		ssize_t n = src->dirty ? ferry_dirty_collect(src->dirty, i,
+							     src->send_map[i]) :
+					 0;
 
 		if (n < 0)
 			return (int)n;
+		take_refetch(src, i);
 	}
 	return 0;
 }
 
 int source_round(struct source *src, bool live, double *bps)
 {
-	uint64_t before = atomic_load(&src->bytes_sent), t0 = ferry_clock_now_ns();
+	uint64_t before = atomic_load(&src->m->bytes_sent);
+	uint64_t t0 = ferry_clock_now_ns();
 	int ret = source_run_job(src, sender_round, live,
 				 live ? FERRY_PHASE_PRECOPY :
 					FERRY_PHASE_SWITCHOVER,
@@ -87,10 +132,13 @@ int source_round(struct source *src, bool live, double *bps)
 	uint64_t ns = ferry_clock_now_ns() - t0;
 
 	if (!ret && ns)
-		*bps = (double)(atomic_load(&src->bytes_sent) - before) * 1e9 /
-		       (double)ns;
-	src->stats->rounds++;
+		*bps = (double)(atomic_load(&src->m->bytes_sent) - before) *
+		       1e9 / (double)ns;
+	src->st.rounds++;
 	src->round++;
+	pthread_mutex_lock(&src->m->lock);
+	src->m->round = src->round;
+	pthread_mutex_unlock(&src->m->lock);
 	return ret;
 }
 
@@ -105,7 +153,7 @@ static bool converged(struct source *src, uint64_t dirty, uint64_t prev,
 	uint64_t page = 4096;
 	double est_ms;
 
-	if (o->mode == FERRY_MODE_POSTCOPY) {
+	if (o->mode == FERRY_MODE_POSTCOPY || mig_take_postcopy_now(src->m)) {
 		*switch_mode = FERRY_MODE_POSTCOPY;
 		return true;
 	}
@@ -136,14 +184,16 @@ int source_precopy(struct source *src, enum ferry_mode *switch_mode)
 		*switch_mode = FERRY_MODE_POSTCOPY;
 		return 0;
 	}
-	clear_maps(src);
+	source_clear_maps(src);
 	ret = source_map_populated(src);
 	for (;;) {
+		if (!ret && mig_cancelled(src->m))
+			ret = mig_cancel_error(src->m, "the VM runs here");
 		if (!ret)
 			ret = source_round(src, true, &bps);
 		if (ret)
 			return ret;
-		clear_maps(src);
+		source_clear_maps(src);
 		ret = source_map_dirty(src);
 		if (ret)
 			return ret;

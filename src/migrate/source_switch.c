@@ -2,8 +2,8 @@
 /*
  * source_switch: the downtime.  Pause the vCPUs, send what is left (pre-
  * copy) or the stale bitmap (post-copy), the vCPU states and SWITCHOVER on
- * every bulk channel, and wait for the destination to say it runs the VM.
- * If anything fails before it does, the VM runs here again.
+ * every bulk channel, and wait for the destination to say it is ready to
+ * run the VM.  If anything fails before it does, the VM runs here again.
  */
 #include <stdlib.h>
 
@@ -143,46 +143,60 @@ static int switch_precopy(struct source *src)
 		ret = send_all(src, enc_switchover, &m);
 	if (!ret)
 		ret = source_send_complete(src);
-	if (!ret)
-		ret = source_wait_resumed(src);
 	return ret;
 }
 
 static int switch_postcopy(struct source *src)
 {
 	enum ferry_wire_switch_mode m = FERRY_WIRE_SWITCH_POSTCOPY;
-	int ret = src->dirty ? source_map_dirty(src) :
-			       source_map_populated(src);
+	/* With no live pass (no dirty tracker), every page that exists. */
+	int ret = src->dirty ? 0 : source_map_populated(src);
 
+	if (!ret)
+		ret = source_map_dirty(src);
 	if (!ret)
 		ret = send_stale(src);
 	if (!ret)
 		ret = send_vcpus(src);
 	if (!ret)
 		ret = send_all(src, enc_switchover, &m);
-	if (!ret)
-		ret = source_wait_resumed(src);
 	return ret;
 }
 
-int source_switchover(struct source *src, enum ferry_mode mode,
-		      uint64_t *downtime_ns)
+/*
+ * The switchover failed before READY: undo this pause.  A first
+ * migration's VM runs here again; a handover's stays paused, as the
+ * earlier commit left it.
+ */
+static int undo_pause(struct source *src, int ret)
 {
 	const struct ferry_vm *vm = src->vm;
-	uint64_t pause_ns, resumed_ns;
+
+	vm->ops->resume(vm->handle);
+	if (src->handover)
+		return ferry_fail_ctx(ret, "switchover (the VM stays paused "
+				      "here, whole)");
+	atomic_store(&src->vm_paused, false);
+	if (ret == -ECANCELED || mig_cancelled(src->m))
+		return mig_cancel_error(src->m, "the VM runs here");
+	return ferry_fail_ctx(ret, "switchover (the VM runs here again)");
+}
+
+int source_switchover(struct source *src, enum ferry_mode mode,
+		      uint64_t *pause_ns)
+{
+	const struct ferry_vm *vm = src->vm;
 	int ret = vm->ops->pause(vm->handle);
 
 	if (ret)
 		return ferry_fail_ctx(ret, "pausing the vCPUs");
-	pause_ns = ferry_clock_now_ns();
+	*pause_ns = ferry_clock_now_ns();
+	atomic_store(&src->vm_paused, true);
+	mig_set_phase(src->m, FERRY_PHASE_SWITCHOVER);
+	mig_event(src->m, FERRY_EVENT_SWITCHOVER, 0, 0);
 	ret = mode == FERRY_MODE_PRECOPY ? switch_precopy(src) :
 					   switch_postcopy(src);
-	resumed_ns = ferry_clock_now_ns();
-	if (ret) {
-		vm->ops->resume(vm->handle);
-		return ferry_fail_ctx(ret, "switchover (the VM runs here "
-				      "again)");
-	}
-	*downtime_ns = resumed_ns > pause_ns ? resumed_ns - pause_ns : 0;
-	return 0;
+	if (!ret)
+		ret = source_wait_flag(src, &src->ready);
+	return ret ? undo_pause(src, ret) : 0;
 }

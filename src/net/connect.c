@@ -241,3 +241,27 @@ int ferry_net_connect(const char *addr, unsigned int nr_bulk,
 		ferry_net_session_close(s);
 	return ret;
 }
+
+int ferry_net_probe(const char *addr, const struct ferry_net_opts *opts)
+{
+	struct ferry_net_opts o = net_opts_or_default(opts);
+	struct dialer d = { .o = &o };
+	int ret, fd;
+
+	d.nr_cand = net_addr_resolve(addr, false, d.cand);
+	if (d.nr_cand < 0)
+		return d.nr_cand;
+	ret = net_tls_load(&o, &d.tls);
+	if (!ret)
+		ret = dial_policy(&d);
+	net_tls_put(d.tls);
+	if (ret)
+		return ret;
+	fd = connect_first(d.cand, d.nr_cand,
+			   net_now_ms() + o.connect_timeout_ms,
+			   o.connect_timeout_ms);
+	if (fd < 0)
+		return fd;
+	close(fd);	/* the listener drops a connection with no hello */
+	return 0;
+}

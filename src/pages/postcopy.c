@@ -360,22 +360,37 @@ int postcopy_install(struct postcopy *pc, unsigned int region,
 	return 1;
 }
 
-static int request_once(struct postcopy *pc, unsigned int region,
-			uint64_t page)
+/*
+ * Ask for a page: once (a fault), or again (its copy failed its check, or
+ * a new session must hear the request the old one lost).
+ */
+static int request_page(struct postcopy *pc, unsigned int region,
+			uint64_t page, bool again)
 {
 	uint64_t bit = 1ULL << (page % 64);
 	uint32_t now_us = (uint32_t)((ferry_clock_now_ns() - pc->start_ns) / 1000);
+	bool first;
 
 	/* The time goes in first, so whoever sees the bit sees the time. */
-	if (was_requested(pc, region, page))
+	if (!again && was_requested(pc, region, page))
 		return 0;
-	atomic_store_explicit(&pc->fault_us[region][page], now_us,
-			      memory_order_relaxed);
-	if (atomic_fetch_or_explicit(&pc->requested[region][page / 64], bit,
-				     memory_order_acq_rel) & bit)
+	if (!was_requested(pc, region, page))
+		atomic_store_explicit(&pc->fault_us[region][page], now_us,
+				      memory_order_relaxed);
+	first = !(atomic_fetch_or_explicit(&pc->requested[region][page / 64],
+					   bit, memory_order_acq_rel) & bit);
+	if (!first && !again)
 		return 0;
-	atomic_fetch_add_explicit(&pc->requests, 1, memory_order_relaxed);
+	if (first)
+		atomic_fetch_add_explicit(&pc->requests, 1,
+					  memory_order_relaxed);
 	return pc->ops->request(pc->ops_arg, region, page);
+}
+
+static int request_once(struct postcopy *pc, unsigned int region,
+			uint64_t page)
+{
+	return request_page(pc, region, page, false);
 }
 
 /* Claim a page in state `from` and map it; false if it changed first. */
@@ -387,6 +402,27 @@ static bool map_claimed(struct postcopy *pc, unsigned int idx, uint64_t page,
 	*ret = uffdmem_map_page(&pc->um, idx, page, hole);
 	pagestate_release(&pc->states[idx], page, *ret ? from : PAGE_MAPPED);
 	return true;
+}
+
+/*
+ * Failing closed (postcopy_release): whatever the memfd holds, so the
+ * vCPU that waits can finish its access and park.
+ */
+static int release_page(struct postcopy *pc, unsigned int idx, uint64_t page,
+			bool missing)
+{
+	int ret = 0;
+
+	for (;;) {
+		enum page_state st = pagestate_get(&pc->states[idx], page);
+
+		if (st == PAGE_BUSY)	/* its owner's CONTINUE wakes it */
+			return 0;
+		if (st == PAGE_MAPPED)	/* as handle_fault() does */
+			return uffdmem_map_page(&pc->um, idx, page, missing);
+		if (map_claimed(pc, idx, page, st, st == PAGE_MISSING, &ret))
+			return ret;
+	}
 }
 
 /* A page fault, on the fault thread (faultsvc_ops). */
@@ -402,6 +438,8 @@ static int handle_fault(void *arg, const struct uffd_msg *msg)
 		return ret;
 	atomic_fetch_add_explicit(missing ? &pc->missing_faults :
 				  &pc->minor_faults, 1, memory_order_relaxed);
+	if (atomic_load(&pc->releasing))
+		return release_page(pc, idx, page, missing);
 	for (;;) {
 		switch (pagestate_get(&pc->states[idx], page)) {
 		case PAGE_PRESENT:
@@ -588,4 +626,102 @@ size_t postcopy_owed(const struct postcopy *pc, unsigned int region)
 		owed += pagestate_get(ps, p) == PAGE_MISSING &&
 			!is_hole(pc, region, p);
 	return owed;
+}
+
+/* ---- across sessions ---------------------------------------------------- */
+
+bool postcopy_needs(const struct postcopy *pc, unsigned int region,
+		    uint64_t page)
+{
+	enum page_state st = pagestate_get(&pc->states[region], page);
+
+	return st == PAGE_STALE || (st == PAGE_MISSING &&
+				    !is_hole(pc, region, page));
+}
+
+int postcopy_request(struct postcopy *pc, unsigned int region, uint64_t page)
+{
+	int ret = check_page(pc, region, page);
+
+	if (ret || !postcopy_needs(pc, region, page))
+		return ret;
+	return request_page(pc, region, page, true);
+}
+
+int postcopy_rerequest(struct postcopy *pc)
+{
+	int ret = 0;
+
+	for (unsigned int i = 0; i < pc->mem->nr_regions && !ret; i++) {
+		size_t words = bitmap_words(region_of(pc, i)->nr_pages);
+
+		for (size_t w = 0; w < words && !ret; w++) {
+			uint64_t bits = atomic_load(&pc->requested[i][w]);
+
+			while (bits && !ret) {
+				uint64_t page = w * 64 + (uint64_t)
+						__builtin_ctzll(bits);
+
+				bits &= bits - 1;
+				if (postcopy_needs(pc, i, page))
+					ret = pc->ops->request(pc->ops_arg, i,
+							       page);
+			}
+		}
+	}
+	return ret;
+}
+
+uint64_t postcopy_owed_map(const struct postcopy *pc, unsigned int region,
+			   uint64_t *out)
+{
+	const struct pagestate *ps = &pc->states[region];
+	uint64_t n = 0;
+
+	memset(out, 0, bitmap_words(ps->nr_pages) * 8);
+	/* Only owed pages can still be needed: a scan of the owed set. */
+	for (size_t w = 0; w < bitmap_words(ps->nr_pages); w++) {
+		uint64_t bits = pc->owed[region][w];
+
+		while (bits) {
+			uint64_t page = w * 64 +
+					(uint64_t)__builtin_ctzll(bits);
+
+			bits &= bits - 1;
+			if (page < ps->nr_pages &&
+			    postcopy_needs(pc, region, page)) {
+				out[w] |= 1ULL << (page % 64);
+				n++;
+			}
+		}
+	}
+	return n;
+}
+
+/*
+ * Every page a vCPU may wait on now gets what the memfd holds; and from
+ * now on every fault does.  Pages claimed here are not owed_mapped: the
+ * migration is over, nothing counts them.
+ */
+void postcopy_release(struct postcopy *pc)
+{
+	atomic_store(&pc->releasing, true);
+	if (!pc->started)
+		return;
+	for (unsigned int i = 0; i < pc->mem->nr_regions; i++) {
+		size_t words = bitmap_words(region_of(pc, i)->nr_pages);
+
+		for (size_t w = 0; w < words; w++) {
+			uint64_t bits = atomic_load(&pc->requested[i][w]);
+
+			while (bits) {
+				uint64_t page = w * 64 + (uint64_t)
+						__builtin_ctzll(bits);
+
+				bits &= bits - 1;
+				if (postcopy_needs(pc, i, page))
+					release_page(pc, i, page, false);
+			}
+		}
+	}
 }

@@ -81,6 +81,7 @@ struct postcopy {
 	const struct postcopy_ops *ops;
 	void *ops_arg;
 
+	atomic_bool releasing;		/* failing closed: see release */
 	int done_fd;			/* eventfd: nothing owed any more */
 	bool started;			/* the caller's thread only */
 	uint64_t start_ns;
@@ -154,5 +155,39 @@ void postcopy_get_stats(const struct postcopy *pc, struct postcopy_stats *s);
 
 /* Pages still owed by the source (MISSING or STALE) in a region. */
 size_t postcopy_owed(const struct postcopy *pc, unsigned int region);
+
+/* ---- across sessions: recovery, bad copies, failing closed ------------ */
+
+/* Is the page still to come (owed and not in place)?  Any thread. */
+bool postcopy_needs(const struct postcopy *pc, unsigned int region,
+		    uint64_t page);
+
+/*
+ * Ask for a page now, whether or not it was asked for before (its copy
+ * failed its check), if it is still needed.  0 or the request's error.
+ */
+int postcopy_request(struct postcopy *pc, unsigned int region,
+		     uint64_t page);
+
+/*
+ * Ask again for every page asked for and not yet in place: a new session
+ * never heard the requests the old one lost.
+ */
+int postcopy_rerequest(struct postcopy *pc);
+
+/*
+ * What a region still needs, as a bitmap (out: the region's bitmap_words,
+ * overwritten); returns the count.  A scan of the owed set.
+ */
+uint64_t postcopy_owed_map(const struct postcopy *pc, unsigned int region,
+			   uint64_t *out);
+
+/*
+ * Failing closed, with the vCPUs asked to pause: serve every fault, those
+ * waiting now and any to come, with whatever the memfd holds (a hole, an
+ * older copy), so each vCPU can finish the one access it was in and park.
+ * Only for a VM that is then discarded: it never runs again.
+ */
+void postcopy_release(struct postcopy *pc);
 
 #endif

@@ -161,7 +161,7 @@ static void put_frame(struct ferry_wire_frame *f, uint64_t nr, uint8_t *buf,
 
 static uint64_t head_size(const struct ferry_wire_stream *s, size_t regs)
 {
-	uint64_t header = FERRY_WIRE_HDR_SIZE + 24 + 24ULL * s->nr_regions +
+	uint64_t header = FERRY_WIRE_HDR_SIZE + 40 + 24ULL * s->nr_regions +
 			  snap_round_up(s->desc_len, 8);
 
 	return header + s->nr_vcpus * (FERRY_WIRE_HDR_SIZE + 16 +

@@ -26,6 +26,11 @@ static const char *const type_names[FERRY_WIRE_TYPE_COUNT] = {
 	[FERRY_WIRE_ERROR] = "ERROR",
 	[FERRY_WIRE_PAGE_REQUEST] = "PAGE_REQUEST",
 	[FERRY_WIRE_PAGE_EXTENT] = "PAGE_EXTENT",
+	[FERRY_WIRE_ACCEPT] = "ACCEPT",
+	[FERRY_WIRE_HEARTBEAT] = "HEARTBEAT",
+	[FERRY_WIRE_REFETCH] = "REFETCH",
+	[FERRY_WIRE_RESUME] = "RESUME",
+	[FERRY_WIRE_COMMIT] = "COMMIT",
 };
 
 const uint8_t wire_zeroes[8];
@@ -243,6 +248,34 @@ int wire_check_stream(const struct wire_chk *ck,
 	return ret ? ret : wire_check_regions(ck, s);
 }
 
+/*
+ * A migration names itself (the destination resumes only the migration
+ * it holds); a snapshot is not a migration and names nothing.
+ */
+int wire_check_id(const struct wire_chk *ck, const struct ferry_wire_stream *s)
+{
+	if (s->kind == FERRY_WIRE_MIGRATION && !s->id)
+		return wire_bad(ck, "HEADER of a migration with id 0");
+	if (s->kind == FERRY_WIRE_SNAPSHOT && s->id)
+		return wire_bad(ck, "HEADER of a snapshot with id %llu, not 0",
+				(unsigned long long)s->id);
+	return 0;
+}
+
+int wire_check_resume(const struct wire_chk *ck,
+		      const struct ferry_wire_resume *r)
+{
+	if (!r->id)
+		return wire_bad(ck, "RESUME of migration id 0");
+	if (r->nr_bitmaps > FERRY_WIRE_MAX_OWED_BITMAPS)
+		return wire_bad(ck, "RESUME announces %u bitmaps (%u at most)",
+				r->nr_bitmaps, FERRY_WIRE_MAX_OWED_BITMAPS);
+	if (r->owed && !r->nr_bitmaps)
+		return wire_bad(ck, "RESUME owes %llu pages in no bitmap",
+				(unsigned long long)r->owed);
+	return 0;
+}
+
 /* ---- one check per record type ---- */
 
 int wire_check_bitmap(const struct wire_chk *ck,
@@ -252,7 +285,8 @@ int wire_check_bitmap(const struct wire_chk *ck,
 	int ret = wire_check_region(ck, s, "BITMAP", b->region);
 
 	if (!ret && b->kind != FERRY_WIRE_BITMAP_DIRTY &&
-	    b->kind != FERRY_WIRE_BITMAP_STALE)
+	    b->kind != FERRY_WIRE_BITMAP_STALE &&
+	    b->kind != FERRY_WIRE_BITMAP_OWED)
 		ret = wire_bad(ck, "BITMAP kind %u unknown", b->kind);
 	if (!ret)
 		ret = wire_check_count(ck, "BITMAP bit", b->nr_bits,

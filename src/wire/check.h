@@ -66,6 +66,12 @@ int wire_check_regions(const struct wire_chk *ck,
 int wire_check_stream(const struct wire_chk *ck,
 		      const struct ferry_wire_stream *s);
 
+/* HEADER: a migration's id is not 0, a snapshot's is. */
+int wire_check_id(const struct wire_chk *ck,
+		  const struct ferry_wire_stream *s);
+int wire_check_resume(const struct wire_chk *ck,
+		      const struct ferry_wire_resume *r);
+
 int wire_check_bitmap(const struct wire_chk *ck,
 		      const struct ferry_wire_stream *s,
 		      const struct ferry_wire_bitmap *b);

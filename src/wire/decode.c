@@ -125,23 +125,45 @@ static int region_from_wire(const struct wire_chk *ck, unsigned int i,
 	return 0;
 }
 
+/*
+ * The magic and the version first, from the 12 bytes every version
+ * shares: a stream of another version is named as such, whatever its
+ * layout past them.
+ */
+static int header_start(const struct wire_chk *ck,
+			const struct ferry_wire_rec *rec)
+{
+	struct wire_header_start st;
+	int ret = take_fixed(ck, rec, &st, sizeof(st));
+
+	if (ret)
+		return ret;
+	if (memcmp(st.magic, WIRE_STREAM_MAGIC, sizeof(st.magic)))
+		return wire_bad(ck, "HEADER magic wrong: not a ferry stream");
+	if (st.version != FERRY_WIRE_VERSION)
+		return wire_bad_err(ck, -EPROTO, "stream is format version "
+				    "%u; this ferry reads version %u",
+				    st.version, FERRY_WIRE_VERSION);
+	return 0;
+}
+
 static int header_fixed(const struct wire_chk *ck, const struct wire_header *fx,
 			struct ferry_wire_stream *s)
 {
-	if (memcmp(fx->magic, WIRE_STREAM_MAGIC, sizeof(fx->magic)))
-		return wire_bad(ck, "HEADER magic wrong: not a ferry stream");
-	if (fx->version != FERRY_WIRE_VERSION)
-		return wire_bad_err(ck, -EPROTO, "stream is format version "
-				    "%u; this ferry reads version %u",
-				    fx->version, FERRY_WIRE_VERSION);
+	int ret = check_zero(ck, "HEADER", fx->reserved);
+
+	if (ret)
+		return ret;
 	*s = (struct ferry_wire_stream){
 		.version = fx->version,
 		.kind = (enum ferry_wire_kind)fx->kind,
+		.id = fx->id,
 		.nr_vcpus = fx->nr_vcpus,
 		.nr_regions = fx->nr_regions,
 		.desc_len = fx->desc_len,
 	};
-	return wire_check_counts(ck, s);
+	ret = wire_check_counts(ck, s);
+	return ret ? ret : wire_check_id(ck, s);
 }
 
 /*
@@ -158,7 +180,10 @@ int ferry_wire_dec_header(const struct ferry_wire_rec *rec,
 	size_t fixed_len;
 	int ret;
 
-	if ((ret = take(&ck, rec, FERRY_WIRE_HEADER, &fx, sizeof(fx))) ||
+	if (rec->type != FERRY_WIRE_HEADER)
+		return misuse(rec, "HEADER");
+	if ((ret = header_start(&ck, rec)) ||
+	    (ret = take_fixed(&ck, rec, &fx, sizeof(fx))) ||
 	    (ret = header_fixed(&ck, &fx, &s)))
 		return ret;
 	fixed_len = sizeof(fx) + fx.nr_regions * sizeof(*table);
@@ -178,7 +203,7 @@ static int pages_fixed(const struct wire_chk *ck,
 		       const struct ferry_wire_rec *rec,
 		       struct ferry_wire_pages *p)
 {
-	bool zero = rec->type == FERRY_WIRE_ZERO_PAGES;
+	bool zero = rec->type != FERRY_WIRE_PAGES;
 	const char *what = ferry_wire_type_name(rec->type);
 	struct wire_pages fx;
 	int ret = take_fixed(ck, rec, &fx, sizeof(fx));
@@ -189,6 +214,8 @@ static int pages_fixed(const struct wire_chk *ck,
 		ret = wire_check_count(ck, what, fx.count, zero ?
 				       FERRY_WIRE_MAX_ZERO :
 				       FERRY_WIRE_MAX_PAGES);
+	if (!ret && rec->type == FERRY_WIRE_REFETCH)
+		ret = check_zero(ck, "REFETCH", fx.request_id);
 	if (ret)
 		return ret;
 	*p = (struct ferry_wire_pages){
@@ -206,7 +233,7 @@ static int pages_lengths(const struct wire_chk *ck,
 			 const struct ferry_wire_rec *rec,
 			 const struct ferry_wire_pages *p)
 {
-	bool zero = rec->type == FERRY_WIRE_ZERO_PAGES;
+	bool zero = rec->type != FERRY_WIRE_PAGES;
 	uint64_t indices = sizeof(struct wire_pages) + 4ULL * p->count;
 	uint64_t meta = wire_align8(indices) + (zero ? 0 : 8ULL * p->count);
 	uint64_t data = zero ? 0 : p->count * (uint64_t)p->page_size;
@@ -222,10 +249,13 @@ static int pages_lengths(const struct wire_chk *ck,
 	return check_pad(ck, rec, indices);
 }
 
-/* Every page against its sum: a mismatch is torn if live, else fatal. */
+/*
+ * Every page against its sum: a mismatch is torn if live (or the caller
+ * tolerates it), else fatal.
+ */
 static int pages_verify(const struct wire_chk *ck,
 			const struct ferry_wire_rec *rec,
-			struct ferry_wire_pages *p)
+			struct ferry_wire_pages *p, bool tolerant)
 {
 	uint32_t sums_at = wire_align8(sizeof(struct wire_pages) +
 				       4 * p->count);
@@ -235,7 +265,7 @@ static int pages_verify(const struct wire_chk *ck,
 		if (ferry_wire_page_sum(p->data + i * p->page_size,
 					p->page_size) == sums[i])
 			continue;
-		if (!p->live)
+		if (!p->live && !tolerant)
 			return wire_bad(ck, "PAGES page %u (index %u) checksum "
 					"mismatch", i, p->index[i]);
 		p->torn[i / 64] |= 1ULL << (i % 64);
@@ -244,25 +274,59 @@ static int pages_verify(const struct wire_chk *ck,
 	return 0;
 }
 
-int ferry_wire_dec_pages(const struct ferry_wire_stream *s,
-			 const struct ferry_wire_rec *rec,
-			 struct ferry_wire_pages *p)
+/* PAGES, ZERO_PAGES and REFETCH share their fixed part and indices. */
+static int dec_batch(const struct ferry_wire_stream *s,
+		     const struct ferry_wire_rec *rec,
+		     struct ferry_wire_pages *p)
+{
+	struct wire_chk ck = dec_chk(rec);
+	int ret;
+
+	if ((ret = pages_fixed(&ck, s, rec, p)) ||
+	    (ret = pages_lengths(&ck, rec, p)))
+		return ret;
+	p->index = (const uint32_t *)(rec->meta + sizeof(struct wire_pages));
+	return wire_check_indices(&ck, s, ferry_wire_type_name(rec->type),
+				  p->region, p->index, p->count);
+}
+
+static int dec_pages(const struct ferry_wire_stream *s,
+		     const struct ferry_wire_rec *rec,
+		     struct ferry_wire_pages *p, bool tolerant)
 {
 	struct wire_chk ck = dec_chk(rec);
 	int ret;
 
 	if (rec->type != FERRY_WIRE_PAGES && rec->type != FERRY_WIRE_ZERO_PAGES)
 		return misuse(rec, "PAGES or ZERO_PAGES");
-	if ((ret = pages_fixed(&ck, s, rec, p)) ||
-	    (ret = pages_lengths(&ck, rec, p)))
-		return ret;
-	p->index = (const uint32_t *)(rec->meta + sizeof(struct wire_pages));
-	ret = wire_check_indices(&ck, s, ferry_wire_type_name(rec->type),
-				 p->region, p->index, p->count);
+	ret = dec_batch(s, rec, p);
 	if (ret || rec->type == FERRY_WIRE_ZERO_PAGES)
 		return ret;
 	p->data = rec->data;
-	return pages_verify(&ck, rec, p);
+	return pages_verify(&ck, rec, p, tolerant);
+}
+
+int ferry_wire_dec_pages(const struct ferry_wire_stream *s,
+			 const struct ferry_wire_rec *rec,
+			 struct ferry_wire_pages *p)
+{
+	return dec_pages(s, rec, p, false);
+}
+
+int ferry_wire_dec_pages_tolerant(const struct ferry_wire_stream *s,
+				  const struct ferry_wire_rec *rec,
+				  struct ferry_wire_pages *p)
+{
+	return dec_pages(s, rec, p, true);
+}
+
+int ferry_wire_dec_refetch(const struct ferry_wire_stream *s,
+			   const struct ferry_wire_rec *rec,
+			   struct ferry_wire_pages *p)
+{
+	if (rec->type != FERRY_WIRE_REFETCH)
+		return misuse(rec, "REFETCH");
+	return dec_batch(s, rec, p);
 }
 
 int ferry_wire_dec_bitmap(const struct ferry_wire_stream *s,
@@ -408,4 +472,59 @@ int ferry_wire_dec_extent(const struct ferry_wire_stream *s,
 	if ((ret = wire_check_extent(&ck, s, e)))
 		return ret;
 	return check_meta_len(&ck, rec, sizeof(fx) + 8ULL * fx.count);
+}
+
+int ferry_wire_dec_accept(const struct ferry_wire_rec *rec,
+			  struct ferry_wire_accept *a)
+{
+	struct wire_chk ck = dec_chk(rec);
+	struct wire_accept fx;
+	int ret = dec_fixed(rec, FERRY_WIRE_ACCEPT, &fx, sizeof(fx));
+
+	if (ret || (ret = check_zero(&ck, "ACCEPT", fx.reserved0)) ||
+	    (ret = check_zero(&ck, "ACCEPT", fx.reserved1)))
+		return ret;
+	if (!fx.id || !fx.version)
+		return wire_bad(&ck, "ACCEPT of version %u, migration %llu",
+				fx.version, (unsigned long long)fx.id);
+	*a = (struct ferry_wire_accept){ .version = fx.version, .id = fx.id };
+	return 0;
+}
+
+int ferry_wire_dec_resume(const struct ferry_wire_rec *rec,
+			  struct ferry_wire_resume *r)
+{
+	struct wire_chk ck = dec_chk(rec);
+	struct wire_resume fx;
+	int ret = dec_fixed(rec, FERRY_WIRE_RESUME, &fx, sizeof(fx));
+
+	if (ret || (ret = check_zero(&ck, "RESUME", fx.reserved)))
+		return ret;
+	*r = (struct ferry_wire_resume){ .id = fx.id, .owed = fx.owed,
+					 .nr_bitmaps = fx.nr_bitmaps };
+	return wire_check_resume(&ck, r);
+}
+
+int ferry_wire_dec_heartbeat(const struct ferry_wire_rec *rec,
+			     struct ferry_wire_heartbeat *hb)
+{
+	struct wire_heartbeat fx = { 0 };
+	int ret = dec_fixed(rec, FERRY_WIRE_HEARTBEAT, &fx, sizeof(fx));
+
+	*hb = (struct ferry_wire_heartbeat){ fx.seq, fx.data_received };
+	return ret;
+}
+
+int ferry_wire_dec_commit(const struct ferry_wire_rec *rec, uint64_t *id)
+{
+	struct wire_chk ck = dec_chk(rec);
+	struct wire_commit fx;
+	int ret = dec_fixed(rec, FERRY_WIRE_COMMIT, &fx, sizeof(fx));
+
+	if (ret)
+		return ret;
+	if (!fx.id)
+		return wire_bad(&ck, "COMMIT of migration id 0");
+	*id = fx.id;
+	return 0;
 }

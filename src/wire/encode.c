@@ -16,6 +16,9 @@
 
 static const struct wire_chk enc = { .decoding = false };
 
+_Static_assert(sizeof(struct wire_header) <=
+	       sizeof(((struct ferry_wire_frame *)0)->fixed), "fixed");
+
 static void frame_start(struct ferry_wire_frame *f, enum ferry_wire_type type,
 			const void *fixed, size_t len)
 {
@@ -128,9 +131,12 @@ int ferry_wire_enc_header(struct ferry_wire_frame *f,
 		.nr_regions = s->nr_regions,
 		.nr_vcpus = s->nr_vcpus,
 		.desc_len = s->desc_len,
+		.id = s->id,
 	};
 	int ret = wire_check_stream(&enc, s);
 
+	if (!ret)
+		ret = wire_check_id(&enc, s);
 	if (ret)
 		return ret;
 	frame_start(f, FERRY_WIRE_HEADER, &fx, sizeof(fx));
@@ -163,7 +169,7 @@ static void start_batch(struct ferry_wire_frame *f, enum ferry_wire_type type,
 	struct wire_pages fx = {
 		.region = b->region,
 		.count = b->count,
-		.request_id = b->request_id,
+		.request_id = type == FERRY_WIRE_REFETCH ? 0 : b->request_id,
 	};
 
 	frame_start(f, type, &fx, sizeof(fx));
@@ -180,6 +186,18 @@ int ferry_wire_enc_zero_pages(struct ferry_wire_frame *f,
 	if (ret)
 		return ret;
 	start_batch(f, FERRY_WIRE_ZERO_PAGES, b);
+	return frame_seal_meta(f);
+}
+
+int ferry_wire_enc_refetch(struct ferry_wire_frame *f,
+			   const struct ferry_wire_stream *s,
+			   const struct ferry_wire_batch *b)
+{
+	int ret = check_batch(s, b, "REFETCH", FERRY_WIRE_MAX_ZERO);
+
+	if (ret)
+		return ret;
+	start_batch(f, FERRY_WIRE_REFETCH, b);
 	return frame_seal_meta(f);
 }
 
@@ -339,6 +357,46 @@ int ferry_wire_enc_extent(struct ferry_wire_frame *f,
 		return ret;
 	return enc_blob(f, FERRY_WIRE_PAGE_EXTENT, &fx, sizeof(fx), e->sums,
 			(size_t)e->count * sizeof(uint64_t));
+}
+
+int ferry_wire_enc_accept(struct ferry_wire_frame *f,
+			  const struct ferry_wire_accept *a)
+{
+	struct wire_accept fx = { .version = (uint16_t)a->version,
+				  .id = a->id };
+
+	if (!a->id || !a->version || a->version > UINT16_MAX)
+		return wire_bad(&enc, "ACCEPT of version %u, migration %llu",
+				a->version, (unsigned long long)a->id);
+	return enc_fixed(f, FERRY_WIRE_ACCEPT, &fx, sizeof(fx));
+}
+
+int ferry_wire_enc_resume(struct ferry_wire_frame *f,
+			  const struct ferry_wire_resume *r)
+{
+	struct wire_resume fx = { .id = r->id, .owed = r->owed,
+				  .nr_bitmaps = r->nr_bitmaps };
+	int ret = wire_check_resume(&enc, r);
+
+	return ret ? ret : enc_fixed(f, FERRY_WIRE_RESUME, &fx, sizeof(fx));
+}
+
+int ferry_wire_enc_heartbeat(struct ferry_wire_frame *f,
+			     const struct ferry_wire_heartbeat *hb)
+{
+	struct wire_heartbeat fx = { .seq = hb->seq,
+				     .data_received = hb->data_received };
+
+	return enc_fixed(f, FERRY_WIRE_HEARTBEAT, &fx, sizeof(fx));
+}
+
+int ferry_wire_enc_commit(struct ferry_wire_frame *f, uint64_t id)
+{
+	struct wire_commit fx = { .id = id };
+
+	if (!id)
+		return wire_bad(&enc, "COMMIT of migration id 0");
+	return enc_fixed(f, FERRY_WIRE_COMMIT, &fx, sizeof(fx));
 }
 
 /* ---- the stream description ---- */

@@ -30,6 +30,13 @@ struct wire_rec_hdr {
 	uint64_t head_sum;	/* XXH3-64 of the 24 bytes above */
 };
 
+/* The first 12 bytes of HEADER mean the same in every version. */
+struct wire_header_start {
+	char magic[8];
+	uint16_t version;
+	uint16_t kind;
+};
+
 struct wire_header {
 	char magic[8];
 	uint16_t version;
@@ -37,6 +44,8 @@ struct wire_header {
 	uint32_t nr_regions;
 	uint32_t nr_vcpus;
 	uint32_t desc_len;
+	uint64_t reserved;	/* no padding anywhere: every byte is set */
+	uint64_t id;		/* migration id; 0 in a snapshot */
 };
 
 struct wire_region {
@@ -103,7 +112,32 @@ struct wire_extent {
 	uint64_t file_offset;
 };
 
-_Static_assert(sizeof(struct wire_header) == 24, "layout");
+struct wire_accept {
+	uint16_t version;
+	uint16_t reserved0;
+	uint32_t reserved1;
+	uint64_t id;
+};
+
+struct wire_resume {
+	uint64_t id;
+	uint64_t owed;
+	uint32_t nr_bitmaps;
+	uint32_t reserved;
+};
+
+struct wire_heartbeat {
+	uint64_t seq;
+	uint64_t data_received;
+};
+
+struct wire_commit {
+	uint64_t id;
+};
+
+_Static_assert(sizeof(struct wire_header) == 40, "layout");
+_Static_assert(sizeof(struct wire_accept) == 16, "layout");
+_Static_assert(sizeof(struct wire_resume) == 24, "layout");
 _Static_assert(sizeof(struct wire_region) == 24, "layout");
 _Static_assert(sizeof(struct wire_pages) == 16, "layout");
 _Static_assert(sizeof(struct wire_request) == 24, "layout");
