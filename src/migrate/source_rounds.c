@@ -2,8 +2,11 @@
 /*
  * source_rounds: pre-copy.  Send every page that exists, then rounds of
  * the pages written since the last one, until the rest fits the downtime
- * budget or the rounds stop shrinking.
+ * budget or the rounds stop shrinking; in hybrid mode, until another round
+ * cannot converge (the guest dirties too fast for the link), which is
+ * judged after every round, the first pass included.
  */
+#include <limits.h>
 #include <string.h>
 
 #include "base/bitmap.h"
@@ -95,11 +98,59 @@ int source_round(struct source *src, bool live, double *bps)
 }
 
 /*
+ * Hybrid: another round cannot converge when the guest dirties memory at
+ * this share of the bandwidth or more.  A round that sends D bytes at B
+ * leaves about D x R / B dirty behind it (R: the guest's dirty rate), so
+ * at R / B = 1/2 the rounds still to come would send as much again as the
+ * dirty set itself, which post-copy sends once.
+ */
+#define HYBRID_CONVERGE_PCT	50
+
+/*
+ * Rounds it would take, each shrinking the dirty set by dirty_bps / bps,
+ * to bring `bytes` within the downtime budget; UINT_MAX when the set does
+ * not shrink.
+ */
+static unsigned int rounds_to_converge(const struct source *src, double bytes,
+				       double bps, double dirty_bps)
+{
+	double budget = bps * src->opts->max_downtime_ms / 1e3;
+	double shrink = dirty_bps / bps;
+	unsigned int n = 0;
+
+	if (shrink >= 1)
+		return UINT_MAX;
+	for (; bytes > budget && n < UINT_MAX; n++)
+		bytes *= shrink;
+	return n;
+}
+
+/*
+ * Hybrid, after any round (the first pass included): true when another
+ * round cannot converge, so that post-copy starts now rather than after
+ * rounds that resend what the guest keeps writing.  Either the guest
+ * dirties too fast for the link (dirty_bps: the distinct pages it wrote
+ * since the last collect, as bytes per second), or the rounds left
+ * cannot bring `bytes` within the budget at that pace.
+ */
+static bool hybrid_gives_up(const struct source *src, double bytes,
+			    double bps, double dirty_bps)
+{
+	unsigned int max = src->opts->max_rounds;
+	unsigned int left = max > src->round ? max - src->round : 0;
+
+	if (bps <= 0 || dirty_bps * 100 >= bps * HYBRID_CONVERGE_PCT)
+		return true;
+	return rounds_to_converge(src, bytes, bps, dirty_bps) > left;
+}
+
+/*
  * After a round, with the pages dirtied during it in the send maps: the
  * mode to switch over in now, or false to go on with another round.
  */
 static bool converged(struct source *src, uint64_t dirty, uint64_t prev,
-		      double bps, enum ferry_mode *switch_mode)
+		      double bps, double dirty_bps,
+		      enum ferry_mode *switch_mode)
 {
 	const struct ferry_migrate_opts *o = src->opts;
 	uint64_t page = 4096;
@@ -116,6 +167,11 @@ static bool converged(struct source *src, uint64_t dirty, uint64_t prev,
 		*switch_mode = FERRY_MODE_PRECOPY;
 		return true;
 	}
+	if (o->mode == FERRY_MODE_HYBRID &&
+	    hybrid_gives_up(src, (double)(dirty * page), bps, dirty_bps)) {
+		*switch_mode = FERRY_MODE_POSTCOPY;
+		return true;
+	}
 	/* Not converging: the dirty set stopped shrinking by 10%. */
 	if (src->round >= o->max_rounds ||
 	    (src->round >= 2 && dirty * 10 > prev * 9)) {
@@ -126,10 +182,25 @@ static bool converged(struct source *src, uint64_t dirty, uint64_t prev,
 	return false;
 }
 
+/*
+ * The guest's dirty rate since the last collect (*collect_ns, moved to
+ * now): the distinct pages it wrote, as bytes per second.
+ */
+static double dirty_rate(const struct source *src, uint64_t dirty,
+			 uint64_t *collect_ns)
+{
+	const struct ferry_mem *mem = src->vm->mem;
+	uint64_t now = ferry_clock_now_ns(), ns = now - *collect_ns;
+	uint64_t page = mem->nr_regions ? mem->regions[0].page_size : 4096;
+
+	*collect_ns = now;
+	return ns ? (double)(dirty * page) * 1e9 / (double)ns : 0;
+}
+
 int source_precopy(struct source *src, enum ferry_mode *switch_mode)
 {
-	uint64_t prev = UINT64_MAX, dirty;
-	double bps = 0;
+	uint64_t prev = UINT64_MAX, dirty, collect_ns = ferry_clock_now_ns();
+	double bps = 0, dirty_bps;
 	int ret;
 
 	if (!src->dirty) {	/* nothing can tell what changed: all later */
@@ -148,7 +219,8 @@ int source_precopy(struct source *src, enum ferry_mode *switch_mode)
 		if (ret)
 			return ret;
 		dirty = source_count_maps(src);
-		if (converged(src, dirty, prev, bps, switch_mode))
+		dirty_bps = dirty_rate(src, dirty, &collect_ns);
+		if (converged(src, dirty, prev, bps, dirty_bps, switch_mode))
 			return 0;
 		prev = dirty;
 	}
