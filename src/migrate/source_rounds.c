@@ -129,9 +129,12 @@ static unsigned int rounds_to_converge(const struct source *src, double bytes,
  * Hybrid, after any round (the first pass included): true when another
  * round cannot converge, so that post-copy starts now rather than after
  * rounds that resend what the guest keeps writing.  Either the guest
- * dirties too fast for the link (dirty_bps: the distinct pages it wrote
- * since the last collect, as bytes per second), or the rounds left
- * cannot bring `bytes` within the budget at that pace.
+ * dirties too fast for the link, or the rounds left cannot bring `bytes`
+ * within the budget at that pace.  Both rates are over the same span,
+ * from the last collect to this one: dirty_bps the distinct pages the
+ * guest wrote, bps the bytes a round made good, its collect included
+ * (write-protecting all of memory again costs as much as the sending on
+ * some hosts, and another round pays it too).
  */
 static bool hybrid_gives_up(const struct source *src, double bytes,
 			    double bps, double dirty_bps)
@@ -149,7 +152,7 @@ static bool hybrid_gives_up(const struct source *src, double bytes,
  * mode to switch over in now, or false to go on with another round.
  */
 static bool converged(struct source *src, uint64_t dirty, uint64_t prev,
-		      double bps, double dirty_bps,
+		      double bps, double span_bps, double dirty_bps,
 		      enum ferry_mode *switch_mode)
 {
 	const struct ferry_migrate_opts *o = src->opts;
@@ -168,7 +171,7 @@ static bool converged(struct source *src, uint64_t dirty, uint64_t prev,
 		return true;
 	}
 	if (o->mode == FERRY_MODE_HYBRID &&
-	    hybrid_gives_up(src, (double)(dirty * page), bps, dirty_bps)) {
+	    hybrid_gives_up(src, (double)(dirty * page), span_bps, dirty_bps)) {
 		*switch_mode = FERRY_MODE_POSTCOPY;
 		return true;
 	}
@@ -183,24 +186,29 @@ static bool converged(struct source *src, uint64_t dirty, uint64_t prev,
 }
 
 /*
- * The guest's dirty rate since the last collect (*collect_ns, moved to
- * now): the distinct pages it wrote, as bytes per second.
+ * Since the last collect (*collect_ns, moved to now), in which a round of
+ * round_ns went at *bps: the guest's dirty rate (the distinct pages it
+ * wrote, as bytes per second), and *bps brought to the whole span.
  */
 static double dirty_rate(const struct source *src, uint64_t dirty,
-			 uint64_t *collect_ns)
+			 uint64_t round_ns, uint64_t *collect_ns, double *bps)
 {
 	const struct ferry_mem *mem = src->vm->mem;
 	uint64_t now = ferry_clock_now_ns(), ns = now - *collect_ns;
 	uint64_t page = mem->nr_regions ? mem->regions[0].page_size : 4096;
 
 	*collect_ns = now;
-	return ns ? (double)(dirty * page) * 1e9 / (double)ns : 0;
+	if (!ns)
+		return 0;
+	*bps = *bps * (double)(round_ns < ns ? round_ns : ns) / (double)ns;
+	return (double)(dirty * page) * 1e9 / (double)ns;
 }
 
 int source_precopy(struct source *src, enum ferry_mode *switch_mode)
 {
 	uint64_t prev = UINT64_MAX, dirty, collect_ns = ferry_clock_now_ns();
-	double bps = 0, dirty_bps;
+	uint64_t round_ns = 0;
+	double bps = 0, span_bps = 0, dirty_bps;
 	int ret;
 
 	if (!src->dirty) {	/* nothing can tell what changed: all later */
@@ -210,8 +218,11 @@ int source_precopy(struct source *src, enum ferry_mode *switch_mode)
 	clear_maps(src);
 	ret = source_map_populated(src);
 	for (;;) {
-		if (!ret)
+		if (!ret) {
+			round_ns = ferry_clock_now_ns();
 			ret = source_round(src, true, &bps);
+			round_ns = ferry_clock_now_ns() - round_ns;
+		}
 		if (ret)
 			return ret;
 		clear_maps(src);
@@ -219,8 +230,11 @@ int source_precopy(struct source *src, enum ferry_mode *switch_mode)
 		if (ret)
 			return ret;
 		dirty = source_count_maps(src);
-		dirty_bps = dirty_rate(src, dirty, &collect_ns);
-		if (converged(src, dirty, prev, bps, dirty_bps, switch_mode))
+		span_bps = bps;
+		dirty_bps = dirty_rate(src, dirty, round_ns, &collect_ns,
+				       &span_bps);
+		if (converged(src, dirty, prev, bps, span_bps, dirty_bps,
+			      switch_mode))
 			return 0;
 		prev = dirty;
 	}
