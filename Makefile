@@ -163,10 +163,11 @@ check-example: all
 bench: $(BENCH_BIN) $(TOOL)
 	bench/run
 
-# QEMU's own live migration of a guest of the same size, beside ferry's
-# figures: installs Debian's QEMU, nasm and gnuplot when they are missing,
-# runs bench/qemu_migrate and writes the report again (bench/out/report.md).
-bench-qemu:
+# ferry and QEMU side by side, interleaved on the same kind of memory:
+# installs Debian's QEMU, nasm and gnuplot when they are missing, runs
+# bench/qemu_migrate (ferry's side is build/bench/migrate) and writes the
+# report again (bench/out/report.md).
+bench-qemu: $(O)/bench/migrate
 	bench/qemu/install
 	FERRY_BENCH_COMMAND="make bench-qemu" bench/run qemu_migrate
 

@@ -572,6 +572,39 @@ static inline void bench_free(void *p, size_t len)
 	munmap(p, len);
 }
 
+/*
+ * The canary: how fast this machine gives memory right now.  64 MiB of
+ * a hot buffer written into a fresh memfd (2 MiB a pwrite: the kernel
+ * allocates and zeroes every page, then copies), timed, in GB/s.  This
+ * host's memory is backed lazily by its own host, so that rate swings
+ * several-fold from one minute to the next; printed beside a repetition,
+ * it shows a repetition that met slow memory as such.  bench/qemu_migrate
+ * runs the same one (FERRY_BENCH_ONE=canary build/bench/migrate).
+ */
+#define BENCH_CANARY_SIZE	(64 * BENCH_MIB)
+#define BENCH_CANARY_CHUNK	(2 * BENCH_MIB)
+
+static inline double bench_canary_gbps(void)
+{
+	static uint8_t *src;
+	int fd = memfd_create("ferry-bench-canary", MFD_CLOEXEC);
+	uint64_t t0;
+
+	if (!src)
+		src = bench_alloc(BENCH_CANARY_CHUNK, 11);
+	if (fd < 0)
+		bench_die("memfd_create: %s", strerror(errno));
+	t0 = bench_now_ns();
+	for (size_t off = 0; off < BENCH_CANARY_SIZE;
+	     off += BENCH_CANARY_CHUNK)
+		if (pwrite(fd, src, BENCH_CANARY_CHUNK, (off_t)off) !=
+		    (ssize_t)BENCH_CANARY_CHUNK)
+			bench_die("canary: pwrite: %s", strerror(errno));
+	t0 = bench_now_ns() - t0;
+	close(fd);
+	return bench_gbps(BENCH_CANARY_SIZE, t0);
+}
+
 /* ---- a userfaultfd fault service for the latency figures -------------- */
 
 struct bench_fault_server;

@@ -405,42 +405,64 @@ struct backing_limits {
 };
 
 /*
- * Hot TCP, the install rate into fresh guest-sized memory, then the cold
- * chain from the last region filled: its data in RAM, in no cache, mapped
- * as the source finds a guest view.
+ * Hot TCP and the install rate into fresh guest-sized memory; the region
+ * filled last stays (*mem, *r), the cold chain's source.
  */
-static void limit_backing(enum ferry_backing b, struct backing_limits *lim)
+static void limit_install(enum ferry_backing b, struct backing_limits *lim,
+			  struct ferry_mem **mem, struct ferry_region **r)
 {
 	const char *name = ferry_mem_backing_name(b);
 	uint8_t *src = bench_alloc(FILL_SRC, 3);
-	uint8_t *buf = bench_alloc(CHAIN_CHUNK, 4);
-	double install[REPS], cold[REPS];
-	struct ferry_mem *mem = NULL;
-	struct ferry_region *r;
+	double install[REPS];
 	char prefix[64];
 
 	snprintf(prefix, sizeof(prefix), "limit_tcp_x1_hot_%s", name);
 	lim->tcp_hot_gbps = limit_tcp_hot(prefix);
+	*mem = NULL;
 	for (int rep = 0; rep < REPS; rep++) {
-		ferry_mem_destroy(mem);
-		mem = region_create(b, CHAIN_SIZE, &r);
-		install[rep] = install_fill(r, src);
+		ferry_mem_destroy(*mem);
+		*mem = region_create(b, CHAIN_SIZE, r);
+		install[rep] = install_fill(*r, src);
 	}
 	bench_free(src, FILL_SRC);
-	for (int rep = 0; rep < REPS; rep++)
-		cold[rep] = chain_once(r, buf);
-	ferry_mem_destroy(mem);
-	bench_free(buf, CHAIN_CHUNK);
 	snprintf(prefix, sizeof(prefix), "limit_install_%s", name);
 	put_spread(prefix, "gbps", install, REPS, 2);
-	snprintf(prefix, sizeof(prefix), "limit_tcp_x1_cold_%s", name);
-	put_spread(prefix, "gbps", cold, REPS, 2);
 	lim->install_gbps = median_of(install, REPS);
-	lim->cold_gbps = median_of(cold, REPS);
 	lim->precopy_gbps = lim->tcp_hot_gbps < lim->install_gbps ?
 			    lim->tcp_hot_gbps : lim->install_gbps;
 	snprintf(prefix, sizeof(prefix), "limit_precopy_%s", name);
 	bench_put(prefix, "gbps", lim->precopy_gbps, 2);
+}
+
+static void put_cold(enum ferry_backing b, const double *cold, size_t n,
+		     struct backing_limits *lim)
+{
+	char prefix[64];
+
+	snprintf(prefix, sizeof(prefix), "limit_tcp_x1_cold_%s",
+		 ferry_mem_backing_name(b));
+	put_spread(prefix, "gbps", cold, n, 2);
+	lim->cold_gbps = median_of(cold, n);
+}
+
+/*
+ * The limits alone (for the parts after part 1, when it did not run):
+ * hot TCP, install, then the cold chain from the last region filled: its
+ * data in RAM, in no cache, mapped as the source finds a guest view.
+ */
+static void limit_backing(enum ferry_backing b, struct backing_limits *lim)
+{
+	uint8_t *buf = bench_alloc(CHAIN_CHUNK, 4);
+	struct ferry_mem *mem;
+	struct ferry_region *r;
+	double cold[REPS];
+
+	limit_install(b, lim, &mem, &r);
+	for (int rep = 0; rep < REPS; rep++)
+		cold[rep] = chain_once(r, buf);
+	ferry_mem_destroy(mem);
+	bench_free(buf, CHAIN_CHUNK);
+	put_cold(b, cold, REPS, lim);
 }
 
 /* ---- limit: the bare post-copy floor ----------------------------------- */
@@ -621,6 +643,7 @@ struct dest_report {
 };
 
 struct mig_result {
+	double canary_gbps;	/* bench_canary_gbps, just before */
 	struct ferry_migrate_stats src, dst;
 	uint64_t switch_bytes;	/* sent when the source paused */
 	uint64_t switch_ns;	/* since the start of ferry_migrate_send */
@@ -875,6 +898,7 @@ static void migrate_once(const struct mig_spec *sp, struct mig_result *res)
 	pid_t child;
 
 	memset(res, 0, sizeof(*res));
+	res->canary_gbps = bench_canary_gbps();
 	res->page_size = ferry_mem_backing_page_size(sp->backing);
 	if (sp->timeline) {
 		res->tl = calloc(TL_ROWS, sizeof(*res->tl));
@@ -991,38 +1015,50 @@ static void put_rounds(const char *prefix, const struct mig_result *r)
  * rounds as figures; the destination's demand faults of every repetition
  * as <prefix>.hist.  Then the set's memory goes.
  */
+/*
+ * <name>.timeline beside the figures: one migration's progress calls,
+ * columns named in its header as bench/report reads them; `which` says
+ * which repetition it was.
+ */
+static void write_timeline(const char *name, const struct mig_spec *sp,
+			   const struct mig_result *r, const char *which)
+{
+	FILE *f = r->tl_n ? bench_out_file(name, ".timeline") : NULL;
+
+	if (!f)
+		return;
+	fprintf(f, "# ferry %s, %s, %llu MiB, %u channels, %s\n",
+		mode_keys[sp->mode], sp->workload,
+		(unsigned long long)(sp->mem_size / BENCH_MIB), sp->channels,
+		which);
+	fprintf(f, "# t_ms phase round bytes_sent remaining_bytes "
+		"postcopy_requests\n");
+	if (r->src.mode == FERRY_MODE_POSTCOPY && r->switch_ns)
+		fprintf(f, "# switch_ms %.1f\n", r->switch_ns / 1e6);
+	for (size_t i = 0; i < r->tl_n; i++)
+		fprintf(f, "%.1f %s %u %llu %llu %llu\n", r->tl[i].t_ns / 1e6,
+			ferry_migrate_phase_name(r->tl[i].phase),
+			r->tl[i].round,
+			(unsigned long long)r->tl[i].bytes_sent,
+			(unsigned long long)r->tl[i].remaining_bytes,
+			(unsigned long long)r->tl[i].requests);
+	fclose(f);
+}
+
 static void set_finish(const char *prefix, const struct mig_spec *sp,
 		       struct mig_set *set)
 {
 	size_t m = median_rep(set);
 	const struct mig_result *r = &set->res[m];
 	struct ferry_hist *all = malloc(sizeof(*all));
-	FILE *f = sp->timeline && r->tl_n ?
-		  bench_out_file(sp->timeline, ".timeline") : NULL;
+	char which[64];
 
 	if (sp->timeline && r->tl_n) {
 		bench_put(prefix, "timeline_rep", (double)m, 0);
 		put_rounds(prefix, r);
-	}
-	if (f) {
-		fprintf(f, "# ferry %s, %s, %llu MiB, %u channels, "
-			"repetition %zu of %zu (median total time)\n",
-			mode_keys[sp->mode], sp->workload,
-			(unsigned long long)(sp->mem_size / BENCH_MIB),
-			sp->channels, m + 1, set->n);
-		fprintf(f, "# t_ms phase round bytes_sent remaining_bytes "
-			"postcopy_requests\n");
-		if (r->src.mode == FERRY_MODE_POSTCOPY && r->switch_ns)
-			fprintf(f, "# switch_ms %.1f\n", r->switch_ns / 1e6);
-		for (size_t i = 0; i < r->tl_n; i++)
-			fprintf(f, "%.1f %s %u %llu %llu %llu\n",
-				r->tl[i].t_ns / 1e6,
-				ferry_migrate_phase_name(r->tl[i].phase),
-				r->tl[i].round,
-				(unsigned long long)r->tl[i].bytes_sent,
-				(unsigned long long)r->tl[i].remaining_bytes,
-				(unsigned long long)r->tl[i].requests);
-		fclose(f);
+		snprintf(which, sizeof(which), "repetition %zu of %zu (median "
+			 "total time)", m + 1, set->n);
+		write_timeline(sp->timeline, sp, r, which);
 	}
 	if (!all)
 		bench_die("latency: out of memory");
@@ -1184,62 +1220,87 @@ static void put_modes(const char *prefix, const struct mig_set *set)
 
 /*
  * How many migrations the figures come from, and that every one of them
- * verified (or the program would have stopped).
+ * verified (or the program would have stopped); then each repetition's
+ * canary (the machine's fresh-memory write rate just before it) beside
+ * its main figure, <prefix>_rep<N>_canary_gbps and _<unit>.
  */
-static void put_verified(const char *prefix, const struct mig_set *set)
+static void put_verified(const char *prefix, const struct mig_set *set,
+			 const char *unit, mig_field_fn fn)
 {
+	char key[96];
+
 	bench_put(prefix, "reps", (double)set->n, 0);
 	bench_put(prefix, "verify_ok", 1, 0);
+	for (size_t rep = 0; rep < set->n; rep++) {
+		snprintf(key, sizeof(key), "%s_rep%zu", prefix, rep);
+		bench_put(key, "canary_gbps", set->res[rep].canary_gbps, 2);
+		bench_put(key, unit, fn(&set->res[rep]), 2);
+	}
 }
 
 /* ---- 1 and 5: pre-copy stream rate and faults per page, per backing --- */
 
-static void run_precopy(enum ferry_backing b, unsigned int channels,
-			const struct backing_limits *lim)
+/* A full, idle 1 GiB guest on backing b, pre-copy over `channels`. */
+static struct mig_spec precopy_spec(enum ferry_backing b,
+				    unsigned int channels)
 {
 	uint64_t cells = PRECOPY_MEM / FERRY_CELL_SIZE;
-	struct mig_spec sp = { .workload = "seqdirty,read=0", .backing = b,
+
+	return (struct mig_spec){ .workload = "seqdirty,read=0", .backing = b,
 		.mem_size = PRECOPY_MEM, .channels = channels,
 		.mode = FERRY_MODE_PRECOPY, .step_limit = cells / NR_VCPUS,
-		.populate = PRECOPY_MEM };
-	struct mig_set set;
-	double gbps[REPS];
-	char prefix[64];
-
-	if (b == FERRY_BACKING_SHMEM && channels == 1)
-		sp.timeline = "ferry_precopy_idle_1g";
-	migrate_reps(&sp, &set);
-	snprintf(prefix, sizeof(prefix), "precopy_%s_x%u",
-		 ferry_mem_backing_name(b), channels);
-	fields(&set, f_switch_gbps, gbps);
-	put_spread(prefix, "gbps", gbps, set.n, 2);
-	put_ratio(prefix, "ratio_limit", gbps, set.n, lim->precopy_gbps);
-	put_ratio(prefix, "ratio_cold", gbps, set.n, lim->cold_gbps);
-	put_field(prefix, "total_ms", &set, f_total_ms, 1);
-	put_field(prefix, "sent_mib", &set, f_sent_mib, 1);
-	put_field(prefix, "downtime_ms", &set, f_src_downtime_ms, 2);
-	put_field(prefix, "inflight_kib", &set, f_inflight_kib, 0);
-	put_field(prefix, "rounds", &set, f_rounds, 0);
-	put_field(prefix, "src_faults_per_page", &set, f_src_faults_per_page,
-		  5);
-	put_verified(prefix, &set);
-	snprintf(prefix, sizeof(prefix), "faults_per_page_precopy_%s_x%u",
-		 ferry_mem_backing_name(b), channels);
-	put_field(prefix, NULL, &set, f_dst_faults_per_page, 5);
-	snprintf(prefix, sizeof(prefix), "precopy_%s_x%u",
-		 ferry_mem_backing_name(b), channels);
-	set_finish(prefix, &sp, &set);
+		.populate = PRECOPY_MEM,
+		.timeline = b == FERRY_BACKING_SHMEM && channels == 1 ?
+			    "ferry_precopy_idle_1g" : NULL };
 }
 
-/* Pool pages for the migrations and limits of one backing, or a skip. */
+/*
+ * The figures of one channel count; `cold`: the cold chain measured just
+ * before each repetition, so ratio_cold is a median of paired ratios.
+ */
+static void put_precopy(enum ferry_backing b, unsigned int channels,
+			struct mig_set *set, const struct backing_limits *lim,
+			const double *cold)
+{
+	struct mig_spec sp = precopy_spec(b, channels);
+	double gbps[REPS], paired[REPS];
+	char prefix[64];
+
+	snprintf(prefix, sizeof(prefix), "precopy_%s_x%u",
+		 ferry_mem_backing_name(b), channels);
+	fields(set, f_switch_gbps, gbps);
+	put_spread(prefix, "gbps", gbps, set->n, 2);
+	put_ratio(prefix, "ratio_limit", gbps, set->n, lim->precopy_gbps);
+	for (size_t i = 0; i < set->n; i++)
+		paired[i] = cold[i] > 0 ? gbps[i] / cold[i] : 0;
+	put_spread(prefix, "ratio_cold", paired, set->n, 3);
+	put_field(prefix, "total_ms", set, f_total_ms, 1);
+	put_field(prefix, "sent_mib", set, f_sent_mib, 1);
+	put_field(prefix, "downtime_ms", set, f_src_downtime_ms, 2);
+	put_field(prefix, "inflight_kib", set, f_inflight_kib, 0);
+	put_field(prefix, "rounds", set, f_rounds, 0);
+	put_field(prefix, "src_faults_per_page", set, f_src_faults_per_page,
+		  5);
+	put_verified(prefix, set, "gbps", f_switch_gbps);
+	snprintf(prefix, sizeof(prefix), "faults_per_page_precopy_%s_x%u",
+		 ferry_mem_backing_name(b), channels);
+	put_field(prefix, NULL, set, f_dst_faults_per_page, 5);
+	snprintf(prefix, sizeof(prefix), "precopy_%s_x%u",
+		 ferry_mem_backing_name(b), channels);
+	set_finish(prefix, &sp, set);
+}
+
+/*
+ * Pool pages for the migrations and limits of one backing, or a skip:
+ * the cold chain's source and, at once, a migration's two guests.
+ */
 static bool pool_get(enum ferry_backing b, struct ferry_hugetlb_resv *resv)
 {
 	char prefix[64];
 
 	if (b != FERRY_BACKING_HUGETLB)
 		return true;
-	/* Two guest-sized regions at once: source and destination. */
-	if (!bench_hugetlb_reserve(2 * PRECOPY_MEM / FERRY_HUGE_PAGE_SIZE,
+	if (!bench_hugetlb_reserve(3 * PRECOPY_MEM / FERRY_HUGE_PAGE_SIZE,
 				   resv))
 		return true;
 	snprintf(prefix, sizeof(prefix), "precopy_%s", ferry_mem_backing_name(b));
@@ -1247,29 +1308,62 @@ static bool pool_get(enum ferry_backing b, struct ferry_hugetlb_resv *resv)
 	return false;
 }
 
+/*
+ * Hot TCP and install first; then, repetition by repetition, the cold
+ * chain, one migration over 1 channel and one over 2: each migration's
+ * ratio to the cold chain is to the one measured a moment before it,
+ * on the same machine.
+ */
 static void run_backing(enum ferry_backing b, struct backing_limits *lim)
 {
+	struct mig_spec x1 = precopy_spec(b, 1), x2 = precopy_spec(b, 2);
+	uint8_t *buf = bench_alloc(CHAIN_CHUNK, 4);
+	static struct mig_set set1, set2;
 	struct ferry_hugetlb_resv resv;
+	struct ferry_mem *mem;
+	struct ferry_region *r;
+	double cold[REPS];
+	size_t n;
 
-	if (!pool_get(b, &resv))
+	if (!pool_get(b, &resv)) {
+		bench_free(buf, CHAIN_CHUNK);
 		return;
-	limit_backing(b, lim);
-	run_precopy(b, 1, lim);
-	run_precopy(b, 2, lim);
+	}
+	limit_install(b, lim, &mem, &r);
+	for (n = 0; n < REPS; n++) {
+		if (n && bench_now_ns() > reps_deadline_ns)
+			break;
+		cold[n] = chain_once(r, buf);
+		migrate_once(&x1, &set1.res[n]);
+		migrate_once(&x2, &set2.res[n]);
+	}
+	set1.n = set2.n = n;
+	ferry_mem_destroy(mem);
+	bench_free(buf, CHAIN_CHUNK);
+	put_cold(b, cold, n, lim);
+	put_precopy(b, 1, &set1, lim, cold);
+	put_precopy(b, 2, &set2, lim, cold);
 	if (b == FERRY_BACKING_HUGETLB)
 		bench_hugetlb_restore(&resv);
 }
 
 /* ---- 2: a sparse guest ------------------------------------------------ */
 
-static void run_sparse(double cold_gbps)
+/* 4 GiB, the first 256 MiB written once; the library's default mode. */
+static struct mig_spec sparse_spec(void)
 {
 	uint64_t cells = SPARSE_TOUCHED / FERRY_CELL_SIZE;
-	struct mig_spec sp = { .workload = "seqdirty,ws=256M,read=0",
+
+	return (struct mig_spec){ .workload = "seqdirty,ws=256M,read=0",
 		.backing = FERRY_BACKING_SHMEM, .mem_size = SPARSE_MEM,
 		.channels = 2, .mode = FERRY_MODE_HYBRID,
 		.step_limit = cells / NR_VCPUS, .populate = SPARSE_TOUCHED,
 		.timeline = "ferry_hybrid_sparse_4g" };
+}
+
+static void run_sparse(double cold_gbps)
+{
+	struct mig_spec sp = sparse_spec();
 	/* The least it can take: the touched memory once, at the limit. */
 	double floor_ms = (double)SPARSE_TOUCHED / cold_gbps / 1e6;
 	struct mig_set set;
@@ -1288,7 +1382,7 @@ static void run_sparse(double cold_gbps)
 		  (double)SPARSE_TOUCHED / BENCH_MIB);
 	put_field("sparse", "sent_mib", &set, f_sent_mib, 1);
 	put_modes("sparse", &set);
-	put_verified("sparse", &set);
+	put_verified("sparse", &set, "total_ms", f_total_ms);
 	set_finish("sparse", &sp, &set);
 }
 
@@ -1315,7 +1409,7 @@ static void downtime_size(uint64_t gib, double *src_median)
 	put_field(prefix, "owed_pages", &set, f_owed, 0);
 	put_field(prefix, "inflight_kib", &set, f_inflight_kib, 0);
 	put_field(prefix, "total_ms", &set, f_total_ms, 1);
-	put_verified(prefix, &set);
+	put_verified(prefix, &set, "src_ms", f_src_downtime_ms);
 	set_finish(prefix, &sp, &set);
 }
 
@@ -1363,7 +1457,7 @@ static void run_fault_latency(const struct floor *fl)
 	put_field("fault_latency", "postcopy_ms", &set, f_postcopy_ms, 1);
 	put_field("faults_per_page_postcopy_shmem", NULL, &set,
 		  f_dst_faults_per_page, 5);
-	put_verified("fault_latency", &set);
+	put_verified("fault_latency", &set, "us_p99", f_p99_us);
 	set_finish("fault_latency", &sp, &set);
 }
 
@@ -1384,19 +1478,25 @@ static void run_thp(void)
 	put_field("thp_postcopy", "postcopy_ms", &set, f_postcopy_ms, 1);
 	put_field("faults_per_page_postcopy_thp", NULL, &set,
 		  f_dst_faults_per_page, 5);
-	put_verified("thp_postcopy", &set);
+	put_verified("thp_postcopy", &set, "pmd_mapped_pct", f_pmd_pct);
 	set_finish("thp_postcopy", &sp, &set);
 }
 
 /* ---- 7: hybrid, a 1 GiB guest dirtying as fast as it can -------------- */
 
-static void run_hybrid(double cold_gbps)
+/* 1 GiB, every page written, random writes at full speed; hybrid. */
+static struct mig_spec hybrid_spec(void)
 {
-	struct mig_spec sp = { .workload = "random,read=0",
+	return (struct mig_spec){ .workload = "random,read=0",
 		.backing = FERRY_BACKING_SHMEM, .mem_size = HYBRID_MEM,
 		.channels = 2, .mode = FERRY_MODE_HYBRID,
 		.populate = HYBRID_MEM, .warm_ns = 500 * 1000000ULL,
 		.timeline = "ferry_hybrid_dirty_1g" };
+}
+
+static void run_hybrid(double cold_gbps)
+{
+	struct mig_spec sp = hybrid_spec();
 	/* The guest's memory sent once at the cold chain's rate. */
 	double once_ms = (double)HYBRID_MEM / cold_gbps / 1e6;
 	struct mig_set set;
@@ -1414,8 +1514,91 @@ static void run_hybrid(double cold_gbps)
 	put_field("hybrid", "inflight_kib", &set, f_inflight_kib, 0);
 	put_field("hybrid", "dirty_gbps", &set, f_dirty_gbps, 2);
 	put_field("hybrid", "dirty_live_gbps", &set, f_live_dirty_gbps, 2);
-	put_verified("hybrid", &set);
+	put_verified("hybrid", &set, "total_ms", f_total_ms);
 	set_finish("hybrid", &sp, &set);
+}
+
+/* ---- one migration, for bench/qemu_migrate's side by side ------------ */
+
+static double f_gbps_total(const struct mig_result *r)
+{
+	return bench_gbps(r->src.bytes_sent, r->src.total_ns);
+}
+
+/* The scenario a FERRY_BENCH_ONE name stands for; false if none. */
+static bool one_spec(const char *name, struct mig_spec *sp)
+{
+	static const enum ferry_backing backings[] = {
+		FERRY_BACKING_SHMEM, FERRY_BACKING_THP, FERRY_BACKING_HUGETLB,
+	};
+	char want[64];
+
+	for (size_t i = 0; i < 3; i++)
+		for (unsigned int ch = 1; ch <= 2; ch++) {
+			snprintf(want, sizeof(want), "precopy_%s_x%u",
+				 ferry_mem_backing_name(backings[i]), ch);
+			if (!strcmp(name, want)) {
+				*sp = precopy_spec(backings[i], ch);
+				return true;
+			}
+		}
+	if (!strcmp(name, "hybrid_dirty_1g"))
+		*sp = hybrid_spec();
+	else if (!strcmp(name, "sparse_4g"))
+		*sp = sparse_spec();
+	else
+		return false;
+	return true;
+}
+
+static void put_one(const struct mig_result *r)
+{
+	bench_put("one", "total_ms", f_total_ms(r), 1);
+	bench_put("one", "downtime_ms", f_src_downtime_ms(r), 2);
+	bench_put("one", "sent_mib", f_sent_mib(r), 1);
+	bench_put("one", "gbps", f_gbps_total(r), 3);
+	bench_put("one", "stream_gbps", f_switch_gbps(r), 3);
+	bench_put("one", "rounds", f_rounds(r), 0);
+	bench_put_text("one", "mode", mode_keys[r->src.mode]);
+	bench_put("one", "dest_mem_mib", f_dest_mem_mib(r), 1);
+	bench_put("one", "dirty_gbps", f_dirty_gbps(r), 3);
+	bench_put("one", "dirty_live_gbps", f_live_dirty_gbps(r), 3);
+	bench_put("one", "verify_ok", 1, 0);
+}
+
+/*
+ * FERRY_BENCH_ONE=<scenario>: one migration and its figures (one_*), the
+ * ferry half of one of bench/qemu_migrate's pairs; its timeline goes to
+ * $FERRY_BENCH_TIMELINE.timeline when that is set.  FERRY_BENCH_ONE=canary
+ * prints the canary alone.
+ */
+static void run_one(const char *name)
+{
+	struct ferry_hugetlb_resv resv;
+	static struct mig_result res;
+	const char *tl = getenv("FERRY_BENCH_TIMELINE");
+	struct mig_spec sp;
+
+	if (!strcmp(name, "canary")) {
+		bench_put("canary", "gbps", bench_canary_gbps(), 3);
+		return;
+	}
+	if (!one_spec(name, &sp))
+		bench_die("FERRY_BENCH_ONE: no scenario %s", name);
+	sp.timeline = tl && *tl ? tl : NULL;
+	if (sp.backing == FERRY_BACKING_HUGETLB)
+		bench_check(bench_hugetlb_reserve(2 * sp.mem_size /
+						  FERRY_HUGE_PAGE_SIZE, &resv),
+			    "reserving huge pages");
+	migrate_once(&sp, &res);
+	if (sp.backing == FERRY_BACKING_HUGETLB)
+		bench_hugetlb_restore(&resv);
+	bench_put_text("one", "scenario", name);
+	put_one(&res);
+	if (sp.timeline)
+		write_timeline(sp.timeline, &sp, &res, "one migration");
+	free(res.latency);
+	free(res.tl);
 }
 
 /*
@@ -1478,6 +1661,11 @@ int main(int argc, char **argv)
 
 	bench_start(argc, argv, "migrate", WATCHDOG_S);
 	reps_deadline_ns = start + BUDGET_NS;
+	if (getenv("FERRY_BENCH_ONE")) {
+		run_one(getenv("FERRY_BENCH_ONE"));
+		bench_finish(start);
+		return 0;
+	}
 	printf("migrate_layout=processes\nmigrate_vcpus=%d\n"
 	       "migrate_channels=2\n", NR_VCPUS);
 	if (selected("fault_latency"))

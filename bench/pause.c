@@ -19,9 +19,12 @@
  *                                                tail is the scheduler's
  *
  * With more busy vCPUs than CPUs, a vCPU that has lost its CPU must get
- * it back before it can stop, so the tail follows the scheduler (and
- * anything else the machine runs); the 2-vCPU figure shows pause without
- * that.
+ * it back before it can stop: pause gives the vCPUs still running after
+ * 200 us, and itself, real-time priority until they have parked (when the
+ * process may: root, or RLIMIT_RTPRIO), so the tail no longer waits for
+ * the time slices of the threads ahead of them; what the kernel runs
+ * without preemption (this kernel is PREEMPT_NONE) it still waits for.
+ * The 2-vCPU figure shows pause with a CPU per vCPU.
  */
 #include "bench.h"
 

@@ -27,8 +27,11 @@
  *   snapshot_dir_fs                       where the files live (tmpfs by
  *                                         default: FERRY_BENCH_SNAPDIR)
  *   snapshot_4g_fill_s, snapshot_4g_pages
+ *   snapshot_live_canary_gbps             bench_canary_gbps, just before
+ *   snapshot_live_save_ms                 the live save, start to end
  *   snapshot_live_pause_ms                vCPU states + write protection
  *   snapshot_live_held_ms                 guest writes held, in all
+ *   snapshot_live_held_pct_of_save        that, over the save's duration
  *   snapshot_live_held_writes, snapshot_live_held_max_us,
  *   snapshot_live_held_p99_us, snapshot_live_gbps
  *   snapshot_4g_save_s, snapshot_4g_save_gbps, snapshot_4g_file_mib,
@@ -177,9 +180,14 @@ static void live_save(struct ferry_guest_vm *gv, int fd)
 	/* seqdirty writes on, round and round, during the save. */
 	bench_check(ferry_guest_set_step_limit(gv->guest, 0), "step limit");
 	usleep(200000);
+	bench_put("snapshot_live", "canary_gbps", bench_canary_gbps(), 2);
 	save(gv, fd, true, &st);
+	bench_put("snapshot_live", "save_ms", ms(st.total_ns), 1);
 	bench_put("snapshot_live", "pause_ms", ms(st.pause_ns), 3);
 	bench_put("snapshot_live", "held_ms", ms(st.held_total_ns), 3);
+	bench_put("snapshot_live", "held_pct_of_save", st.total_ns ?
+		  100.0 * (double)st.held_total_ns / (double)st.total_ns : 0,
+		  2);
 	bench_put("snapshot_live", "held_writes", (double)st.held_writes, 0);
 	bench_put("snapshot_live", "held_max_us", st.held_max_ns / 1e3, 1);
 	bench_put("snapshot_live", "held_p99_us", st.held_p99_ns / 1e3, 1);

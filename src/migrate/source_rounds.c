@@ -2,8 +2,11 @@
 /*
  * source_rounds: pre-copy.  Send every page that exists, then rounds of
  * the pages written since the last one, until the rest fits the downtime
- * budget or the rounds stop shrinking.
+ * budget or the rounds stop shrinking; in hybrid mode, until another round
+ * cannot converge (the guest dirties too fast for the link), which is
+ * judged after every round, the first pass included.
  */
+#include <limits.h>
 #include <string.h>
 
 #include "base/bitmap.h"
@@ -143,11 +146,62 @@ int source_round(struct source *src, bool live, double *bps)
 }
 
 /*
+ * Hybrid: another round cannot converge when the guest dirties memory at
+ * this share of the bandwidth or more.  A round that sends D bytes at B
+ * leaves about D x R / B dirty behind it (R: the guest's dirty rate), so
+ * at R / B = 1/2 the rounds still to come would send as much again as the
+ * dirty set itself, which post-copy sends once.
+ */
+#define HYBRID_CONVERGE_PCT	50
+
+/*
+ * Rounds it would take, each shrinking the dirty set by dirty_bps / bps,
+ * to bring `bytes` within the downtime budget; UINT_MAX when the set does
+ * not shrink.
+ */
+static unsigned int rounds_to_converge(const struct source *src, double bytes,
+				       double bps, double dirty_bps)
+{
+	double budget = bps * src->opts->max_downtime_ms / 1e3;
+	double shrink = dirty_bps / bps;
+	unsigned int n = 0;
+
+	if (shrink >= 1)
+		return UINT_MAX;
+	for (; bytes > budget && n < UINT_MAX; n++)
+		bytes *= shrink;
+	return n;
+}
+
+/*
+ * Hybrid, after any round (the first pass included): true when another
+ * round cannot converge, so that post-copy starts now rather than after
+ * rounds that resend what the guest keeps writing.  Either the guest
+ * dirties too fast for the link, or the rounds left cannot bring `bytes`
+ * within the budget at that pace.  Both rates are over the same span,
+ * from the last collect to this one: dirty_bps the distinct pages the
+ * guest wrote, bps the bytes a round made good, its collect included
+ * (write-protecting all of memory again costs as much as the sending on
+ * some hosts, and another round pays it too).
+ */
+static bool hybrid_gives_up(const struct source *src, double bytes,
+			    double bps, double dirty_bps)
+{
+	unsigned int max = src->opts->max_rounds;
+	unsigned int left = max > src->round ? max - src->round : 0;
+
+	if (bps <= 0 || dirty_bps * 100 >= bps * HYBRID_CONVERGE_PCT)
+		return true;
+	return rounds_to_converge(src, bytes, bps, dirty_bps) > left;
+}
+
+/*
  * After a round, with the pages dirtied during it in the send maps: the
  * mode to switch over in now, or false to go on with another round.
  */
 static bool converged(struct source *src, uint64_t dirty, uint64_t prev,
-		      double bps, enum ferry_mode *switch_mode)
+		      double bps, double span_bps, double dirty_bps,
+		      enum ferry_mode *switch_mode)
 {
 	const struct ferry_migrate_opts *o = src->opts;
 	uint64_t page = 4096;
@@ -164,6 +218,11 @@ static bool converged(struct source *src, uint64_t dirty, uint64_t prev,
 		*switch_mode = FERRY_MODE_PRECOPY;
 		return true;
 	}
+	if (o->mode == FERRY_MODE_HYBRID &&
+	    hybrid_gives_up(src, (double)(dirty * page), span_bps, dirty_bps)) {
+		*switch_mode = FERRY_MODE_POSTCOPY;
+		return true;
+	}
 	/* Not converging: the dirty set stopped shrinking by 10%. */
 	if (src->round >= o->max_rounds ||
 	    (src->round >= 2 && dirty * 10 > prev * 9)) {
@@ -174,10 +233,30 @@ static bool converged(struct source *src, uint64_t dirty, uint64_t prev,
 	return false;
 }
 
+/*
+ * Since the last collect (*collect_ns, moved to now), in which a round of
+ * round_ns went at *bps: the guest's dirty rate (the distinct pages it
+ * wrote, as bytes per second), and *bps brought to the whole span.
+ */
+static double dirty_rate(const struct source *src, uint64_t dirty,
+			 uint64_t round_ns, uint64_t *collect_ns, double *bps)
+{
+	const struct ferry_mem *mem = src->vm->mem;
+	uint64_t now = ferry_clock_now_ns(), ns = now - *collect_ns;
+	uint64_t page = mem->nr_regions ? mem->regions[0].page_size : 4096;
+
+	*collect_ns = now;
+	if (!ns)
+		return 0;
+	*bps = *bps * (double)(round_ns < ns ? round_ns : ns) / (double)ns;
+	return (double)(dirty * page) * 1e9 / (double)ns;
+}
+
 int source_precopy(struct source *src, enum ferry_mode *switch_mode)
 {
-	uint64_t prev = UINT64_MAX, dirty;
-	double bps = 0;
+	uint64_t prev = UINT64_MAX, dirty, collect_ns = ferry_clock_now_ns();
+	uint64_t round_ns = 0;
+	double bps = 0, span_bps = 0, dirty_bps;
 	int ret;
 
 	if (!src->dirty) {	/* nothing can tell what changed: all later */
@@ -189,8 +268,11 @@ int source_precopy(struct source *src, enum ferry_mode *switch_mode)
 	for (;;) {
 		if (!ret && mig_cancelled(src->m))
 			ret = mig_cancel_error(src->m, "the VM runs here");
-		if (!ret)
+		if (!ret) {
+			round_ns = ferry_clock_now_ns();
 			ret = source_round(src, true, &bps);
+			round_ns = ferry_clock_now_ns() - round_ns;
+		}
 		if (ret)
 			return ret;
 		source_clear_maps(src);
@@ -198,7 +280,11 @@ int source_precopy(struct source *src, enum ferry_mode *switch_mode)
 		if (ret)
 			return ret;
 		dirty = source_count_maps(src);
-		if (converged(src, dirty, prev, bps, switch_mode))
+		span_bps = bps;
+		dirty_bps = dirty_rate(src, dirty, round_ns, &collect_ns,
+				       &span_bps);
+		if (converged(src, dirty, prev, bps, span_bps, dirty_bps,
+			      switch_mode))
 			return 0;
 		prev = dirty;
 	}

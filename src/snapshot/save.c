@@ -6,13 +6,14 @@
  * their state is taken and every page to save is write-protected
  * (userfaultfd WP, synchronous: no WP_ASYNC), then run on:
  *
- *   vCPU            fault thread              sweep (calling thread)
+ *   vCPU            fault thread (save_live.c)  sweep (save_sweep.c)
  *    |--write P-->|                              |
  *    |  (held)    | claim P: UNSAVED -> SAVING   | claims runs of UNSAVED
  *    |            | copy P out of the memfd      | pages, copies them out,
- *    |<--wake-----| un-protect P                 | un-protects them (which
+ *    |<--wake-----| un-protect P: COPIED         | un-protects them (which
  *    |  writes    | sum, write P to the file     | wakes anyone held on
- *    |            | P: SAVED                     | them), sums, writes
+ *    |            | P: SAVED; hint: after P      | them), sums, writes;
+ *    |                                           | after a hint first
  *
  * Each page is copied out exactly once, by whoever claims it, and always
  * before the guest can change it: the image is the one of the pause.
@@ -20,8 +21,10 @@
  * un-protect; the kernel rechecks the protection after queueing the
  * fault, so no wake-up is lost.
  *
- * The fault thread is the fault service's (pages/faultsvc.h), with the
- * save's handler, and the plan eventfd as the flow's own fd.
+ * Which pages exist is looked up before the pause, and after it only
+ * among the pages that did not then (a page that exists stays): writes
+ * held on pages known to exist are served at once, before the plan of
+ * the file is made; the others wait for it.
  *
  * The records go in last, at offset 0: a save that fails leaves a file
  * that no restore accepts.
@@ -37,51 +40,8 @@
 #include "base/sys.h"
 #include "base/thread.h"
 #include "ferry/clock.h"
-#include "ferry/hist.h"
 #include "migrate/migrate.h"
-#include "pages/faultsvc.h"
-#include "pages/uffdmem.h"
-#include "snapshot/snapshot.h"
-
-enum save_state { SAVE_UNSAVED = 0, SAVE_SAVING, SAVE_SAVED };
-
-struct early_write {
-	struct uffd_msg msg;
-	uint64_t t0;
-};
-
-/* Pages copied out in one go: 2 MiB, or one huge page. */
-#define SAVE_CHUNK	FERRY_HUGE_PAGE_SIZE
-
-struct saver {
-	const struct ferry_vm *vm;
-	int fd;
-	bool live;
-	struct ferry_wire_stream stream;
-	uint8_t *head;			/* HEADER and VCPU records */
-	uint64_t head_len;
-	uint64_t **populated;		/* per region, at the pause */
-	struct snap_plan plan;		/* sums: written by each page's
-					 * owner, read after both threads
-					 * are done */
-	_Atomic uint8_t **state;	/* per region and page: save_state,
-					 * claimed by compare-and-swap */
-	uint8_t *sweep_buf, *fault_buf;	/* SAVE_CHUNK each, one per thread */
-
-	/* live */
-	struct uffdmem um;		/* guest memory, registered WP */
-	struct faultsvc *svc;		/* the fault thread, its failure */
-	int plan_fd;			/* eventfd: the plan is made */
-	/* The fault thread's own: the plan seen, writes held before it. */
-	bool planned;
-	struct early_write *early;
-	size_t nr_early, early_cap;
-
-	/* Counters: any thread, relaxed; read after the threads end. */
-	atomic_uint_fast64_t pages, zero_pages, bytes, saved_on_fault,
-			     held_writes, held_total_ns;
-	struct ferry_hist held;
-};
+#include "snapshot/save_int.h"
 
 /* ---- copying pages out -------------------------------------------------- */
 
@@ -91,8 +51,8 @@ struct saver {
  * file, so those are read through the view (a read never trips the
  * write protection).
  */
-static int copy_out(struct ferry_region *r, uint64_t first, uint64_t count,
-		    uint8_t *buf)
+int saver_copy_out(struct ferry_region *r, uint64_t first, uint64_t count,
+		   uint8_t *buf)
 {
 	size_t off = (size_t)first * r->page_size, len = count * r->page_size;
 	ssize_t n;
@@ -111,8 +71,8 @@ static int copy_out(struct ferry_region *r, uint64_t first, uint64_t count,
 }
 
 /* Sum each page, write the runs that are not all zero. */
-static int store_run(struct saver *sv, struct snap_extent *e, uint64_t first,
-		     uint64_t count, const uint8_t *buf)
+int saver_store_run(struct saver *sv, struct snap_extent *e, uint64_t first,
+		    uint64_t count, const uint8_t *buf)
 {
 	size_t ps = sv->vm->mem->regions[e->region].page_size;
 	uint64_t zero = snap_zero_sum(ps), run = 0, nr_zero = 0;
@@ -145,250 +105,6 @@ static int store_run(struct saver *sv, struct snap_extent *e, uint64_t first,
 	return ret;
 }
 
-static void mark(struct saver *sv, unsigned int region, uint64_t first,
-		 uint64_t count, enum save_state to)
-{
-	for (uint64_t p = first; p < first + count; p++)
-		atomic_store_explicit(&sv->state[region][p], (uint8_t)to,
-				      memory_order_release);
-}
-
-/*
- * Save claimed pages.  Live, the copy is out before the un-protect: from
- * then on the guest may write them.  *held_ns (optional) gets the time
- * from entry to the un-protect.
- */
-static int save_claimed(struct saver *sv, struct snap_extent *e,
-			uint64_t first, uint64_t count, uint8_t *buf)
-{
-	struct ferry_region *r = &sv->vm->mem->regions[e->region];
-	int ret = copy_out(r, first, count, buf);
-
-	if (!ret && sv->live)
-		ret = ferry_uffd_writeprotect(&sv->um.uffd,
-					      uffdmem_addr(&sv->um, e->region,
-							   first),
-					      count * r->page_size, false, 0);
-	if (!ret)
-		ret = store_run(sv, e, first, count, buf);
-	mark(sv, e->region, first, count, ret ? SAVE_UNSAVED : SAVE_SAVED);
-	return ret;
-}
-
-static bool claim(struct saver *sv, unsigned int region, uint64_t page)
-{
-	uint8_t want = SAVE_UNSAVED;
-
-	return atomic_compare_exchange_strong_explicit(
-		&sv->state[region][page], &want, SAVE_SAVING,
-		memory_order_acq_rel, memory_order_acquire);
-}
-
-/* ---- the sweep ---------------------------------------------------------- */
-
-static int sweep_extent(struct saver *sv, struct snap_extent *e)
-{
-	size_t ps = sv->vm->mem->regions[e->region].page_size;
-	uint64_t max = SAVE_CHUNK / ps, end = e->first_page + e->count;
-	uint64_t page = e->first_page;
-	int ret = 0;
-
-	while (page < end && !ret) {
-		uint64_t n = 0;
-
-		while (n < max && page + n < end &&
-		       claim(sv, e->region, page + n))
-			n++;
-		if (n)
-			ret = save_claimed(sv, e, page, n, sv->sweep_buf);
-		page += n ? n : 1;	/* a page the fault thread took */
-	}
-	return ret;
-}
-
-static int sweep(struct saver *sv)
-{
-	int ret = 0;
-
-	for (size_t i = 0; i < sv->plan.nr_extents && !ret; i++)
-		ret = sweep_extent(sv, &sv->plan.extents[i]);
-	return ret;
-}
-
-/* ---- the fault thread (live) -------------------------------------------- */
-
-/*
- * A guest writing one page is likely to write the next ones soon (a
- * sequential writer would otherwise wait once per page): the pages just
- * after it are claimed along with it, up to 64 KiB, so one copy, one
- * un-protect and one write of the file serve them all.
- */
-#define SAVE_NEAR	(64U << 10)
-
-static uint64_t claim_after(struct saver *sv, const struct snap_extent *e,
-			    uint64_t page)
-{
-	size_t ps = sv->vm->mem->regions[e->region].page_size;
-	uint64_t end = (uint64_t)e->first_page + e->count, n = 0;
-
-	while (n + 1 < SAVE_NEAR / ps && page + 1 + n < end &&
-	       claim(sv, e->region, page + 1 + n))
-		n++;
-	return n;
-}
-
-/* One held write; t0: when the fault thread read it. */
-static int handle_wp(struct saver *sv, const struct uffd_msg *msg, uint64_t t0)
-{
-	uint64_t page, held, n;
-	struct snap_extent *e;
-	unsigned int idx;
-	size_t ps;
-	int ret = uffdmem_locate(&sv->um, msg, &idx, &page);
-
-	if (ret)
-		return ret;
-	if (ferry_uffd_fault_kind(msg) != FERRY_FAULT_WP)
-		return ferry_fail(-EPROTO, "unexpected fault on page %llu of "
-				  "region %u", (unsigned long long)page, idx);
-	ps = sv->vm->mem->regions[idx].page_size;
-	e = snap_plan_find(&sv->plan, idx, page);
-	/* Not ours to save: nothing was there at the pause. */
-	if (!e)
-		return ferry_uffd_writeprotect(&sv->um.uffd,
-					       uffdmem_addr(&sv->um, idx, page),
-					       ps, false, 0);
-	/* Claimed by the sweep, whose un-protect wakes the writer. */
-	if (!claim(sv, idx, page))
-		return ferry_uffd_wake(&sv->um.uffd,
-				       uffdmem_addr(&sv->um, idx, page), ps);
-	n = 1 + claim_after(sv, e, page);
-	ret = save_claimed(sv, e, page, n, sv->fault_buf);
-	held = ferry_clock_now_ns() - t0;
-	ferry_hist_record(&sv->held, held);
-	atomic_fetch_add_explicit(&sv->held_writes, 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&sv->held_total_ns, held,
-				  memory_order_relaxed);
-	atomic_fetch_add_explicit(&sv->saved_on_fault, n,
-				  memory_order_relaxed);
-	return ret;
-}
-
-/*
- * Writes that came before the plan: kept, with the time each was read,
- * so that their hold counts the wait for the plan too.
- */
-static int keep(struct saver *sv, const struct uffd_msg *msg)
-{
-	if (sv->nr_early == sv->early_cap) {
-		size_t cap = sv->early_cap ? sv->early_cap * 2 : 64;
-		struct early_write *e = realloc(sv->early, cap * sizeof(*e));
-
-		if (!e)
-			return ferry_fail(-ENOMEM, "out of memory");
-		sv->early = e;
-		sv->early_cap = cap;
-	}
-	sv->early[sv->nr_early++] = (struct early_write){ .msg = *msg,
-		.t0 = ferry_clock_now_ns() };
-	return 0;
-}
-
-/*
- * Held writes are read from the moment the vCPUs resume, and served once
- * the plan says which pages are to be saved and where.
- */
-static int on_fault(void *arg, const struct uffd_msg *msg)
-{
-	struct saver *sv = arg;
-
-	return sv->planned ? handle_wp(sv, msg, ferry_clock_now_ns()) :
-			     keep(sv, msg);
-}
-
-/* The plan eventfd fired (the service checks it before the uffd). */
-static int plan_ready(void *arg)
-{
-	struct saver *sv = arg;
-	int ret = 0;
-
-	evfd_drain(sv->plan_fd);
-	if (sv->planned)
-		return 0;
-	sv->planned = true;
-	for (size_t i = 0; i < sv->nr_early && !ret; i++)
-		ret = handle_wp(sv, &sv->early[i].msg, sv->early[i].t0);
-	sv->nr_early = 0;
-	return ret;
-}
-
-static const struct faultsvc_ops fault_ops = {
-	.fault = on_fault,
-	.ready = plan_ready,
-};
-
-/* ---- arming and disarming write protection ------------------------------ */
-
-/*
- * All of guest memory is protected, holes too, so that from here on no
- * page can come into being without a write the fault thread sees: which
- * pages exist can then be found after the vCPUs resume, and is still what
- * existed at the pause.  A write to a hole, later, is simply let through.
- */
-static int arm(struct saver *sv)
-{
-	struct ferry_mem *mem = sv->vm->mem;
-	int ret = uffdmem_open(&sv->um, FERRY_UFFD_WP, UFFDMEM_KERNEL_FAULTS);
-
-	if (ret)
-		return ferry_fail_ctx(ret, "live snapshot");
-	for (unsigned int i = 0; i < mem->nr_regions && !ret; i++)
-		ret = ferry_uffd_writeprotect(&sv->um.uffd,
-					      mem->regions[i].guest,
-					      mem->regions[i].size, true, 0);
-	return ret;
-}
-
-/* The service and the plan's eventfd, made before the vCPUs pause. */
-static int make_service(struct saver *sv)
-{
-	int ret = uffdmem_init(&sv->um, sv->vm->mem);
-
-	if (!ret)
-		ret = faultsvc_create(&fault_ops, sv, &sv->svc);
-	if (ret)
-		return ret;
-	sv->plan_fd = evfd_open();
-	if (sv->plan_fd < 0)
-		return ferry_fail(sv->plan_fd, "eventfd: %s",
-				  strerror(-sv->plan_fd));
-	return 0;
-}
-
-/* The fault thread's failure, with its reason, once it has stopped. */
-static int stop_service(struct saver *sv)
-{
-	if (!sv->svc)
-		return 0;
-	faultsvc_stop(sv->svc);
-	return faultsvc_error(sv->svc);
-}
-
-/*
- * Unregistering drops every protection left (a failed save leaves some)
- * and wakes any write still held.  Then THP gets its huge mappings back:
- * protecting split them.
- */
-static void disarm(struct saver *sv)
-{
-	struct ferry_mem *mem = sv->vm->mem;
-
-	uffdmem_close(&sv->um);
-	for (unsigned int i = 0; i < mem->nr_regions; i++)
-		if (!mem->regions[i].private_view)
-			ferry_mem_region_collapse(&mem->regions[i]);
-}
-
 /* ---- the save ----------------------------------------------------------- */
 
 static int alloc_tables(struct saver *sv)
@@ -400,7 +116,10 @@ static int alloc_tables(struct saver *sv)
 	sv->state = calloc(n ? n : 1, sizeof(*sv->state));
 	sv->sweep_buf = snap_buf_alloc(SAVE_CHUNK);
 	sv->fault_buf = snap_buf_alloc(SAVE_CHUNK);
-	if (!sv->populated || !sv->state || !sv->sweep_buf || !sv->fault_buf)
+	if (sv->live)
+		sv->early_pool = snap_buf_alloc(SAVE_EARLY_RUNS * SAVE_NEAR);
+	if (!sv->populated || !sv->state || !sv->sweep_buf || !sv->fault_buf ||
+	    (sv->live && !sv->early_pool))
 		return ferry_fail(-ENOMEM, "out of memory");
 	for (unsigned int i = 0; i < n; i++) {
 		size_t pages = mem->regions[i].nr_pages;
@@ -424,6 +143,7 @@ static void free_tables(struct saver *sv)
 	free(sv->state);
 	snap_buf_free(sv->sweep_buf, SAVE_CHUNK);
 	snap_buf_free(sv->fault_buf, SAVE_CHUNK);
+	snap_buf_free(sv->early_pool, SAVE_EARLY_RUNS * SAVE_NEAR);
 	snap_plan_free(&sv->plan);
 	free(sv->head);
 	faultsvc_destroy(sv->svc);
@@ -447,18 +167,77 @@ static int capture_vcpus(struct saver *sv)
 
 static int size_file(struct saver *sv, uint64_t len);
 
+/* The pages the memfd holds in [first, first + count): set in bitmap. */
+static int find_in_range(const struct ferry_region *r, uint64_t *bitmap,
+			 size_t first, size_t count)
+{
+	off_t base = (off_t)r->offset, ps = (off_t)r->page_size;
+	off_t from = base + (off_t)first * ps, data, hole;
+	off_t limit = from + (off_t)count * ps;
+	int ret;
+
+	while ((ret = sys_next_data(r->memfd, from, limit, &data,
+				    &hole)) > 0) {
+		bitmap_set_range(bitmap, (size_t)((data - base) / ps),
+				 (size_t)((hole - data + ps - 1) / ps));
+		from = hole;
+	}
+	return ret < 0 ? ferry_fail(ret, "SEEK_DATA/SEEK_HOLE: %s",
+				    strerror(-ret)) : 0;
+}
+
+/* Add to bitmap the pages the memfd holds among those not set in it. */
+static int find_in_holes(const struct ferry_region *r, uint64_t *bitmap)
+{
+	size_t page = 0, first;
+	int ret = 0;
+
+	while (page < r->nr_pages && !ret) {
+		while (page < r->nr_pages && bitmap_test(bitmap, page))
+			page += page % 64 || ~bitmap[page / 64] ? 1 : 64;
+		first = page;
+		while (page < r->nr_pages && !bitmap_test(bitmap, page))
+			page += page % 64 || bitmap[page / 64] ? 1 : 64;
+		if (page > r->nr_pages)
+			page = r->nr_pages;
+		if (page > first)
+			ret = find_in_range(r, bitmap, first, page - first);
+	}
+	return ret;
+}
+
+/*
+ * Which pages exist: added to sv->populated (a page that exists stays).
+ * Live, this runs before the pause and again after it, where only the
+ * holes of the first look are looked at again: on shmem with SEEK_DATA,
+ * which costs per page looked at; mincore (hugetlbfs, a private view)
+ * looks at everything each time.
+ */
+static int find_pages(struct saver *sv)
+{
+	const struct ferry_mem *mem = sv->vm->mem;
+	int ret = 0;
+
+	for (unsigned int i = 0; !ret && i < mem->nr_regions; i++) {
+		const struct ferry_region *r = &mem->regions[i];
+		ssize_t n;
+
+		if (r->backing != FERRY_BACKING_HUGETLB && !r->private_view) {
+			ret = find_in_holes(r, sv->populated[i]);
+			continue;
+		}
+		n = ferry_mem_region_populated(r, sv->populated[i]);
+		ret = n < 0 ? (int)n : 0;
+	}
+	return ret;
+}
+
 /* Which pages exist, where each goes in the file, a file that long. */
 static int capture_pages(struct saver *sv)
 {
 	const struct ferry_vm *vm = sv->vm;
-	int ret = 0;
+	int ret = find_pages(sv);
 
-	for (unsigned int i = 0; !ret && i < vm->mem->nr_regions; i++) {
-		ssize_t n = ferry_mem_region_populated(&vm->mem->regions[i],
-						   sv->populated[i]);
-
-		ret = n < 0 ? (int)n : 0;
-	}
 	if (!ret)
 		ret = snap_plan_make(vm->mem, sv->populated, sv->head_len,
 				     &sv->plan);
@@ -492,7 +271,9 @@ static int save_pages(struct saver *sv, struct ferry_snapshot_stats *st)
 	uint64_t t0;
 
 	if (!ret && sv->live)
-		ret = make_service(sv);
+		ret = saver_make_service(sv);
+	if (!ret && sv->live)	/* what held writes can be served on */
+		ret = find_pages(sv);
 	t0 = ferry_clock_now_ns();
 	if (!ret)
 		ret = vm->ops->pause(vm->handle);
@@ -500,22 +281,22 @@ static int save_pages(struct saver *sv, struct ferry_snapshot_stats *st)
 		return ferry_fail_ctx(ret, "pausing the vCPUs");
 	ret = capture_vcpus(sv);
 	if (!ret)
-		ret = sv->live ? arm(sv) : capture_pages(sv);
+		ret = sv->live ? saver_arm(sv) : capture_pages(sv);
 	if (!ret && !sv->live)
-		ret = sweep(sv);
+		ret = saver_sweep(sv);
 	resumed = vm->ops->resume(vm->handle);
 	st->pause_ns = ferry_clock_now_ns() - t0;
 	if (!ret && sv->live)
-		ret = faultsvc_start(sv->svc, &sv->um.uffd, sv->plan_fd);
+		ret = saver_start_service(sv);
 	if (!ret && sv->live)
 		ret = capture_pages(sv);
 	if (!ret && sv->live)
 		evfd_signal(sv->plan_fd);
 	if (!ret && sv->live)
-		ret = sweep(sv);
-	stopped = stop_service(sv);
+		ret = saver_sweep(sv);
+	stopped = saver_stop_service(sv);
 	if (sv->live)
-		disarm(sv);
+		saver_disarm(sv);
 	if (!ret)
 		ret = stopped ? stopped : resumed;
 	return ret;
@@ -528,6 +309,7 @@ static void fill_stats(struct saver *sv, struct ferry_snapshot_stats *st)
 	st->pages = atomic_load(&sv->pages);
 	st->zero_pages = atomic_load(&sv->zero_pages);
 	st->bytes = atomic_load(&sv->bytes);
+	ferry_hist_add(&sv->held, &sv->held_sweep);
 	st->held_writes = atomic_load(&sv->held_writes);
 	st->held_total_ns = atomic_load(&sv->held_total_ns);
 	st->held_max_ns = ferry_hist_max(&sv->held);
@@ -568,6 +350,7 @@ int ferry_snapshot_save(const struct ferry_vm *vm, int fd,
 	sv->um.uffd.fd = -1;
 	sv->plan_fd = -1;
 	ferry_hist_init(&sv->held);
+	ferry_hist_init(&sv->held_sweep);
 	ret = ferry_vcpu_ops_check(vm->ops);
 	if (!ret)
 		ret = alloc_tables(sv);
@@ -581,3 +364,4 @@ int ferry_snapshot_save(const struct ferry_vm *vm, int fd,
 	free(sv);
 	return ret;
 }
+

@@ -18,6 +18,8 @@
  * its next step boundary.
  */
 #include <pthread.h>
+#include <sched.h>
+#include <sys/types.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -71,6 +73,15 @@ struct vcpu {
 	bool settled;			/* g->lock: waiting, nothing to do */
 	pthread_cond_t wake;		/* the vCPU waits on it (g->lock) */
 	pthread_t thread;		/* start/stop (the API thread) */
+	/*
+	 * Its scheduling, for a pause that must not wait for the scheduler
+	 * (guest_kick.c): the thread id and its own policy, set by the
+	 * thread as it starts, under g->lock; boosted, under g->lock.
+	 */
+	pid_t tid;
+	int policy;
+	struct sched_param param;
+	bool boosted;
 	/* The vCPU thread's alone. */
 	uint8_t *buf;			/* CELL_SIZE: a cell being built */
 	double tokens;			/* rate cap: bytes it may write */
@@ -115,6 +126,8 @@ struct ferry_guest {
 bool guest_paused_locked(const struct ferry_guest *g);
 void guest_kick_locked(struct vcpu *v);
 void guest_kick_all_locked(struct ferry_guest *g);
+void guest_boost_locked(struct vcpu *v);
+void guest_unboost_all_locked(struct ferry_guest *g);
 
 /* guest_run.c: publish v's counters for ferry_guest_stats. */
 void guest_publish(struct vcpu *v);

@@ -28,6 +28,15 @@
  * condition variables, and the only thing read on the hot path is the
  * vCPU's own request word.
  *
+ * With more busy vCPUs than CPUs, a vCPU that has lost its CPU sees the
+ * request only once the scheduler gives it one back, after a time slice
+ * (milliseconds) of each thread ahead of it.  So if some vCPUs are still
+ * running after PAUSE_GRACE_NS, the pauser raises itself and them to
+ * real-time priority (guest_kick.c): they take a CPU at once and park
+ * within a step, and the pauser runs as soon as the last one has.  The
+ * pauser goes back to its own priority before it returns, the vCPUs
+ * before they run again.
+ *
  * Paused vCPUs all wait on one condition variable, so resume makes them
  * all runnable with one broadcast: on an oversubscribed host the resumer
  * may lose its CPU to the first vCPU it wakes, and must not leave the
@@ -39,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ferry/clock.h"
 #include "ferry/error.h"
@@ -47,6 +57,8 @@
 #include "psci.h"
 
 #define IDLE_TICK_NS	1000000ULL	/* the idle workload's timer */
+/* Pause: tens of us when every vCPU has a CPU; then boost the rest. */
+#define PAUSE_GRACE_NS	200000ULL
 #define RATE_NAP_NS	1000000ULL	/* shortest throttle sleep */
 
 struct run_cache {		/* what the fast loop checks; thread-local */
@@ -275,6 +287,11 @@ static void *vcpu_main(void *arg)
 	struct run_cache rc = { 0 };
 	bool run;
 
+	pthread_mutex_lock(&g->lock);
+	v->tid = gettid();
+	v->policy = sched_getscheduler(0);
+	sched_getparam(0, &v->param);
+	pthread_mutex_unlock(&g->lock);
 	if (g->wl.rate)
 		rc.rate = (double)g->wl.rate / g->nr_vcpus / 1e9;
 	v->tokens = 0;
@@ -333,6 +350,10 @@ static void stop_threads(struct ferry_guest *g, unsigned int nr)
 		pthread_join(g->vcpus[i].thread, NULL);
 	pthread_mutex_lock(&g->lock);
 	request_all(g, VCPU_REQ_STOP, false);
+	for (unsigned int i = 0; i < nr; i++) {
+		g->vcpus[i].tid = 0;
+		g->vcpus[i].boosted = false;
+	}
 	g->started = false;
 	g->nr_quiescent = 0;
 	g->nr_settled = 0;
@@ -399,14 +420,72 @@ int ferry_guest_stop(struct ferry_guest *g)
 	return 0;
 }
 
+static bool all_quiescent(const struct ferry_guest *g)
+{
+	return !g->started || g->nr_quiescent == g->nr_vcpus;
+}
+
+/* Until every vCPU is quiescent, or deadline_ns (0: none); g->lock held. */
+static void wait_quiescent(struct ferry_guest *g, uint64_t deadline_ns)
+{
+	struct timespec ts;
+
+	ns_to_timespec(deadline_ns, &ts);
+	while (!all_quiescent(g)) {
+		if (!deadline_ns)
+			pthread_cond_wait(&g->quiesce, &g->lock);
+		else if (pthread_cond_timedwait(&g->quiesce, &g->lock, &ts) ==
+			 ETIMEDOUT)
+			return;
+	}
+}
+
+/* The pauser's own scheduling, while it waits for stragglers. */
+struct pauser_sched {
+	int policy;
+	struct sched_param param;
+	bool boosted;
+};
+
+/* First the pauser, so that the vCPUs boosted next do not preempt it. */
+static void boost_stragglers(struct ferry_guest *g, struct pauser_sched *ps)
+{
+	struct sched_param rt = { .sched_priority = 1 };
+	int saved = errno;
+
+	ps->policy = sched_getscheduler(0);
+	ps->boosted = ps->policy == SCHED_OTHER &&
+		      !sched_getparam(0, &ps->param) &&
+		      !sched_setscheduler(0, SCHED_FIFO, &rt);
+	errno = saved;
+	for (unsigned int i = 0; i < g->nr_vcpus; i++)
+		if (!g->vcpus[i].quiescent)
+			guest_boost_locked(&g->vcpus[i]);
+}
+
+static void pauser_unboost(struct pauser_sched *ps)
+{
+	int saved = errno;
+
+	if (ps->boosted)
+		sched_setscheduler(0, ps->policy, &ps->param);
+	errno = saved;
+}
+
 int ferry_guest_pause(struct ferry_guest *g)
 {
+	struct pauser_sched ps = { .boosted = false };
+
 	pthread_mutex_lock(&g->lock);
 	if (g->pause_depth++ == 0)
 		request_all(g, VCPU_REQ_PAUSE, true);
-	while (g->started && g->nr_quiescent < g->nr_vcpus)
-		pthread_cond_wait(&g->quiesce, &g->lock);
+	wait_quiescent(g, ferry_clock_now_ns() + PAUSE_GRACE_NS);
+	if (!all_quiescent(g)) {
+		boost_stragglers(g, &ps);
+		wait_quiescent(g, 0);
+	}
 	pthread_mutex_unlock(&g->lock);
+	pauser_unboost(&ps);
 	return 0;
 }
 
@@ -420,8 +499,10 @@ int ferry_guest_resume(struct ferry_guest *g)
 		ret = ferry_error_set(-EINVAL, "resume without a pause");
 	else
 		last = --g->pause_depth == 0;
-	if (last)
+	if (last) {
+		guest_unboost_all_locked(g);
 		request_all(g, VCPU_REQ_PAUSE, false);
+	}
 	pthread_mutex_unlock(&g->lock);
 	if (last)
 		pthread_cond_broadcast(&g->unpause);
