@@ -73,6 +73,14 @@ int uffdmem_open(struct uffdmem *um, uint64_t modes, bool kernel_faults)
 	return ret;
 }
 
+/*
+ * Unregistering wakes the range's waiters *before* it takes the range
+ * off the descriptor, so a vCPU whose fault queued itself in between
+ * sleeps on: nobody reads the queue any more, and when the descriptor
+ * is a VMM's, closing ours does not release it.  A wake after the
+ * unregister finds it; woken, it faults again on a range no descriptor
+ * watches, as on any mapping.
+ */
 void uffdmem_close(struct uffdmem *um)
 {
 	if (um->uffd.fd < 0)
@@ -81,6 +89,7 @@ void uffdmem_close(struct uffdmem *um)
 		struct ferry_region *r = &um->mem->regions[i];
 
 		ferry_uffd_unregister(&um->uffd, r->guest, r->size);
+		ferry_uffd_wake(&um->uffd, r->guest, r->size);
 	}
 	ferry_uffd_close(&um->uffd);
 }
