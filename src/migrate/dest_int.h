@@ -178,8 +178,13 @@ int dest_send_resume(struct dest *d);
 /* Say why we give up, best effort: the channel may be what broke. */
 void dest_tell_source(struct dest *d, int err);
 
+/* ---- dest_request.c: page requests -------------------------------------- */
+
 /* Ask the source for a page: sent now, or recorded for the next session. */
 int dest_request(void *arg, unsigned int region, uint64_t page);
+
+/* Requests go out (a session is open and ready) or are only recorded. */
+void dest_requests_on(struct dest *d, bool on);
 
 /* ---- dest_recv.c: receivers --------------------------------------------- */
 

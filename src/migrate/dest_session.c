@@ -86,11 +86,8 @@ int dest_session_start_bulk(struct dest *d, bool switched)
 					       d->session->bulk[i]);
 		ret = dest_start_receiver(d, rv, d->session->bulk[i], false);
 	}
-	if (!ret) {	/* the source may hear requests from now on */
-		pthread_mutex_lock(&d->req_lock);
-		d->requests_on = true;
-		pthread_mutex_unlock(&d->req_lock);
-	}
+	if (!ret)	/* the source may hear requests from now on */
+		dest_requests_on(d, true);
 	return ret;
 }
 
@@ -111,9 +108,7 @@ int dest_session_close(struct dest *d, int ret)
 	if (ret)
 		link_fail(&d->link, ret);
 	ferry_net_session_shutdown(d->session);
-	pthread_mutex_lock(&d->req_lock);
-	d->requests_on = false;		/* recorded only, until the next */
-	pthread_mutex_unlock(&d->req_lock);
+	dest_requests_on(d, false);	/* recorded only, until the next */
 	threads_fini(&d->threads);
 	/* Every thread of it has said what it met: the telling reason. */
 	if (ret)
@@ -333,36 +328,4 @@ void dest_tell_source(struct dest *d, int err)
 		ferry_wire_send(&l->urgent_writer, &l->frame);
 	pthread_mutex_unlock(&l->send_lock);
 	ferry_fail(err, "%s", why);	/* the send's failure is not news */
-}
-
-struct request_arg {
-	const struct ferry_wire_stream *stream;
-	struct ferry_wire_page_request req;
-};
-
-static int enc_request(struct ferry_wire_frame *f, const void *arg)
-{
-	const struct request_arg *a = arg;
-
-	return ferry_wire_enc_page_request(f, a->stream, &a->req);
-}
-
-/*
- * The fault thread's requests and main's.  With no session the request
- * is only recorded (postcopy's requested bits): the next session asks
- * again.  A send that fails ends the session, never fault service.
- */
-int dest_request(void *arg, unsigned int region, uint64_t page)
-{
-	struct dest *d = arg;
-	struct request_arg a = { .stream = &d->stream, .req = {
-		.region = region, .page = (uint32_t)page, .count = 1 } };
-
-	pthread_mutex_lock(&d->req_lock);
-	if (d->requests_on) {
-		a.req.request_id = ++d->next_request_id;
-		link_send(&d->link, enc_request, &a);
-	}
-	pthread_mutex_unlock(&d->req_lock);
-	return 0;
 }

@@ -9,7 +9,9 @@
  * has a short deadline for its handshake and hello (hello_timeout_ms),
  * the set of them is bounded and a new one pushes out the oldest, and a
  * bad hello (garbage, another version, a failed handshake) ends that
- * connection only.  Only a peer that authenticated is told why.
+ * connection only.  Only a peer that authenticated is told why.  A
+ * listener that has its session keeps answering, from a thread of its
+ * own, every later sender "busy" (ferry_net_listener_busy).
  */
 #include <poll.h>
 #include <stdarg.h>
@@ -20,7 +22,8 @@
 #include <unistd.h>
 
 #include "base/error.h"
-#include "net/listen.h"
+#include "base/thread.h"
+#include "net/listener.h"
 
 /* A TLS record of type handshake starts every TLS connection. */
 #define TLS_HANDSHAKE_BYTE	0x16
@@ -417,4 +420,46 @@ int ferry_net_accept(struct ferry_listener *l, int timeout_ms,
 		if (ret)
 			return ret;
 	}
+}
+
+/* ---- busy --------------------------------------------------------------- */
+
+static void *busy_main(void *arg)
+{
+	struct ferry_listener *l = arg;
+
+	while (!net_accept_round(l, -1, l->stop_fd))
+		;
+	return NULL;
+}
+
+int ferry_net_listener_busy(struct ferry_listener *l)
+{
+	int ret;
+
+	net_listener_busy_stop(l);
+	l->stop_fd = evfd_open();
+	if (l->stop_fd < 0)
+		return ferry_fail(l->stop_fd, "eventfd: %s",
+				  strerror(-l->stop_fd));
+	l->busy = true;
+	ret = -pthread_create(&l->busy_thread, NULL, busy_main, l);
+	if (!ret)
+		return 0;
+	l->busy = false;
+	close(l->stop_fd);
+	l->stop_fd = -1;
+	return ferry_fail(ret, "the listener's busy thread: %s",
+			  strerror(-ret));
+}
+
+void net_listener_busy_stop(struct ferry_listener *l)
+{
+	if (l->stop_fd < 0)
+		return;
+	evfd_signal(l->stop_fd);
+	pthread_join(l->busy_thread, NULL);
+	close(l->stop_fd);
+	l->stop_fd = -1;
+	l->busy = false;
 }

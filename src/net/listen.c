@@ -12,8 +12,7 @@
 
 #include "base/error.h"
 #include "base/sys.h"
-#include "base/thread.h"
-#include "net/listen.h"
+#include "net/listener.h"
 
 /*
  * A unix socket path in use: if nothing answers there, it is a socket a
@@ -159,48 +158,6 @@ const char *ferry_net_listener_addr(const struct ferry_listener *l)
 int ferry_net_listener_port(const struct ferry_listener *l)
 {
 	return net_addr_port(&l->addr);
-}
-
-/* ---- busy --------------------------------------------------------------- */
-
-static void *busy_main(void *arg)
-{
-	struct ferry_listener *l = arg;
-
-	while (!net_accept_round(l, -1, l->stop_fd))
-		;
-	return NULL;
-}
-
-int ferry_net_listener_busy(struct ferry_listener *l)
-{
-	int ret;
-
-	net_listener_busy_stop(l);
-	l->stop_fd = evfd_open();
-	if (l->stop_fd < 0)
-		return ferry_fail(l->stop_fd, "eventfd: %s",
-				  strerror(-l->stop_fd));
-	l->busy = true;
-	ret = -pthread_create(&l->busy_thread, NULL, busy_main, l);
-	if (!ret)
-		return 0;
-	l->busy = false;
-	close(l->stop_fd);
-	l->stop_fd = -1;
-	return ferry_fail(ret, "the listener's busy thread: %s",
-			  strerror(-ret));
-}
-
-void net_listener_busy_stop(struct ferry_listener *l)
-{
-	if (l->stop_fd < 0)
-		return;
-	evfd_signal(l->stop_fd);
-	pthread_join(l->busy_thread, NULL);
-	close(l->stop_fd);
-	l->stop_fd = -1;
-	l->busy = false;
 }
 
 void ferry_net_listener_close(struct ferry_listener *l)

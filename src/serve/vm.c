@@ -14,7 +14,6 @@
  * server's loop poisons each fault it reads, so the VMM fails at its
  * first touch instead of waiting forever.
  */
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -232,34 +231,4 @@ void serve_vm_stats(struct serve_vm *vm, struct ferry_serve_vm_stats *out)
 							  99);
 	out->fault_latency_max_ns = ferry_hist_max(&out->fault_latency);
 	memcpy(out->reason, s->reason, sizeof(out->reason));
-}
-
-static void news(struct serve_vm *vm, char *slot, bool *flag, bool keep_first,
-		 const char *fmt, va_list ap)
-{
-	pthread_mutex_lock(&vm->news_lock);
-	if (!keep_first || !slot[0]) {
-		vsnprintf(slot, 256, fmt, ap);
-		*flag = true;
-	}
-	pthread_mutex_unlock(&vm->news_lock);
-	serve_wake_server(vm->srv);
-}
-
-void serve_vm_fail(struct serve_vm *vm, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	news(vm, vm->failure, &vm->failure_new, true, fmt, ap);
-	va_end(ap);
-}
-
-void serve_vm_note(struct serve_vm *vm, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	news(vm, vm->note, &vm->note_new, false, fmt, ap);
-	va_end(ap);
 }

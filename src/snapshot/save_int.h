@@ -113,7 +113,7 @@ struct saver {
 	struct ferry_hist held_sweep;	/* the sweep's: writes it released */
 };
 
-/* ---- save.c ------------------------------------------------------------- */
+/* ---- save_pages.c ------------------------------------------------------- */
 
 /* Copy pages out of guest memory into buf; -errno with a reason. */
 int saver_copy_out(struct ferry_region *r, uint64_t first, uint64_t count,

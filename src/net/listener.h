@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef FERRY_NET_LISTEN_H
-#define FERRY_NET_LISTEN_H
+#ifndef FERRY_NET_LISTENER_H
+#define FERRY_NET_LISTENER_H
 
 /*
  * The listener, shared by listen.c (its socket, open and close) and
