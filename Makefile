@@ -34,7 +34,23 @@ endif
 ENGINE_INC := -Iinclude -Isrc -Icommon
 VM_INC     := -Iinclude -Ivm/include -Icommon -Iworkload
 TOOL_INC   := -Iinclude -Ivm/include
-TEST_INC   := -Iinclude -Ivm/include -Isrc -Icommon -Iworkload -Ivm/builtin
+TEST_INC   := -Iinclude -Ivm/include -Isrc -Icommon -Iworkload -Ivm/builtin \
+	      -Ivm/kvm
+
+# The KVM guest image (guest/): the workload's own sources built
+# freestanding (no libc, XXH3 inlined from the same header), linked flat
+# at the address vm/kvm/guest_abi.h gives, and carried inside
+# libferry-vm.a (vm/kvm/image.S).  Not CFLAGS: no sanitizer, no PIE.
+GUEST_CFLAGS := -std=c11 -O2 -ffreestanding -fno-pic -fno-pie \
+	-mno-red-zone -mcmodel=small -fno-stack-protector \
+	-fno-asynchronous-unwind-tables -fcf-protection=none \
+	-fno-tree-loop-distribute-patterns -ffunction-sections \
+	-fdata-sections -DXXH_INLINE_ALL -Wall -Wextra -Wshadow -MMD -MP \
+	-Ivm/kvm -Iworkload -Icommon
+GUEST_SRC := guest/main.c guest/lib.c workload/workload_gen.c \
+	     workload/cell.c
+GUEST_OBJ = $(GUEST_SRC:%.c=$(O)/guest/%.o) $(O)/guest/guest/entry.o
+GUEST_BIN = $(O)/guest/guest.bin
 
 O := build
 LIB_SRC   := $(sort $(wildcard src/*/*.c))
@@ -45,7 +61,7 @@ BENCH_SRC := $(sort $(wildcard bench/*.c))
 
 LIB_OBJ   := $(LIB_SRC:%.c=$(O)/%.o)
 PIC_OBJ   := $(LIB_SRC:%.c=$(O)/pic/%.o)
-VM_OBJ    := $(VM_SRC:%.c=$(O)/%.o)
+VM_OBJ    := $(VM_SRC:%.c=$(O)/%.o) $(O)/vm/kvm/image.o
 TOOL_OBJ  := $(TOOL_SRC:%.c=$(O)/%.o)
 TEST_OBJ  := $(TEST_SRC:%.c=$(O)/%.o)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(O)/bench/%)
@@ -73,6 +89,29 @@ $(O)/vm/%.o: vm/%.c
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC      $<")
 	$(Q)$(CC) $(CFLAGS) $(VM_INC) -c -o $@ $<
+
+$(O)/guest/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC [guest] $<")
+	$(Q)$(CC) $(GUEST_CFLAGS) -c -o $@ $<
+
+$(O)/guest/guest/entry.o: guest/entry.S
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  AS [guest] $<")
+	$(Q)$(CC) $(GUEST_CFLAGS) -c -o $@ $<
+
+$(O)/guest/guest.elf: $(GUEST_OBJ) guest/guest.ld
+	@$(if $(Q),echo "  LD [guest] $@")
+	$(Q)$(LD) -nostdlib -static --gc-sections -T guest/guest.ld -o $@ \
+		$(GUEST_OBJ) $(shell $(CC) -print-libgcc-file-name)
+
+$(GUEST_BIN): $(O)/guest/guest.elf
+	$(Q)objcopy -O binary $< $@
+
+$(O)/vm/kvm/image.o: vm/kvm/image.S $(GUEST_BIN)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  AS      $<")
+	$(Q)$(CC) -DGUEST_BIN='"$(GUEST_BIN)"' -c -o $@ $<
 
 $(O)/workload/%.o: workload/%.c
 	@mkdir -p $(dir $@)

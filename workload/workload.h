@@ -14,9 +14,11 @@
  * state knowing only how many it made.  Reads (and the choice between
  * reading and writing) come from a second PRNG, the op PRNG.
  *
- * The spec parser lives in workload_spec.c, the generators and the step
- * in workload.c, the cell format in cell.c, guest memory's cells in
- * cell_map.c and the verifier in verify.c.
+ * The spec parser lives in workload_spec.c, the slices and the register
+ * check in workload.c, the generators, the step and the replay in
+ * workload_gen.c (pure: the KVM guest image is built from it too), the
+ * cell format in cell.c, guest memory's cells in cell_map.c and the
+ * verifier in verify.c.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -111,8 +113,17 @@ const char *workload_help(void);
 int workload_part_init(const struct workload *wl, unsigned int vcpu,
 		       struct wl_part *part);
 void workload_part_fini(struct wl_part *part);
+
+/* Are these registers ones this vCPU could have reached?  0 or -EINVAL. */
+int workload_regs_check(const struct workload *wl, const struct wl_part *part,
+			const struct wl_regs *regs);
+
+/* workload_gen.c: pure, built into the KVM guest too */
 void workload_regs_boot(const struct workload *wl, unsigned int vcpu,
 			struct wl_regs *regs);
+
+/* A per-vCPU seed for one use (salt) of the machine's seed. */
+uint64_t workload_vcpu_seed(uint64_t seed, unsigned int vcpu, uint64_t salt);
 
 /*
  * One step through the guest view; returns the cells written.  buf is a
@@ -129,9 +140,5 @@ unsigned int workload_step(const struct workload *wl,
  */
 void workload_replay(const struct workload *wl, const struct wl_part *part,
 		     uint64_t writes, uint64_t *expected);
-
-/* Are these registers ones this vCPU could have reached?  0 or -EINVAL. */
-int workload_regs_check(const struct workload *wl, const struct wl_part *part,
-			const struct wl_regs *regs);
 
 #endif

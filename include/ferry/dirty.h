@@ -39,6 +39,33 @@ ssize_t ferry_dirty_collect(struct ferry_dirty *dirty, unsigned int idx,
 /* Unregister and free.  NULL is fine. */
 void ferry_dirty_stop(struct ferry_dirty *dirty);
 
+/*
+ * The second tracker: a VM's own dirty log (KVM's dirty log, or its dirty
+ * ring), which the VM reads; ferry never includes a VM's headers.  Set on
+ * the memory, ferry_dirty_start() uses it instead of write-protect, and
+ * the VM answers for what its log cannot see (the VMM's and the kernel's
+ * writes through the user mapping): collect must report those too.
+ */
+struct ferry_dirty_log {
+	/* Start logging every region: from now on, written pages count. */
+	int (*start)(void *arg, struct ferry_mem *mem);
+	/*
+	 * As ferry_dirty_collect: set the bits (at the region's page size)
+	 * of region idx's pages written since start or the last collect,
+	 * re-arm them, return how many bits were newly set.
+	 */
+	ssize_t (*collect)(void *arg, unsigned int idx, uint64_t *bitmap);
+	void (*stop)(void *arg);
+	void *arg;
+};
+
+/*
+ * Track this memory's writes with `log` (the caller's; it must outlive
+ * every tracker started on mem), or with write-protect again (NULL).
+ */
+void ferry_dirty_set_log(struct ferry_mem *mem,
+			 const struct ferry_dirty_log *log);
+
 #ifdef __cplusplus
 }
 #endif

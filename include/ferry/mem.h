@@ -59,6 +59,8 @@ struct ferry_region {
 	bool private_view;	/* guest view is MAP_PRIVATE; alias == guest */
 };
 
+struct ferry_dirty_log;	/* ferry/dirty.h */
+
 struct ferry_mem {
 	struct ferry_region *regions;	/* sorted by guest_base */
 	unsigned int nr_regions;
@@ -69,6 +71,11 @@ struct ferry_mem {
 	 * through that descriptor instead of opening one of its own.
 	 */
 	int vmm_uffd;
+	/*
+	 * The VM's own dirty log, or NULL: write-protect tracks writes
+	 * (ferry/dirty.h, ferry_dirty_set_log).
+	 */
+	const struct ferry_dirty_log *dirty_log;
 };
 
 /* "shmem", "thp", "hugetlb" and back; parse returns 0 or -EINVAL. */

@@ -14,6 +14,7 @@
 
 struct ferry_dirty {
 	struct ferry_mem *mem;
+	const struct ferry_dirty_log *log;	/* the VM's, or NULL */
 	struct ferry_uffd uffd;
 	int pagemap_fd;
 	struct page_region vec[SCAN_VEC_LEN];
@@ -37,6 +38,22 @@ static int arm_region(struct ferry_dirty *d, struct ferry_region *r)
 	return 0;
 }
 
+void ferry_dirty_set_log(struct ferry_mem *mem,
+			 const struct ferry_dirty_log *log)
+{
+	mem->dirty_log = log;
+}
+
+/* The VM's own log: it reads it, and answers for what it cannot see. */
+static int log_start(struct ferry_dirty *d)
+{
+	int ret = d->log->start(d->log->arg, d->mem);
+
+	if (ret)
+		return ferry_fail_ctx(ret, "the VM's dirty log");
+	return 0;
+}
+
 int ferry_dirty_start(struct ferry_mem *mem, struct ferry_dirty **out)
 {
 	struct ferry_dirty *d = calloc(1, sizeof(*d));
@@ -46,6 +63,14 @@ int ferry_dirty_start(struct ferry_mem *mem, struct ferry_dirty **out)
 		return ferry_fail(-ENOMEM, "out of memory");
 	d->mem = mem;
 	d->pagemap_fd = -1;
+	d->log = mem->dirty_log;
+	if (d->log) {
+		ret = log_start(d);
+		if (ret)
+			goto err_free;
+		*out = d;
+		return 0;
+	}
 	ret = ferry_uffd_open(&d->uffd, DIRTY_FEATURES, 0, false);
 	if (ret)
 		goto err_free;
@@ -153,6 +178,8 @@ ssize_t ferry_dirty_collect(struct ferry_dirty *d, unsigned int idx,
 
 	if (idx >= d->mem->nr_regions)
 		return ferry_fail(-EINVAL, "no region %u", idx);
+	if (d->log)
+		return d->log->collect(d->log->arg, idx, bitmap);
 	r = &d->mem->regions[idx];
 	if (r->backing == FERRY_BACKING_HUGETLB || r->private_view)
 		return collect_range(d, r, (uintptr_t)r->guest,
@@ -179,6 +206,11 @@ void ferry_dirty_stop(struct ferry_dirty *d)
 {
 	if (!d)
 		return;
+	if (d->log) {
+		d->log->stop(d->log->arg);
+		free(d);
+		return;
+	}
 	for (unsigned int i = 0; i < d->mem->nr_regions; i++) {
 		struct ferry_region *r = &d->mem->regions[i];
 

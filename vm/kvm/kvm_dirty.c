@@ -1,0 +1,191 @@
+// SPDX-License-Identifier: MIT
+/*
+ * kvm_dirty: KVM's dirty log as ferry's second dirty tracker
+ * (ferry_dirty_set_log).
+ *
+ * Chosen over the dirty ring and over write-protect + PAGEMAP_SCAN by
+ * what was measured on the hosts ferry runs on (docs/kvm.md): the log is
+ * exact at 4 KiB when the guest maps its RAM at 4 KiB (this guest does),
+ * a scan costs a few tenths of a millisecond per 256 MiB, and it does not
+ * drop KVM's mappings of the pages the guest only reads, which each
+ * PAGEMAP_SCAN does; the ring's reset cost more than the scan.  With
+ * KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 a collect is KVM_GET_DIRTY_LOG, then
+ * KVM_CLEAR_DIRTY_LOG of exactly what it returned, before ferry reads the
+ * pages (a write between the two is in the page ferry then reads);
+ * without it, KVM_GET_DIRTY_LOG gets and clears at once.
+ *
+ * What KVM's log cannot see: the VMM writing guest memory through its
+ * own mapping.  This VM's VMM writes it only through ferry_kvm_vm_write,
+ * which marks the pages here; a collect reports both.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ferry/error.h"
+#include "kvm_int.h"
+
+#define BITS_WORDS(n)	(((n) + 63) / 64)
+
+static uint64_t pages_4k(const struct kvm_slot *s)
+{
+	return s->size / KG_PAGE;
+}
+
+static int log_start(void *arg, struct ferry_mem *mem)
+{
+	struct ferry_kvm *k = arg;
+	unsigned int i;
+	int ret = 0;
+
+	(void)mem;
+	pthread_mutex_lock(&k->dirty_lock);
+	for (i = 0; !ret && i < k->nr_slots; i++) {
+		memset(k->vmm_dirty[i], 0,
+		       BITS_WORDS(pages_4k(&k->slots[i])) * 8);
+		ret = kvm_slot_set_flags(k, i, KVM_MEM_LOG_DIRTY_PAGES);
+	}
+	if (ret)
+		while (i-- > 0)
+			kvm_slot_set_flags(k, i, 0);
+	k->logging = !ret;
+	pthread_mutex_unlock(&k->dirty_lock);
+	return ret;
+}
+
+static int get_log(struct ferry_kvm *k, unsigned int idx)
+{
+	struct kvm_dirty_log log = { .slot = idx, .dirty_bitmap = k->log_buf };
+	uint64_t n = pages_4k(&k->slots[idx]);
+	int ret;
+
+	memset(k->log_buf, 0, BITS_WORDS(n) * 8);
+	ret = kvm_ioctl(k->vm_fd, KVM_GET_DIRTY_LOG, &log);
+	if (ret)
+		return ferry_error_set(ret, "KVM_GET_DIRTY_LOG slot %u: %s", idx,
+				       strerror(-ret));
+	if (k->has_manual_protect) {
+		struct kvm_clear_dirty_log clear = { .slot = idx,
+			.num_pages = (uint32_t)n, .first_page = 0,
+			.dirty_bitmap = k->log_buf };
+
+		ret = kvm_ioctl(k->vm_fd, KVM_CLEAR_DIRTY_LOG, &clear);
+		if (ret)
+			return ferry_error_set(ret, "KVM_CLEAR_DIRTY_LOG slot "
+					       "%u: %s", idx, strerror(-ret));
+	}
+	return 0;
+}
+
+/* KVM's 4 KiB bits and the VMM's, into ferry's bits at the page size. */
+static ssize_t merge(struct ferry_kvm *k, unsigned int idx, uint64_t *bitmap)
+{
+	const struct ferry_region *r = &k->mem->regions[idx];
+	uint64_t n = pages_4k(&k->slots[idx]), per = r->page_size / KG_PAGE;
+	uint64_t *vmm = k->vmm_dirty[idx];
+	ssize_t newly = 0;
+
+	for (uint64_t w = 0; w < BITS_WORDS(n); w++) {
+		uint64_t bits = k->log_buf[w] | vmm[w];
+
+		vmm[w] = 0;
+		while (bits) {
+			uint64_t page = (w * 64 + (uint64_t)__builtin_ctzll(bits)) /
+					per;
+			uint64_t mask = 1ULL << (page % 64);
+
+			bits &= bits - 1;
+			if (!(bitmap[page / 64] & mask)) {
+				bitmap[page / 64] |= mask;
+				newly++;
+			}
+		}
+	}
+	return newly;
+}
+
+static ssize_t log_collect(void *arg, unsigned int idx, uint64_t *bitmap)
+{
+	struct ferry_kvm *k = arg;
+	ssize_t ret;
+
+	if (idx >= k->nr_slots)
+		return ferry_error_set(-EINVAL, "no region %u", idx);
+	pthread_mutex_lock(&k->dirty_lock);
+	ret = get_log(k, idx);
+	if (!ret)
+		ret = merge(k, idx, bitmap);
+	pthread_mutex_unlock(&k->dirty_lock);
+	return ret;
+}
+
+static void log_stop(void *arg)
+{
+	struct ferry_kvm *k = arg;
+
+	pthread_mutex_lock(&k->dirty_lock);
+	for (unsigned int i = 0; i < k->nr_slots; i++)
+		kvm_slot_set_flags(k, i, 0);
+	k->logging = false;
+	pthread_mutex_unlock(&k->dirty_lock);
+}
+
+void kvm_dirty_note(struct ferry_kvm *k, unsigned int region, uint64_t off,
+		    uint64_t len)
+{
+	pthread_mutex_lock(&k->dirty_lock);
+	if (k->logging && region < k->nr_slots)
+		for (uint64_t p = off / KG_PAGE; p <= (off + len - 1) / KG_PAGE;
+		     p++)
+			k->vmm_dirty[region][p / 64] |= 1ULL << (p % 64);
+	pthread_mutex_unlock(&k->dirty_lock);
+}
+
+int kvm_dirty_init(struct ferry_kvm *k)
+{
+	uint64_t most = 0;
+
+	for (unsigned int i = 0; i < k->nr_slots; i++) {
+		uint64_t words = BITS_WORDS(pages_4k(&k->slots[i]));
+
+		k->vmm_dirty[i] = calloc(words, 8);
+		if (!k->vmm_dirty[i])
+			return ferry_error_set(-ENOMEM, "out of memory");
+		if (words > most)
+			most = words;
+	}
+	k->log_buf = calloc(most ? most : 1, 8);
+	if (!k->log_buf)
+		return ferry_error_set(-ENOMEM, "out of memory");
+	k->dirty_log = (struct ferry_dirty_log){ .start = log_start,
+		.collect = log_collect, .stop = log_stop, .arg = k };
+	ferry_dirty_set_log(k->mem, &k->dirty_log);
+	return 0;
+}
+
+void kvm_dirty_fini(struct ferry_kvm *k)
+{
+	if (k->mem && k->mem->dirty_log == &k->dirty_log)
+		ferry_dirty_set_log(k->mem, NULL);
+	for (unsigned int i = 0; i < FERRY_WIRE_MAX_REGIONS; i++)
+		free(k->vmm_dirty[i]);
+	free(k->log_buf);
+	pthread_mutex_destroy(&k->dirty_lock);
+}
+
+int ferry_kvm_vm_write(struct ferry_kvm *k, uint64_t gpa, const void *buf,
+		       size_t len)
+{
+	const struct ferry_region *r = ferry_mem_find_gpa(k->mem, gpa);
+	uint64_t off;
+
+	if (!r || !len || gpa + len < gpa ||
+	    gpa + len > r->guest_base + r->size)
+		return ferry_error_set(-EINVAL, "%zu bytes at %#llx are not in "
+				       "one region of guest memory", len,
+				       (unsigned long long)gpa);
+	off = gpa - r->guest_base;
+	memcpy(r->guest + off, buf, len);
+	kvm_dirty_note(k, (unsigned int)(r - k->mem->regions), off, len);
+	return 0;
+}
