@@ -242,4 +242,4 @@ FORCE:
 .PHONY: all deps check check-lib check-example bench bench-qemu demo \
 	install clean FORCE
 
--include $(shell find $(O) -name '*.d' 2>/dev/null)
+-include $(shell find $(O) -path $(O)/nested -prune -o -type f -name '*.d' -print 2>/dev/null)

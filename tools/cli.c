@@ -177,7 +177,7 @@ int cli_json(const char *path, void (*write)(FILE *f, const void *arg),
 	return 0;
 }
 
-/* ---- the built-in VM ---------------------------------------------------- */
+/* ---- the VM's options -------------------------------------------------- */
 
 int cli_guest_opt(const char *cmd, int opt, const char *arg,
 		  struct cli_guest *g)
@@ -199,6 +199,14 @@ int cli_guest_opt(const char *cmd, int opt, const char *arg,
 		return ferry_mem_backing_parse(arg, &g->backing) ?
 		       cli_bad(cmd, "--backing", arg, "want shmem, thp or "
 			       "hugetlb") : 0;
+	case 'X':
+		if (!strcmp(arg, "kvm"))
+			g->vm = CLI_VM_KVM;
+		else if (!strcmp(arg, "builtin"))
+			g->vm = CLI_VM_BUILTIN;
+		else
+			return cli_bad(cmd, "--vm", arg, "want kvm or builtin");
+		return 0;
 	default:
 		return 2;
 	}
@@ -361,38 +369,8 @@ int cli_net_opt(const char *cmd, int opt, const char *arg,
 	}
 }
 
-int cli_start_guest(const char *cmd, const struct cli_guest *g,
-		    struct ferry_guest_vm **gv, struct ferry_hugetlb_resv *resv)
+void cli_hugetlb_release(struct ferry_hugetlb_resv *resv)
 {
-	struct ferry_guest_config cfg;
-	int ret;
-
-	ferry_guest_config_init(&cfg);
-	cfg.nr_vcpus = (unsigned int)g->vcpus;
-	cfg.seed = g->seed;
-	if (ferry_guest_config_set_workload(&cfg, g->workload))
-		return cli_bad(cmd, "--workload", g->workload, "too long");
-	if (cli_guest_check(cmd, g))
-		return 2;
-	ret = cli_hugetlb_reserve(g->backing, g->mem_size, resv);
-	if (!ret)
-		ret = ferry_guest_vm_create(&cfg, g->backing, g->mem_size, gv);
-	if (!ret)
-		ret = ferry_hugetlb_settle(resv);
-	if (!ret)
-		ret = ferry_guest_start((*gv)->guest);
-	if (ret) {
-		cli_error("building the VM (ferry run --help lists the "
-			  "workloads)", ret);
-		return 2;
-	}
-	return 0;
-}
-
-void cli_stop_guest(struct ferry_guest_vm *gv,
-		    struct ferry_hugetlb_resv *resv)
-{
-	ferry_guest_vm_destroy(gv);
 	ferry_hugetlb_restore(resv);
 	if (active_resv == resv)
 		active_resv = NULL;
@@ -412,46 +390,4 @@ uint64_t cli_stream_bytes(const struct ferry_wire_stream *s)
 	for (unsigned int i = 0; i < s->nr_regions; i++)
 		bytes += s->regions[i].size;
 	return bytes;
-}
-
-void cli_dest_init(struct cli_dest *cd, const struct cli_guest *g)
-{
-	*cd = (struct cli_dest){
-		.dd = { .backing = g->backing,
-			.keep_backing = !g->backing_set },
-		.resv = CLI_RESV_INIT,
-	};
-}
-
-static int dest_create(void *arg, const struct ferry_wire_stream *s,
-		       struct ferry_vm *vm)
-{
-	struct cli_dest *cd = arg;
-	enum ferry_backing b = cd->dd.keep_backing ? s->regions[0].backing :
-						     cd->dd.backing;
-	int ret = cli_hugetlb_reserve(b, cli_stream_bytes(s), &cd->resv);
-
-	if (!ret)
-		ret = ferry_guest_vm_dest_ops()->create(&cd->dd, s, vm);
-	/* Mapped: the pages are lent to this memory, the sysctl goes back. */
-	if (!ret)
-		ret = ferry_hugetlb_settle(&cd->resv);
-	return ret;
-}
-
-static void dest_discard(void *arg, struct ferry_vm *vm)
-{
-	struct cli_dest *cd = arg;
-
-	ferry_guest_vm_dest_ops()->discard(&cd->dd, vm);
-}
-
-static const struct ferry_dest_ops dest_ops = {
-	.create = dest_create,
-	.discard = dest_discard,
-};
-
-const struct ferry_dest_ops *cli_dest_ops(void)
-{
-	return &dest_ops;
 }

@@ -17,6 +17,7 @@
 #include <stdio.h>
 
 #include "ferry-vm/guest_vm.h"
+#include "ferry-vm/kvm.h"
 #include "ferry/hugetlb.h"
 
 int cmd_doctor(int argc, char **argv);
@@ -104,15 +105,23 @@ int cli_getopt(const struct cli_cmd *cmd, int argc, char **argv, void *opts);
 /* No argument left after the options, or cli_bad() saying so. */
 int cli_no_args(const char *cmd, int argc, char **argv);
 
-/* ---- the built-in VM ---------------------------------------------------- */
+/* ---- the VM: built-in or KVM -------------------------------------------- */
 
-/* What the commands that run the built-in VM take, by the same letters. */
+/* --vm: which VM runs the workload. */
+enum cli_vm_kind {
+	CLI_VM_DEFAULT,		/* kvm where KVM works, builtin otherwise */
+	CLI_VM_BUILTIN,
+	CLI_VM_KVM,
+};
+
+/* What the commands that run a VM take, by the same letters. */
 struct cli_guest {
 	uint64_t mem_size;		/* -m --mem */
 	unsigned long vcpus, seed;	/* -n --vcpus, -S --seed */
 	const char *workload;		/* -w --workload */
 	enum ferry_backing backing;	/* -b --backing */
 	bool backing_set;
+	enum cli_vm_kind vm;		/* --vm */
 };
 
 /*
@@ -124,7 +133,8 @@ struct cli_guest {
 	{ "mem", required_argument, NULL, 'm' }, \
 	{ "vcpus", required_argument, NULL, 'n' }, \
 	{ "workload", required_argument, NULL, 'w' }, \
-	{ "backing", required_argument, NULL, 'b' }
+	{ "backing", required_argument, NULL, 'b' }, \
+	{ "vm", required_argument, NULL, 'X' }
 #define CLI_SEED_LONGOPT	{ "seed", required_argument, NULL, 'S' }
 #define CLI_LONGOPTS_END \
 	{ "help", no_argument, NULL, 'h' }, \
@@ -205,17 +215,59 @@ int cli_net_opt(const char *cmd, int opt, const char *arg,
 	"  --hugetlb-max N     grow the hugetlb pool by N pages at most (lent\n" \
 	"                      as surplus pages; default: as far as it goes)\n"
 
-/*
- * The built-in VM `g` describes, started, the hugetlb pool grown first
- * when its memory is hugetlb.  Prints what failed and returns 2, or 0.
- */
-int cli_start_guest(const char *cmd, const struct cli_guest *g,
-		    struct ferry_guest_vm **gv,
-		    struct ferry_hugetlb_resv *resv);
+/* --vm's lines in --help. */
+#define CLI_VM_HELP \
+	"  --vm kvm|builtin  the VM: a KVM guest, or ferry's built-in VM "\
+	"(default:\n" \
+	"                    kvm where KVM works, builtin otherwise)\n"
 
-/* Stop and free a VM (NULL is fine), and put the hugetlb pool back. */
-void cli_stop_guest(struct ferry_guest_vm *gv,
-		    struct ferry_hugetlb_resv *resv);
+/*
+ * A VM the commands run: ferry's built-in VM or a KVM guest, both running
+ * the same workload and verified the same way.
+ */
+struct cli_vm {
+	enum cli_vm_kind kind;		/* BUILTIN or KVM */
+	struct ferry_guest_vm *gv;	/* the built-in VM it owns, or NULL */
+	struct ferry_kvm_vm *kv;	/* the KVM VM it owns, or NULL */
+	struct ferry_guest *guest;	/* the built-in VM's vCPUs, or NULL */
+	struct ferry_kvm *kvm;		/* the KVM VM's vCPUs, or NULL */
+	const struct ferry_vm *vm;	/* what ferry's flows take */
+	char name[320];			/* "kvm (SVM ...)", "builtin (...)" */
+};
+
+/*
+ * The kind to run: what --vm asked, or the default (kvm where a real
+ * KVM_CREATE_VM works, builtin otherwise); *why says why, for the
+ * summary.  --vm kvm where KVM cannot run is an error (2, said).
+ */
+int cli_vm_choose(const char *cmd, enum cli_vm_kind asked,
+		  enum cli_vm_kind *kind, char *why, size_t len);
+
+/*
+ * The VM `g` describes (with cfg's boot mask and step limit when cfg is
+ * given), started, the hugetlb pool grown first when its memory is
+ * hugetlb.  Prints what failed and returns 2, or 0.
+ */
+int cli_start_vm(const char *cmd, const struct cli_guest *g,
+		 const struct ferry_guest_config *cfg, struct cli_vm *vm,
+		 struct ferry_hugetlb_resv *resv);
+
+/* Stop and free a VM (an empty one is fine), put the hugetlb pool back. */
+void cli_free_vm(struct cli_vm *vm, struct ferry_hugetlb_resv *resv);
+
+/* The pool grown for a VM goes back (cli_free_vm does it). */
+void cli_hugetlb_release(struct ferry_hugetlb_resv *resv);
+
+/* A VM ferry built (a clone's): the calls below, nothing to free. */
+void cli_vm_of(struct cli_vm *vm, const struct ferry_vm *fv);
+
+/* Each VM's own: stop its vCPUs at step boundaries, pause, verify... */
+int cli_vm_stop(struct cli_vm *vm);
+int cli_vm_pause(struct cli_vm *vm);
+int cli_vm_verify(struct cli_vm *vm, struct ferry_verify_report *rep);
+void cli_vm_stats(struct cli_vm *vm, struct ferry_guest_stats *st);
+int cli_vm_wait_settled(struct cli_vm *vm, int timeout_ms);
+int cli_vm_set_step_limit(struct cli_vm *vm, uint64_t limit);
 
 /* Let the VM run for a while. */
 void cli_sleep(double secs);
@@ -224,17 +276,25 @@ void cli_sleep(double secs);
 uint64_t cli_stream_bytes(const struct ferry_wire_stream *s);
 
 /*
- * ferry_guest_vm_dest_ops() that first make room in the hugetlb pool when
- * the VM's memory is hugetlb; the argument is a struct cli_dest.
+ * The destination's (and a restore's) VM: the kind the stream describes
+ * (a KVM guest's or the built-in VM's), built after making room in the
+ * hugetlb pool when its memory is hugetlb; the argument is a struct
+ * cli_dest.  --vm, if given, must name the stream's kind.
  */
 struct cli_dest {
 	struct ferry_guest_dest dd;
-	struct ferry_hugetlb_resv resv;	/* cli_stop_guest() puts it back */
+	struct ferry_kvm_dest kd;
+	enum cli_vm_kind asked;		/* --vm */
+	struct cli_vm vm;		/* out: the VM built */
+	struct ferry_hugetlb_resv resv;	/* cli_free_vm() puts it back */
 };
 
 /* On g's backing if --backing was given, else on the stream's. */
 void cli_dest_init(struct cli_dest *cd, const struct cli_guest *g);
 
 const struct ferry_dest_ops *cli_dest_ops(void);
+
+/* Clones of a snapshot, by the kind its description says. */
+const struct ferry_clone_ops *cli_clone_ops(const struct ferry_wire_stream *s);
 
 #endif

@@ -49,6 +49,40 @@ static void print_memory(const struct ferry_caps *caps)
 	       caps->thp_shmem_enabled, caps->thp_shmem_2m);
 }
 
+/*
+ * KVM: there or not and why, the backend, the capabilities the KVM VM
+ * uses.  Without it ferry runs its built-in VM, so KVM's absence is
+ * reported, not counted as missing.
+ */
+static void print_kvm(void)
+{
+	struct ferry_kvm_info k;
+
+	ferry_kvm_probe(&k);
+	printf("kvm\n");
+	printf("  /dev/kvm         %s\n", k.present ? "present" : "absent");
+	printf("  backend          %s (%s)\n",
+	       ferry_kvm_backend_name(k.backend), k.backend_why);
+	if (k.present)
+		printf("  API version      %d\n", k.api_version);
+	printf("  KVM VM           %s%s\n", k.usable ? "usable: the default "
+	       "VM (--vm kvm)" : "NOT usable: ", k.usable ? "" : k.reason);
+	if (!k.usable)
+		printf("                   the built-in VM runs instead "
+		       "(--vm builtin)\n");
+	for (unsigned int i = 0; k.present && i < k.nr_caps; i++) {
+		const struct ferry_kvm_cap *c = &k.caps[i];
+		char value[24];
+
+		if (c->value > 1)
+			snprintf(value, sizeof(value), "%ld", c->value);
+		else
+			snprintf(value, sizeof(value), "%s", c->value ? "yes" :
+				 c->required ? "MISSING" : "no");
+		printf("    %-34s %-8s %s\n", c->name, value, c->use);
+	}
+}
+
 static int print_caps(const struct ferry_caps *caps)
 {
 	int missing = 0;
@@ -86,7 +120,12 @@ int cmd_doctor(int argc, char **argv)
 			"userfaultfd opens, hugetlb pool,\nTHP shmem), tries a "
 			"kernel-mode fault on a registered page, and says, for\n"
 			"each ferry capability, whether it can run here and, if "
-			"not, what to change.\n"
+			"not, what to change.\nIts KVM section says whether "
+			"/dev/kvm is there (and if not, why: the kernel\nlog's "
+			"word when it has one), the backend (VMX, SVM or PVM), "
+			"the API\nversion and each capability the KVM VM uses; "
+			"without KVM the built-in VM\nruns, so KVM's absence does "
+			"not change the exit status.\n"
 			"Exit status: 0 when everything is available, 1 when "
 			"something is missing\n(the machine failed the check), "
 			"2 when the probe itself failed.\n");
@@ -101,6 +140,7 @@ int cmd_doctor(int argc, char **argv)
 	       caps.root ? " (root)" : "");
 	print_uffd(&caps);
 	print_memory(&caps);
+	print_kvm();
 	missing = print_caps(&caps);
 	printf("\n%s\n", missing ? "some capabilities are missing (see "
 	       "'to enable')" : "everything ferry uses is available");

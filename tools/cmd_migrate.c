@@ -72,6 +72,7 @@ struct dest_result {
 	bool ran_here;			/* the source committed */
 	bool verified;
 	struct ferry_verify_report report;
+	char vm_name[320];		/* which VM ran here */
 };
 
 static void defaults(struct mig_opts *o)
@@ -354,8 +355,9 @@ static void usage_send(FILE *out)
 		"                  [--give-up S] [--recover-to ADDR:PORT]\n"
 		"                  [--json FILE] [--quiet] [--tls-psk FILE |\n"
 		"                  --tls-cert FILE --tls-key FILE --tls-ca FILE]"
-		"\n                  [--insecure] [--hugetlb-max PAGES]\n\n"
-		"Runs the built-in workload VM, then live-migrates it to a "
+		"\n                  [--insecure] [--hugetlb-max PAGES]\n"
+		"                  [--vm kvm|builtin]\n\n"
+		"Runs the workload VM, then live-migrates it to a "
 		"'ferry recv'.\nNo page goes before the destination accepts "
 		"the stream; a session lost\nafter the commit pauses the "
 		"migration and send dials again until it\nresumes.  A "
@@ -388,7 +390,8 @@ static void usage_send(FILE *out)
 		"  --seed N           workload seed (default 1)\n"
 		"  --bandwidth RATE   bytes per second on the bulk channels "
 		"(100M, 1G; default:\n"
-		"                     no limit)\n");
+		"                     no limit)\n"
+		CLI_VM_HELP);
 	usage_recovery(out);
 	fprintf(out,
 		"  --recover-to ADDR  dial this address after a break "
@@ -413,8 +416,9 @@ static void usage_recv(FILE *out)
 		"                  [--tls-psk FILE | --tls-cert FILE --tls-key "
 		"FILE\n                  --tls-ca FILE] [--insecure] "
 		"[--max-guest SIZE]\n                  [--hello-timeout S] "
-		"[--hugetlb-max PAGES]\n\n"
-		"Waits for one migration, builds the VM its stream describes, "
+		"[--hugetlb-max PAGES]\n                  [--vm kvm|builtin]\n\n"
+		"Waits for one migration, builds the VM its stream describes "
+		"(a KVM guest\nor the built-in VM, as the source's), "
 		"runs it on,\nand (--verify) checks that no write was lost, "
 		"torn or duplicated.  A\nsession lost after the commit pauses "
 		"the migration (vCPUs that need a\nmissing page wait) and "
@@ -430,7 +434,9 @@ static void usage_recv(FILE *out)
 		"  --verify            verify memory and vCPU states after "
 		"the run\n"
 		"  --wait S            give up waiting for a source after S "
-		"(default 60)\n");
+		"(default 60)\n"
+		"  --vm kvm|builtin    refuse a stream of the other kind "
+		"(default: either)\n");
 	usage_recovery(out);
 	fprintf(out,
 		"  --json FILE         the destination's figures as JSON\n"
@@ -444,14 +450,16 @@ static void usage_demo(FILE *out)
 	fprintf(out,
 		"usage: ferry demo [--mem SIZE] [--vcpus N] [--workload SPEC]\n"
 		"                  [--backing B] [--mode M] [--channels N]\n"
-		"                  [--warmup S] [--run S] [--json FILE]\n\n"
-		"Live-migrates the built-in workload VM between two processes "
+		"                  [--warmup S] [--run S] [--json FILE]\n"
+		"                  [--vm kvm|builtin]\n\n"
+		"Live-migrates the workload VM (a KVM guest where KVM works, "
+		"else the\nbuilt-in VM; --vm chooses) between two processes "
 		"on this\nmachine over loopback TCP: the source runs it "
 		"(--warmup), migrates it\n(--mode, default hybrid), the "
 		"destination runs it on (--run) and verifies\nthat no write "
 		"was lost, torn or duplicated and every vCPU kept its power\n"
-		"state.  Defaults: 1 GiB, 2 vCPUs, random,read=20, shmem, "
-		"hybrid.\nExit status: 0 verified, 1 verification failed, "
+		"state; the summary says which VM ran.  Defaults: 1 GiB, 2 "
+		"vCPUs,\nrandom,read=20, shmem, hybrid.\nExit status: 0 verified, 1 verification failed, "
 		"2 error, 3 paused and\ngiven up.\n");
 }
 
@@ -484,7 +492,7 @@ static int parse_one(const char *cmd, int opt, const char *arg, void *opts)
 		return ferry_migrate_mode_parse(arg, &o->mode) ?
 		       cli_bad(cmd, "--mode", arg, "want precopy, postcopy or "
 			   "hybrid") : 0;
-	case 'm': case 'n': case 'w': case 'b': case 'S':
+	case 'm': case 'n': case 'w': case 'b': case 'S': case 'X':
 		return cli_guest_opt(cmd, opt, arg, &o->guest);
 	case 'K': case 'C': case 'Y': case 'Z': case 'I': case 'G': case 'H':
 	case 'P':
@@ -538,19 +546,19 @@ static int parse_args(const struct cli_cmd *cmd, int argc, char **argv,
 }
 
 static const struct cli_cmd send_cmd = {
-	.name = "send", .allowed = "tmnwbWMADcSjqTgRBKCYZIP",
+	.name = "send", .allowed = "tmnwbWMADcSjqTgRBKCYZIPX",
 	.longopts = longopts,
 	.usage = usage_send, .one = parse_one,
 };
 
 static const struct cli_cmd recv_cmd = {
-	.name = "recv", .allowed = "lbrVTjgU" CLI_NET_LETTERS,
+	.name = "recv", .allowed = "lbrVTjgUX" CLI_NET_LETTERS,
 	.longopts = longopts,
 	.usage = usage_recv, .one = parse_one,
 };
 
 static const struct cli_cmd demo_cmd = {
-	.name = "demo", .allowed = "mnwbMcWrjS", .longopts = longopts,
+	.name = "demo", .allowed = "mnwbMcWrjSX", .longopts = longopts,
 	.usage = usage_demo, .one = parse_one,
 };
 
@@ -559,13 +567,13 @@ static const struct cli_cmd demo_cmd = {
 static int run_on_and_verify(const struct mig_opts *o, struct cli_dest *rc,
 			     struct dest_result *res)
 {
-	struct ferry_guest *g = rc->dd.gv->guest;
 	int ret;
 
+	snprintf(res->vm_name, sizeof(res->vm_name), "%s", rc->vm.name);
 	cli_sleep(o->run_s);
-	ret = ferry_guest_stop(g);
+	ret = cli_vm_stop(&rc->vm);
 	if (!ret && o->verify) {
-		ret = ferry_guest_verify(g, &res->report);
+		ret = cli_vm_verify(&rc->vm, &res->report);
 		res->verified = !ret;
 	}
 	if (ret)
@@ -651,7 +659,7 @@ static void receive_one(const struct mig_opts *o, struct ferry_listener *l,
 	ferry_migrate_destroy(m);	/* a VM that came whole stays */
 	if (!res->ret)
 		res->ret = run_on_and_verify(o, &rc, res);
-	cli_stop_guest(rc.dd.gv, &rc.resv);
+	cli_free_vm(&rc.vm, &rc.resv);
 }
 
 /* The last line: where the VM is, and the exit status that says so. */
@@ -703,6 +711,7 @@ int cmd_recv(int argc, char **argv)
 	receive_one(&o, l, &res);
 	ferry_net_listener_close(l);
 	if (!res.ret) {
+		printf("vm          %s\n", res.vm_name);
 		print_dest(&res.stats, stdout);
 		if (res.verified)
 			print_verdict(&res.report, stdout);
@@ -760,11 +769,12 @@ struct send_result {
 	bool started;		/* a VM was built here */
 	uint64_t owed;
 	struct ferry_migrate_stats stats;
+	char vm_name[320];	/* which VM ran here */
 };
 
 /* One migration of the running VM: res says how it ended. */
 static void migrate_once(const struct mig_opts *o, const char *to,
-			 struct ferry_guest_vm *gv, struct send_result *res)
+			 struct cli_vm *vm, struct send_result *res)
 {
 	struct ferry_migration *m = NULL;
 	struct ferry_migrate_opts mo;
@@ -775,7 +785,7 @@ static void migrate_once(const struct mig_opts *o, const char *to,
 	res->ret = ferry_net_connect(to, (unsigned int)o->channels, &o->net,
 				     &s);
 	if (!res->ret)
-		res->ret = ferry_migrate_start(&gv->vm, s, &mo, &m);
+		res->ret = ferry_migrate_start(vm->vm, s, &mo, &m);
 	if (!res->ret)
 		res->ret = send_loop(o, to, m);
 	if (res->ret)
@@ -829,7 +839,7 @@ static void send_one(const struct mig_opts *o, const char *to,
 		     struct send_result *res)
 {
 	struct ferry_hugetlb_resv resv = CLI_RESV_INIT;
-	struct ferry_guest_vm *gv = NULL;
+	struct cli_vm vm = { 0 };
 	uint64_t started_ms;
 
 	/*
@@ -845,18 +855,19 @@ static void send_one(const struct mig_opts *o, const char *to,
 		return;
 	}
 	/* The demo's source too speaks as "send". */
-	res->ret = cli_start_guest("send", &o->guest, &gv, &resv);
+	res->ret = cli_start_vm("send", &o->guest, NULL, &vm, &resv);
 	if (res->ret) {
 		snprintf(res->reason, sizeof(res->reason), "starting the VM");
 		return;
 	}
 	res->started = true;
+	snprintf(res->vm_name, sizeof(res->vm_name), "%s", vm.name);
 	cli_sleep(o->warmup_s);
 	started_ms = now_ms();
 	do
-		migrate_once(o, to, gv, res);
+		migrate_once(o, to, &vm, res);
 	while (try_again(o, res, started_ms));
-	cli_stop_guest(gv, &resv);
+	cli_free_vm(&vm, &resv);
 }
 
 /* The last line: where the VM is, and the exit status that says so. */
@@ -899,6 +910,7 @@ int cmd_send(int argc, char **argv)
 	catch_stop_signals();
 	send_one(&o, o.to, &res);
 	if (!res.ret) {
+		printf("vm          %s\n", res.vm_name);
 		print_source(&res.stats, stdout);
 		if (o.json && write_json(o.json, &res.stats, NULL))
 			return EXIT_FAILED;
@@ -1004,6 +1016,8 @@ int cmd_demo(int argc, char **argv)
 	ret = demo_result(fds[0], child, &res);
 	if (ret)
 		return ret;
+	printf("vm          source: %s\n            destination: %s\n",
+	       sent.vm_name, res.vm_name);
 	print_source(&sent.stats, stdout);
 	print_dest(&res.stats, stdout);
 	print_verdict(&res.report, stdout);

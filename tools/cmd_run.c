@@ -4,6 +4,7 @@
  * went and, with --verify, whether its memory holds every write.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,9 +27,11 @@ static void usage(FILE *out)
 	fprintf(out,
 		"usage: ferry run [--mem SIZE] [--vcpus N] [--workload SPEC]\n"
 		"                 [--backing shmem|thp|hugetlb] [--seconds S]\n"
-		"                 [--seed N] [--boot-off MASK] [--verify]\n\n"
-		"Runs ferry's own workload VM: one thread per vCPU, writing "
-		"self-verifying\n4 KiB cells of guest memory.  Prints steps/s, "
+		"                 [--seed N] [--boot-off MASK] [--verify]\n"
+		"                 [--vm kvm|builtin]\n\n"
+		"Runs ferry's workload VM: a KVM guest, or ferry's built-in VM "
+		"(a thread per\nvCPU), writing self-verifying 4 KiB cells of "
+		"guest memory.  Prints steps/s, "
 		"writes/s and dirty MB/s; with\n--verify, checks every cell "
 		"against the vCPUs' registers and exits 1 if\nany write was "
 		"lost, torn or duplicated.\n\n"
@@ -45,7 +48,8 @@ static void usage(FILE *out)
 		"  --boot-off MASK  vCPUs powered off at boot, a bit mask "
 		"(default: all\n"
 		"                   but vCPU 0, which powers the others on)\n"
-		"  --verify         check memory at the end\n\n%s",
+		"  --verify         check memory at the end\n"
+		CLI_VM_HELP "\n%s",
 		FERRY_GUEST_MAX_VCPUS, ferry_guest_workload_help());
 }
 
@@ -76,7 +80,7 @@ static int parse_one(const char *cmd, int opt, const char *arg, void *opts)
 	case 'v':
 		o->verify = true;
 		return 0;
-	case 'n': case 'w': case 'b':
+	case 'n': case 'w': case 'b': case 'X':
 		return cli_guest_opt(cmd, opt, arg, &o->guest);
 	default:
 		return 2;
@@ -93,7 +97,7 @@ static const struct option longopts[] = {
 };
 
 static const struct cli_cmd run_cmd = {
-	.name = "run", .allowed = "mnwbsSov", .longopts = longopts,
+	.name = "run", .allowed = "mnwbsSovX", .longopts = longopts,
 	.usage = usage, .one = parse_one,
 };
 
@@ -165,12 +169,12 @@ static void print_vcpus(const struct ferry_guest_stats *st)
 	}
 }
 
-static void print_stats(struct ferry_guest *g, double secs, bool stopped)
+static void print_stats(struct cli_vm *vm, double secs, bool stopped)
 {
 	struct ferry_guest_stats st;
 	char bytes[32];
 
-	ferry_guest_stats(g, &st);
+	cli_vm_stats(vm, &st);
 	printf("ran %.2f s%s: %llu steps (%.0f steps/s), %llu writes "
 	       "(%.0f writes/s), %llu reads\n", secs,
 	       stopped ? " (interrupted)" : "",
@@ -199,10 +203,10 @@ static void print_bad(const struct ferry_verify_report *rep)
 }
 
 /* 0 when memory holds every write, 1 when not, -errno if it cannot say. */
-static int verify(struct ferry_guest *g)
+static int verify(struct cli_vm *vm)
 {
 	struct ferry_verify_report rep;
-	int ret = ferry_guest_verify(g, &rep);
+	int ret = cli_vm_verify(vm, &rep);
 
 	if (ret) {
 		cli_error("verify", ret);
@@ -221,9 +225,13 @@ static int verify(struct ferry_guest *g)
 	return rep.ok ? 0 : 1;
 }
 
-static int run_guest(struct ferry_guest *g, const struct run_opts *o)
+/*
+ * The vCPUs stop at the end of their step (a KVM guest's may be anywhere
+ * in one when time is up), then the figures and the verifier.
+ */
+static int run_vm(struct cli_vm *vm, const struct run_opts *o)
 {
-	double start, secs;
+	double start = now_s(), secs;
 	bool stopped;
 	sigset_t sigs;
 	int ret;
@@ -231,82 +239,47 @@ static int run_guest(struct ferry_guest *g, const struct run_opts *o)
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-	start = now_s();
-	ret = ferry_guest_start(g);
-	if (ret) {
-		cli_error("starting the vCPUs", ret);
-		return 2;
-	}
 	stopped = wait_run(&sigs, o->seconds);
-	ferry_guest_pause(g);
 	secs = now_s() - start;
-	print_stats(g, secs, stopped);
-	ret = o->verify ? verify(g) : 0;
-	ferry_guest_stop(g);
+	ret = cli_vm_stop(vm);
+	if (ret) {
+		cli_error("stopping the vCPUs", ret);
+		return 2;
+	}
+	print_stats(vm, secs, stopped);
+	ret = o->verify ? verify(vm) : 0;
 	return ret < 0 ? 2 : ret;	/* 1: the verifier found a fault */
-}
-
-static int run_on(struct ferry_mem *mem, const struct run_opts *o)
-{
-	struct ferry_guest_config cfg;
-	struct ferry_guest *g;
-	char size[32];
-	int ret = make_config(o, &cfg);
-
-	if (ret)
-		return ret;
-	ret = ferry_guest_create(mem, &cfg, &g);
-	if (ret) {
-		cli_error("building the VM (ferry run --help lists the "
-			  "workloads)", ret);
-		return 2;
-	}
-	printf("ferry run: %s %s, %u vCPUs, workload %s, seed %llu\n",
-	       cli_bytes(mem->total_size, size, sizeof(size)),
-	       ferry_mem_backing_name(o->guest.backing), cfg.nr_vcpus, cfg.workload,
-	       (unsigned long long)cfg.seed);
-	fflush(stdout);
-	ret = run_guest(g, o);
-	ferry_guest_destroy(g);
-	return ret;
-}
-
-static int run_with_memory(const struct run_opts *o)
-{
-	struct ferry_mem *mem = NULL;
-	int ret = ferry_mem_create(&mem);
-
-	if (!ret)
-		ret = ferry_mem_add_region(mem, o->guest.backing,
-					   o->guest.mem_size, NULL);
-	if (ret) {
-		cli_error("allocating guest memory", ret);
-		ferry_mem_destroy(mem);
-		return 2;
-	}
-	ret = run_on(mem, o);
-	ferry_mem_destroy(mem);
-	return ret;
 }
 
 int cmd_run(int argc, char **argv)
 {
 	struct ferry_hugetlb_resv resv = CLI_RESV_INIT;
+	struct ferry_guest_config cfg;
+	struct cli_vm vm = { 0 };
 	struct run_opts o;
+	sigset_t sigs;
+	char size[32];
 	int ret = parse_args(argc, argv, &o);
 
 	if (ret)
 		return ret == 1 ? 0 : ret;
-	ret = cli_hugetlb_reserve(o.guest.backing, o.guest.mem_size, &resv);
-	if (ret) {
-		cli_error("reserving huge pages", ret);
-		return 2;
-	}
-	ret = run_with_memory(&o);
-	if (ferry_hugetlb_restore(&resv)) {
-		cli_error("putting vm.nr_hugepages back", -EIO);
-		ret = 2;
-	}
+	ret = make_config(&o, &cfg);
+	if (ret)
+		return ret;
+	/* Blocked before any vCPU thread exists: they arrive in wait_run. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	ret = cli_start_vm("run", &o.guest, &cfg, &vm, &resv);
+	if (ret)
+		return ret;
+	printf("ferry run: %s %s, %u vCPUs, workload %s, seed %llu, VM %s\n",
+	       cli_bytes(o.guest.mem_size, size, sizeof(size)),
+	       ferry_mem_backing_name(o.guest.backing), cfg.nr_vcpus,
+	       o.guest.workload, (unsigned long long)cfg.seed, vm.name);
+	fflush(stdout);
+	ret = run_vm(&vm, &o);
+	cli_free_vm(&vm, &resv);
 	return ret;
 }

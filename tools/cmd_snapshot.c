@@ -62,8 +62,9 @@ static void usage_snapshot(FILE *out)
 		"                      [--workload SPEC] [--backing B] "
 		"[--seconds S]\n"
 		"                      [--seed N] [--live] [--sync] "
-		"[--json FILE]\n\n"
-		"Runs the built-in workload VM for a while, then saves it to "
+		"[--json FILE]\n"
+		"                      [--vm kvm|builtin]\n\n"
+		"Runs the workload VM for a while, then saves it to "
 		"FILE: vCPU\nstates, then every page the guest holds, at fixed "
 		"offsets of a sparse file\n(zero and never-touched pages are "
 		"holes).  The VM is paused while it is\nsaved; with --live it "
@@ -85,6 +86,7 @@ static void usage_snapshot(FILE *out)
 		"write-protect)\n"
 		"  --sync           fdatasync the file before exiting\n"
 		"  --json FILE      the figures as JSON ('-': stdout)\n"
+		CLI_VM_HELP
 		"Exit status: 0 saved, 2 error.\n");
 }
 
@@ -95,11 +97,13 @@ static void usage_restore(FILE *out)
 		"                     [--record-ws F] [--prefetch-ws F "
 		"[--prefetch-async]]\n"
 		"                     [--clone N] [--run S] [--verify] "
-		"[--json FILE]\n\n"
-		"Builds the VM a snapshot describes, puts its vCPU states "
-		"back (each\npowered on or off as it was) and runs it.  Every "
-		"record and page is\nchecked against its checksum; a damaged "
-		"file is refused.\n\n"
+		"[--json FILE]\n"
+		"                     [--vm kvm|builtin]\n\n"
+		"Builds the VM a snapshot describes (a KVM guest or the "
+		"built-in VM, as\nsaved), puts its vCPU states back (each "
+		"powered on or off as it was) and\nruns it.  Every record and "
+		"page is checked against its checksum; a\ndamaged file is "
+		"refused.\n\n"
 		"  --eager           read every page, then resume\n"
 		"  --lazy            resume at once and read pages as the "
 		"guest touches\n"
@@ -130,6 +134,8 @@ static void usage_restore(FILE *out)
 		"  --verify          verify memory and vCPU states after the "
 		"run\n"
 		"  --json FILE       the figures as JSON ('-': stdout)\n"
+		"  --vm kvm|builtin  refuse a snapshot of the other kind "
+		"(default: either)\n"
 		"Exit status: 0 done (and verified), 1 verification failed, "
 		"2 error.\n");
 }
@@ -160,7 +166,7 @@ static int parse_one(const char *cmd, int opt, const char *arg, void *opts)
 				   &o->clones);
 	case 's': return cli_parse_secs(cmd, "--seconds", arg, &o->seconds);
 	case 'r': return cli_parse_secs(cmd, "--run", arg, &o->run_s);
-	case 'm': case 'n': case 'w': case 'b': case 'S':
+	case 'm': case 'n': case 'w': case 'b': case 'S': case 'X':
 		return cli_guest_opt(cmd, opt, arg, &o->guest);
 	default:
 		return parse_flag(opt, o);
@@ -187,12 +193,12 @@ static const struct option longopts[] = {
 };
 
 static const struct cli_cmd snapshot_cmd = {
-	.name = "snapshot", .allowed = "omnwbsSLYj", .longopts = longopts,
+	.name = "snapshot", .allowed = "omnwbsSLYjX", .longopts = longopts,
 	.usage = usage_snapshot, .one = parse_one,
 };
 
 static const struct cli_cmd restore_cmd = {
-	.name = "restore", .allowed = "bEZRPACrVj", .longopts = longopts,
+	.name = "restore", .allowed = "bEZRPACrVjX", .longopts = longopts,
 	.usage = usage_restore, .one = parse_one,
 };
 
@@ -221,10 +227,10 @@ static void print_vcpus(const struct ferry_verify_report *r, FILE *out)
 }
 
 /* Verify a paused guest and print the verdict; 1 if it failed. */
-static int verify(struct ferry_guest *g, const char *who)
+static int verify(struct cli_vm *vm, const char *who)
 {
 	struct ferry_verify_report r;
-	int ret = ferry_guest_verify(g, &r);
+	int ret = cli_vm_verify(vm, &r);
 
 	if (ret) {
 		cli_error("verifying", ret);
@@ -330,12 +336,12 @@ static int check_out(const char *path)
 	return 0;
 }
 
-static int save_vm(const struct snap_opts *o, struct ferry_guest_vm *gv,
+static int save_vm(const struct snap_opts *o, struct cli_vm *vm,
 		   struct ferry_snapshot_stats *st)
 {
 	struct ferry_snapshot_opts so = { .live = o->live, .sync = o->sync };
 	/* Beside the target, then renamed: a failed save leaves nothing. */
-	int ret = ferry_snapshot_save_path(&gv->vm, o->out, &so, st);
+	int ret = ferry_snapshot_save_path(vm->vm, o->out, &so, st);
 
 	if (ret) {
 		cli_error("saving the snapshot", ret);
@@ -349,7 +355,7 @@ int cmd_snapshot(int argc, char **argv)
 	struct ferry_hugetlb_resv resv = CLI_RESV_INIT;
 	struct ferry_snapshot_stats st;
 	struct save_report rep = { .st = &st };
-	struct ferry_guest_vm *gv = NULL;
+	struct cli_vm vm = { 0 };
 	struct snap_opts o;
 	char size[32];
 	int ret = parse_args(&snapshot_cmd, argc, argv, &o);
@@ -362,18 +368,18 @@ int cmd_snapshot(int argc, char **argv)
 		return 2;
 	if (check_out(o.out))
 		return 2;
-	ret = cli_start_guest("snapshot", &o.guest, &gv, &resv);
+	ret = cli_start_vm("snapshot", &o.guest, NULL, &vm, &resv);
 	if (!ret) {
 		printf("ferry snapshot: %s %s, %lu vCPUs, workload %s, ran "
-		       "%.2f s\n",
+		       "%.2f s, VM %s\n",
 		       cli_bytes(o.guest.mem_size, size, sizeof(size)),
 		       ferry_mem_backing_name(o.guest.backing), o.guest.vcpus,
-		       o.guest.workload, o.seconds);
+		       o.guest.workload, o.seconds, vm.name);
 		fflush(stdout);
 		cli_sleep(o.seconds);
-		ret = save_vm(&o, gv, &st);
+		ret = save_vm(&o, &vm, &st);
 	}
-	cli_stop_guest(gv, &resv);
+	cli_free_vm(&vm, &resv);
 	if (ret)
 		return ret;
 	print_save(&o, &st);
@@ -463,9 +469,12 @@ static void json_restore(FILE *f, const void *arg)
 		(unsigned long long)s->guest_bytes);
 }
 
-/* Run, then every page in place; pause and verify if asked. */
+/*
+ * Run, then every page in place; the vCPUs stop at the end of their step
+ * and are verified if asked.
+ */
 static int run_restored(const struct snap_opts *o, struct ferry_restore *rs,
-			struct ferry_guest *g, struct ferry_restore_stats *st)
+			struct cli_vm *vm, struct ferry_restore_stats *st)
 {
 	int ret;
 
@@ -479,12 +488,13 @@ static int run_restored(const struct snap_opts *o, struct ferry_restore *rs,
 		cli_error("saving the working set", ret);
 		return 2;
 	}
-	ferry_guest_pause(g);
+	cli_vm_stop(vm);
+	printf("vm          %s\n", vm->name);
 	print_restore(st);
 	if (o->record_ws)
 		printf("working set %llu first touches written to %s\n",
 		       (unsigned long long)st->ws_recorded, o->record_ws);
-	return o->verify ? verify(g, "") : 0;
+	return o->verify ? verify(vm, "") : 0;
 }
 
 static int restore_one(const struct snap_opts *o, int fd)
@@ -502,12 +512,12 @@ static int restore_one(const struct snap_opts *o, int fd)
 	ret = ferry_restore_start(fd, cli_dest_ops(), &rc, &ro, &rs);
 	if (ret) {
 		cli_error("restoring", ret);
-		cli_stop_guest(rc.dd.gv, &rc.resv);	/* none was left */
+		cli_free_vm(&rc.vm, &rc.resv);	/* none was left */
 		return 2;
 	}
-	ret = run_restored(o, rs, rc.dd.gv->guest, &st);
+	ret = run_restored(o, rs, &rc.vm, &st);
 	ferry_restore_destroy(rs);
-	cli_stop_guest(rc.dd.gv, &rc.resv);
+	cli_free_vm(&rc.vm, &rc.resv);
 	if (!ret && o->json)
 		ret = cli_json(o->json, json_restore, &st);
 	return ret;
@@ -533,8 +543,9 @@ static int start_clones(const struct snap_opts *o, int fd,
 	for (unsigned int i = 0; !ret && i < o->clones; i++) {
 		uint64_t t = ferry_clock_now_ns(), took;
 
-		ret = ferry_clone_create(cr->src, ferry_guest_vm_clone_ops(), NULL,
-					 &cr->clone[i]);
+		ret = ferry_clone_create(cr->src, cli_clone_ops(
+					 ferry_clone_source_stream(cr->src)),
+					 NULL, &cr->clone[i]);
 		took = ferry_clock_now_ns() - t;
 		cr->nr += !ret;
 		cr->first_ns = i ? cr->first_ns : took;
@@ -549,11 +560,13 @@ static int measure_clones(struct clone_run *cr)
 {
 	cr->shared = ferry_clone_source_bytes(cr->src);
 	for (unsigned int i = 0; i < cr->nr; i++) {
+		struct cli_vm vm;
 		int ret;
 
+		cli_vm_of(&vm, ferry_clone_vm(cr->clone[i]));
 		ret = ferry_clone_error(cr->clone[i]);
 		if (!ret)
-			ferry_guest_pause(ferry_clone_vm(cr->clone[i])->handle);
+			ret = cli_vm_stop(&vm);
 		if (!ret)
 			ret = ferry_clone_memory(cr->clone[i], &cr->mem[i]);
 		if (ret) {
@@ -607,11 +620,13 @@ static int verify_clones(const struct clone_run *cr)
 	int worst = 0;
 
 	for (unsigned int i = 0; i < cr->nr; i++) {
+		struct cli_vm vm;
 		char who[16];
 		int ret;
 
+		cli_vm_of(&vm, ferry_clone_vm(cr->clone[i]));
 		snprintf(who, sizeof(who), "%u", i);
-		ret = verify(ferry_clone_vm(cr->clone[i])->handle, who);
+		ret = verify(&vm, who);
 		worst = ret > worst ? ret : worst;
 	}
 	return worst;

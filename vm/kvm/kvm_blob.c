@@ -18,13 +18,14 @@
 #include "kvm_blob.h"
 #include "le.h"
 
-enum field_kind { K_RANGE, K_MASK };
+enum field_kind { K_RANGE, K_MASK, K_ENUM };
 
 struct field {
 	uint16_t off;
 	uint8_t width;
 	uint8_t kind;
-	uint64_t a, b;		/* RANGE: [a, b]; MASK: bits allowed in a */
+	uint64_t a, b;		/* RANGE: [a, b]; MASK: bits allowed in a;
+				 * ENUM: [0, a], or b */
 	const char *name;
 };
 
@@ -160,7 +161,9 @@ static const struct field ioapic_fields[] = {
 	ANY(PIT, channels[i].status), RNG(PIT, channels[i].read_state, 0, 4), \
 	RNG(PIT, channels[i].write_state, 0, 4), \
 	ANY(PIT, channels[i].write_latch), RNG(PIT, channels[i].rw_mode, 0, 3), \
-	RNG(PIT, channels[i].mode, 0, 5), FLAG(PIT, channels[i].bcd), \
+	/* KVM marks a channel never programmed with mode 0xff */ \
+	FLD(PIT, channels[i].mode, K_ENUM, 5, 0xff), \
+	FLAG(PIT, channels[i].bcd), \
 	FLAG(PIT, channels[i].gate), ANY(PIT, channels[i].count_load_time)
 static const struct field pit_fields[] = {
 	CHAN(0), CHAN(1), CHAN(2), MSK(PIT, flags, 3),
@@ -289,7 +292,18 @@ static void fixed_encode(const struct fixed *fx, const struct kb_state *s,
 
 static int field_check(enum kb_tag tag, const struct field *f, uint64_t v)
 {
-	bool ok = f->kind == K_MASK ? !(v & ~f->a) : v >= f->a && v <= f->b;
+	bool ok;
+
+	switch (f->kind) {
+	case K_MASK:
+		ok = !(v & ~f->a);
+		break;
+	case K_ENUM:
+		ok = v <= f->a || v == f->b;
+		break;
+	default:
+		ok = v >= f->a && v <= f->b;
+	}
 
 	if (ok)
 		return 0;
@@ -625,5 +639,18 @@ int kb_decode(const void *buf, size_t len, struct kb_state *s)
 	    !(s->have & (KB_HAVE(KB_SREGS) | KB_HAVE(KB_SREGS2))))
 		return ferry_error_set(-EINVAL, "KVM vCPU state without its "
 				       "registers, segments or MP state");
+	return 0;
+}
+
+int kb_check_identity(const struct kb_state *s, uint32_t vcpu,
+		      uint64_t machine_id)
+{
+	if (s->vcpu != vcpu)
+		return ferry_error_set(-EINVAL, "the state of vCPU %u cannot "
+				       "load into vCPU %u", s->vcpu, vcpu);
+	if (s->machine_id != machine_id)
+		return ferry_error_set(-EINVAL, "the vCPU state comes from "
+				       "another machine (workload, seed, vCPUs "
+				       "or memory differ)");
 	return 0;
 }

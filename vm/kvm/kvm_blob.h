@@ -103,6 +103,13 @@ ssize_t kb_encode(const struct kb_state *s, void *buf, size_t len);
  */
 int kb_decode(const void *buf, size_t len, struct kb_state *s);
 
+/*
+ * Does a decoded state belong to vCPU `vcpu` of machine `machine_id`?
+ * -EINVAL with a reason when it is another vCPU's or another machine's.
+ */
+int kb_check_identity(const struct kb_state *s, uint32_t vcpu,
+		      uint64_t machine_id);
+
 const char *kb_tag_name(enum kb_tag tag);
 
 #endif

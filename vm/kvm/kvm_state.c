@@ -320,14 +320,10 @@ static void sregs_from_sregs2(struct kb_state *s)
 static int fits_here(struct kvcpu *v, struct kb_state *s)
 {
 	struct ferry_kvm *k = v->k;
+	int ret = kb_check_identity(s, v->index, k->machine_id);
 
-	if (s->vcpu != v->index)
-		return ferry_error_set(-EINVAL, "the state of vCPU %u cannot "
-				       "load into vCPU %u", s->vcpu, v->index);
-	if (s->machine_id != k->machine_id)
-		return ferry_error_set(-EINVAL, "the vCPU state comes from "
-				       "another machine (workload, seed, vCPUs "
-				       "or memory differ)");
+	if (ret)
+		return ret;
 	if (HAVE(s, KB_SREGS2) && !k->has_sregs2)
 		sregs_from_sregs2(s);
 	if (HAVE(s, KB_SREGS) && k->has_sregs2) {
