@@ -26,6 +26,15 @@ enum test_result kvt_run_to(struct test_ctx *ctx, struct ferry_kvm *k,
 		CHECK_OK(ctx, ferry_kvm_resume(k));
 	else
 		CHECK_OK(ctx, ret);
+	return kvt_settle(ctx, k, steps);
+}
+
+enum test_result kvt_settle(struct test_ctx *ctx, struct ferry_kvm *k,
+			    uint64_t steps)
+{
+	int ret;
+
+	CHECK_OK(ctx, ferry_kvm_set_step_limit(k, steps));
 	ret = ferry_kvm_wait_settled(k, 120000);
 	CHECK(ctx, !ret, "settling: %s (guest: %s)", ferry_error_msg(),
 	      ferry_kvm_error(k));

@@ -27,8 +27,12 @@ enum test_result kvt_create(struct test_ctx *ctx, struct ferry_kvm_vm **kv,
 			    unsigned int vcpus, const char *spec,
 			    uint64_t steps, size_t mem);
 
-/* Set the limit, resume (or start), settle, pause. */
+/* A paused or new VM: set the limit, resume (or start), settle, pause. */
 enum test_result kvt_run_to(struct test_ctx *ctx, struct ferry_kvm *k,
+			    uint64_t steps);
+
+/* A running VM (a destination's, a clone's): set the limit, settle, pause. */
+enum test_result kvt_settle(struct test_ctx *ctx, struct ferry_kvm *k,
 			    uint64_t steps);
 
 /* Verify (every vCPU at a step boundary) and the MP states. */

@@ -200,23 +200,39 @@ static int snap_fd(void)
 	return open("/tmp", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
 }
 
-/* A source run to SPEC_STEPS, settled, paused, checked. */
+/* The most vCPUs a case's source has (seed 001's four). */
+#define SRC_MAX_VCPUS	4
+
+/*
+ * A source run to `steps`, settled, paused, checked; with `in_config`,
+ * its configuration's step limit is `steps` too, so that what is built
+ * from its description (a clone) settles there as well.
+ */
 struct src {
 	struct ferry_kvm_vm *kv;
-	enum ferry_mp_state mp[SPEC_VCPUS];
+	enum ferry_mp_state mp[SRC_MAX_VCPUS];
 	uint64_t digest;
 };
 
-static enum test_result make_src(struct test_ctx *ctx, struct src *s,
-				 const char *spec, unsigned int vcpus,
-				 uint64_t steps)
+static enum test_result make_src_limited(struct test_ctx *ctx, struct src *s,
+					 const char *spec, unsigned int vcpus,
+					 uint64_t steps, bool in_config)
 {
-	TRY(kvt_create(ctx, &s->kv, vcpus, spec, 0, KVM_TEST_MEM));
+	CHECK(ctx, vcpus <= SRC_MAX_VCPUS, "%u vCPUs", vcpus);
+	TRY(kvt_create(ctx, &s->kv, vcpus, spec, in_config ? steps : 0,
+		       KVM_TEST_MEM));
 	TRY(kvt_run_to(ctx, s->kv->kvm, steps));
 	source_states(s->kv->kvm, s->mp, vcpus);
 	TRY(kvt_check(ctx, s->kv->kvm, s->mp, vcpus));
 	CHECK_OK(ctx, ferry_kvm_digest(s->kv->kvm, &s->digest));
 	return TEST_PASS;
+}
+
+static enum test_result make_src(struct test_ctx *ctx, struct src *s,
+				 const char *spec, unsigned int vcpus,
+				 uint64_t steps)
+{
+	return make_src_limited(ctx, s, spec, vcpus, steps, false);
 }
 
 static enum test_result save(struct test_ctx *ctx, struct ferry_kvm_vm *kv,
@@ -335,33 +351,41 @@ static enum test_result working_set(struct test_ctx *ctx)
 
 /*
  * Clones: private mappings of one shared snapshot under MINOR; each runs
- * on, writing its own copies, and is verified; the snapshot stays.
+ * on, writing its own copies, and is verified; the snapshot stays.  A
+ * clone resumes as it is made, with the step limit of the source's
+ * configuration (SPEC_STEPS, where the snapshot was taken): until told
+ * otherwise it only settles, writing nothing.
  */
 static enum test_result clones(struct test_ctx *ctx)
 {
 	struct ferry_clone_source *cs;
 	struct ferry_clone *c[2];
 	struct ferry_clone_mem cm;
+	struct ferry_kvm *k0, *k1;
 	uint64_t digest;
 	int fd = snap_fd();
 	struct src s;
 
 	KVM_OR_SKIP(ctx);
 	CHECK(ctx, fd >= 0, "O_TMPFILE in /tmp: %s", strerror(errno));
-	TRY(make_src(ctx, &s, SPEC, SPEC_VCPUS, SPEC_STEPS));
+	TRY(make_src_limited(ctx, &s, SPEC, SPEC_VCPUS, SPEC_STEPS, true));
 	TRY(save(ctx, s.kv, fd, false));
 	ferry_kvm_vm_destroy(s.kv);
 	CHECK_OK(ctx, ferry_clone_source_create(fd, &cs));
 	for (int i = 0; i < 2; i++)
 		CHECK_OK(ctx, ferry_clone_create(cs, ferry_kvm_vm_clone_ops(),
 						 NULL, &c[i]));
-	TRY(kvt_run_to(ctx, ferry_clone_vm(c[0])->handle, SPEC_MORE));
-	TRY(kvt_check(ctx, ferry_clone_vm(c[0])->handle, s.mp, SPEC_VCPUS));
+	k0 = ferry_clone_vm(c[0])->handle;
+	k1 = ferry_clone_vm(c[1])->handle;
+	TRY(kvt_settle(ctx, k0, SPEC_MORE));
+	TRY(kvt_check(ctx, k0, s.mp, SPEC_VCPUS));
 	CHECK_OK(ctx, ferry_clone_memory(c[0], &cm));
 	CHECK(ctx, cm.private_bytes > 0, "clone 0 wrote no page of its own");
-	/* Clone 1 never ran: it still holds the snapshot. */
-	CHECK_OK(ctx, ferry_kvm_digest(ferry_clone_vm(c[1])->handle, &digest));
+	/* Clone 1 only settled: it still holds the snapshot. */
+	TRY(kvt_settle(ctx, k1, SPEC_STEPS));
+	CHECK_OK(ctx, ferry_kvm_digest(k1, &digest));
 	CHECK(ctx, digest == s.digest, "clone 1 sees clone 0's writes");
+	TRY(kvt_check(ctx, k1, s.mp, SPEC_VCPUS));
 	for (int i = 0; i < 2; i++) {
 		CHECK_OK(ctx, ferry_clone_error(c[i]));
 		ferry_clone_destroy(c[i]);
@@ -382,7 +406,7 @@ static enum test_result seed_after(struct test_ctx *ctx, struct ferry_kvm *k)
 {
 	struct ferry_guest_stats st;
 
-	TRY(kvt_run_to(ctx, k, 1500));
+	TRY(kvt_settle(ctx, k, 1500));
 	TRY(kvt_check(ctx, k, (enum ferry_mp_state[]){ R, R, S, R }, 4));
 	ferry_kvm_stats(k, &st);
 	CHECK_EQ(ctx, st.vcpu[2].steps, 300);

@@ -172,6 +172,23 @@ static void find_backend(struct ferry_kvm_info *info)
 		 vmx ? "vmx" : svm ? "svm" : "no vmx, no svm");
 }
 
+/* A kernel log line without its "<6>[    0.277579] " prefix. */
+static const char *log_text(const char *line)
+{
+	const char *p = line;
+
+	if (*p == '<' && (p = strchr(p, '>')))
+		p++;
+	else
+		p = line;
+	if (*p == '[' && strchr(p, ']')) {
+		p = strchr(p, ']') + 1;
+		while (*p == ' ')
+			p++;
+	}
+	return p;
+}
+
 /* The kernel log's last word on KVM, if it said why it is not there. */
 static void kernel_log_reason(char *out, size_t len)
 {
@@ -194,7 +211,8 @@ static void kernel_log_reason(char *out, size_t len)
 				last = line;
 	}
 	if (last)
-		snprintf(out, len, "; the kernel said: %s", last);
+		snprintf(out, len, "; the kernel said: \"%s\"",
+			 log_text(last));
 	free(buf);
 }
 
