@@ -12,15 +12,29 @@
  */
 #include "guest_abi.h"
 
+/*
+ * A call is an exit: everything this vCPU wrote to its block and to
+ * memory before it is there for the VMM to read (a compiler barrier on
+ * each side; x86 keeps the stores in order).
+ */
+#define barrier()	__asm__ volatile("" ::: "memory")
+
 static inline uint64_t call_load(enum kg_call fn, uint64_t arg)
 {
-	return *(volatile uint64_t *)(KG_MMIO_GPA + fn * KG_CALL_STRIDE +
-				      arg * 8);
+	uint64_t v;
+
+	barrier();
+	v = *(volatile uint64_t *)(KG_MMIO_GPA + fn * KG_CALL_STRIDE +
+				   arg * 8);
+	barrier();
+	return v;
 }
 
 static inline void call_store(enum kg_call fn, uint64_t value)
 {
+	barrier();
 	*(volatile uint64_t *)(KG_MMIO_GPA + fn * KG_CALL_STRIDE) = value;
+	barrier();
 }
 
 static inline uint64_t rdtsc(void)
@@ -60,9 +74,12 @@ static enum kg_call event_call(enum wl_event_kind kind)
 }
 
 /*
- * The scripted call at the cursor, if due.  A CPU_ON whose target is
- * still on stays at the cursor until the power generation moves (every
- * power change bumps it), as the built-in VM retries on every kick.
+ * The scripted call at the cursor, if due.  The cursor moves on before
+ * the call, as in the built-in VM: a CPU_OFF does not return (the vCPU
+ * is off when the exit is answered, and a later CPU_ON enters it afresh),
+ * and must not fire again then.  A CPU_ON whose target is still on stays
+ * at the cursor until the power generation moves (every power change
+ * bumps it), as the built-in VM retries on every kick.
  */
 static int fire_due_event(const struct kg_machine *m, struct kg_vcpu *v)
 {
@@ -79,14 +96,15 @@ static int fire_due_event(const struct kg_machine *m, struct kg_vcpu *v)
 	gen = ctl->power_gen;
 	if (v->waiting_gen == gen)
 		return 0;
+	v->waiting_gen = KG_NO_GEN;
+	v->cursor++;
 	ret = (int64_t)call_load(event_call(ev->kind), ev->target);
 	if (ev->kind == WL_EV_ON &&
 	    (ret == PSCI_ALREADY_ON || ret == PSCI_ON_PENDING)) {
+		v->cursor--;
 		v->waiting_gen = gen;
 		return 0;
 	}
-	v->waiting_gen = KG_NO_GEN;
-	v->cursor++;
 	return 1;
 }
 

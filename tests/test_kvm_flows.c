@@ -25,6 +25,7 @@
 #define S	FERRY_MP_STOPPED
 
 /* vCPU 2 powers off early and stays off; the others write and read. */
+#define OFF_STEP	200
 #define SPEC		"random,read=30,off=2@200"
 #define SPEC_VCPUS	3
 #define SPEC_STEPS	800
@@ -42,15 +43,21 @@ static void source_states(struct ferry_kvm *k, enum ferry_mp_state *mp,
 		ops()->get_mp_state(k, i, &mp[i]);
 }
 
-/* Until vCPU `vcpu` is off (its scripted CPU_OFF came), or 60 s. */
+/*
+ * Until vCPU `vcpu` is off after its scripted CPU_OFF at step `at`, or
+ * 60 s.  Off alone is not enough: it is off at boot too, until the boot
+ * vCPU powers it on.
+ */
 static enum test_result wait_off(struct test_ctx *ctx, struct ferry_kvm *k,
-				 unsigned int vcpu)
+				 unsigned int vcpu, uint64_t at)
 {
 	for (int i = 0; i < 6000; i++) {
+		struct ferry_guest_stats st;
 		enum ferry_mp_state mp;
 
 		CHECK_OK(ctx, ops()->get_mp_state(k, vcpu, &mp));
-		if (mp == S)
+		ferry_kvm_stats(k, &st);
+		if (mp == S && st.vcpu[vcpu].steps >= at)
 			return TEST_PASS;
 		CHECK(ctx, !ferry_kvm_error(k)[0], "guest: %s",
 		      ferry_kvm_error(k));
@@ -114,6 +121,12 @@ static int send_vm(struct kmig *m, struct ferry_kvm_vm *kv)
 	ferry_migrate_opts_init(&o);
 	o.mode = m->mode;
 	o.postcopy_at_once = m->at_once;
+	/*
+	 * At once, every page comes after the vCPUs resume: slowed to
+	 * 1 MB/s (a few seconds for what this guest wrote), the push leaves
+	 * them pages to fault on from guest mode.
+	 */
+	o.bandwidth_bps = m->at_once ? 1000000 : 0;
 	o.timeout_ms = 60000;
 	ret = ferry_migrate_send(&kv->vm, s, &o, &m->src_st);
 	ferry_net_session_close(s);
@@ -160,7 +173,7 @@ static enum test_result migrate_mode(struct test_ctx *ctx, enum ferry_mode mode,
 	KVM_OR_SKIP(ctx);
 	TRY(kvt_create(ctx, &kv, SPEC_VCPUS, SPEC, 0, KVM_TEST_MEM));
 	CHECK_OK(ctx, ferry_kvm_start(kv->kvm));
-	TRY(wait_off(ctx, kv->kvm, 2));
+	TRY(wait_off(ctx, kv->kvm, 2, OFF_STEP));
 	TRY(migrate(ctx, &m, kv));
 	source_states(kv->kvm, want, SPEC_VCPUS);
 	CHECK(ctx, want[2] == S && want[0] == R, "the source's states");
@@ -280,7 +293,7 @@ static enum test_result snap_restore(struct test_ctx *ctx, bool live)
 		/* Saved while the guest writes: the image of the pause. */
 		TRY(kvt_create(ctx, &s.kv, SPEC_VCPUS, SPEC, 0, KVM_TEST_MEM));
 		CHECK_OK(ctx, ferry_kvm_start(s.kv->kvm));
-		TRY(wait_off(ctx, s.kv->kvm, 2));
+		TRY(wait_off(ctx, s.kv->kvm, 2, OFF_STEP));
 		TRY(save(ctx, s.kv, fd, true));
 		CHECK_OK(ctx, ferry_kvm_pause(s.kv->kvm));
 		source_states(s.kv->kvm, s.mp, SPEC_VCPUS);
