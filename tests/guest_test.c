@@ -86,6 +86,27 @@ enum test_result tvm_verify_ok(struct test_ctx *ctx, struct tvm *t,
 	return TEST_PASS;
 }
 
+enum test_result tvm_report_ok(struct test_ctx *ctx,
+			       const struct ferry_verify_report *rep,
+			       const enum ferry_mp_state *want, unsigned int nr)
+{
+	tvm_dump_report(rep);
+	CHECK(ctx, rep->ok, "verifier: %llu lost, %llu torn, %llu duplicated, "
+	      "%llu read errors (first cell %llu, %s)",
+	      (unsigned long long)rep->lost, (unsigned long long)rep->torn,
+	      (unsigned long long)rep->duplicated,
+	      (unsigned long long)rep->read_errors,
+	      rep->nr_bad ? (unsigned long long)rep->bad[0].cell : 0ULL,
+	      rep->nr_bad ? ferry_verify_kind_name(rep->bad[0].kind) : "-");
+	CHECK(ctx, rep->cells_written > 0, "the guest wrote nothing");
+	for (unsigned int i = 0; i < nr; i++)
+		CHECK(ctx, rep->vcpu[i].mp_state == want[i],
+		      "vCPU %u is %s, want %s", i,
+		      ferry_vcpu_mp_state_name(rep->vcpu[i].mp_state),
+		      ferry_vcpu_mp_state_name(want[i]));
+	return TEST_PASS;
+}
+
 enum test_result tvm_expect_mp(struct test_ctx *ctx, struct tvm *t,
 			       const enum ferry_mp_state *states)
 {

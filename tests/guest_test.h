@@ -49,6 +49,14 @@ enum test_result tvm_run_to(struct test_ctx *ctx, struct tvm *t,
 enum test_result tvm_verify_ok(struct test_ctx *ctx, struct tvm *t,
 			       struct ferry_verify_report *rep);
 
+/*
+ * Any VM's verifier report: no fault (the first bad cell named), some
+ * cells written, vCPU i's power state want[i] for the first nr.
+ */
+enum test_result tvm_report_ok(struct test_ctx *ctx,
+			       const struct ferry_verify_report *rep,
+			       const enum ferry_mp_state *want, unsigned int nr);
+
 /* Every vCPU's MP state must be states[i]. */
 enum test_result tvm_expect_mp(struct test_ctx *ctx, struct tvm *t,
 			       const enum ferry_mp_state *states);

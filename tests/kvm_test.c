@@ -67,19 +67,6 @@ enum test_result kvt_check(struct test_ctx *ctx, struct ferry_kvm *k,
 	CHECK(ctx, !ferry_kvm_error(k)[0], "the guest stopped: %s",
 	      ferry_kvm_error(k));
 	CHECK_OK(ctx, ferry_kvm_verify(k, &rep));
-	tvm_dump_report(&rep);
-	CHECK(ctx, rep.ok, "verifier: %llu lost, %llu torn, %llu duplicated, "
-	      "%llu read errors (first cell %llu, %s)",
-	      (unsigned long long)rep.lost, (unsigned long long)rep.torn,
-	      (unsigned long long)rep.duplicated,
-	      (unsigned long long)rep.read_errors,
-	      rep.nr_bad ? (unsigned long long)rep.bad[0].cell : 0ULL,
-	      rep.nr_bad ? ferry_verify_kind_name(rep.bad[0].kind) : "-");
-	CHECK(ctx, rep.cells_written > 0, "the guest wrote nothing");
-	for (unsigned int i = 0; i < nr; i++)
-		CHECK(ctx, rep.vcpu[i].mp_state == want[i],
-		      "vCPU %u is %s, want %s", i,
-		      ferry_vcpu_mp_state_name(rep.vcpu[i].mp_state),
-		      ferry_vcpu_mp_state_name(want[i]));
+	TRY(tvm_report_ok(ctx, &rep, want, nr));
 	return kvt_expect_mp(ctx, k, want, nr);
 }
