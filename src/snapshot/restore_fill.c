@@ -353,8 +353,10 @@ void restore_readers_stop(struct ferry_restore *rs)
 	threads_stop(&rs->readers);
 }
 
+/* Not once a cancel was asked: nothing more is to be read. */
 int ferry_restore_fill(struct ferry_restore *rs)
 {
-	evfd_signal(rs->fill_fd);
+	if (!restore_cancelled(rs))
+		evfd_signal(rs->fill_fd);
 	return 0;
 }
