@@ -229,6 +229,7 @@ static void stop_vcpus(struct ferry_restore *rs)
 	struct pauser p = { .vm = &rs->vm, .done_fd = evfd_open() };
 	bool released = false;
 	pthread_t t;
+	int ret;
 
 	if (p.done_fd < 0 || pthread_create(&t, NULL, pause_main, &p)) {
 		postcopy_release(rs->pc);	/* and pause here */
@@ -237,7 +238,12 @@ static void stop_vcpus(struct ferry_restore *rs)
 			close(p.done_fd);
 		return;
 	}
-	while (evfd_wait(p.done_fd, -1, 1) != 1) {
+	/* A reader that fails wakes us (wake_fd); the fault thread, never. */
+	while ((ret = evfd_wait(p.done_fd, rs->wake_fd, CTL_POLL_MS)) != 1) {
+		if (ret == 0)
+			evfd_drain(rs->wake_fd);
+		else if (ret != -ETIMEDOUT)
+			usleep(1000);	/* poll failed: do not spin */
 		if (!released && !file_serves(rs)) {
 			postcopy_release(rs->pc);
 			released = true;
