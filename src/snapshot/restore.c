@@ -235,18 +235,23 @@ static int start_threads(struct ferry_restore *rs)
 	return ret;
 }
 
-/* Build, load, resume.  On return the vCPUs run (0), or nothing ended. */
+/*
+ * Build, load, resume: 0 when the vCPUs run (and, lazy, the readers and
+ * the control thread too); else what failed, for run_and_tell to undo.
+ */
 static int run(struct ferry_restore *rs, int fd)
 {
 	bool lazy = rs->opts.mode == FERRY_RESTORE_LAZY;
 	int ret = prepare(rs, fd);
 
-	restore_set_phase(rs, FERRY_PHASE_PRECOPY);
+	if (!ret)
+		restore_set_phase(rs, FERRY_PHASE_PRECOPY);
 	if (!ret)
 		ret = lazy ? restore_lazy(rs) : restore_eager(rs);
 	if (!ret)
 		ret = restore_check_cancel(rs);
-	restore_set_phase(rs, FERRY_PHASE_SWITCHOVER);
+	if (!ret)
+		restore_set_phase(rs, FERRY_PHASE_SWITCHOVER);
 	if (!ret && !lazy)
 		ret = snap_load_vcpus(rs->file, &rs->vm);
 	if (!ret)
@@ -309,10 +314,12 @@ static void *ctl_main(void *arg)
 
 static int init(struct ferry_restore *rs)
 {
-	int ret;
+	int ret = restore_ctl_init(rs);	/* its locks first: fini needs them */
 
 	pthread_mutex_init(&rs->qlock, NULL);
 	err_slot_init(&rs->err);
+	if (ret)
+		return ret;
 	rs->demand_fd = evfd_open();
 	rs->fill_fd = evfd_open();
 	rs->demand_buf = snap_buf_alloc(READ_CHUNK);
@@ -322,8 +329,6 @@ static int init(struct ferry_restore *rs)
 	if (ret < 0)
 		return ferry_fail(ret, "eventfd: %s", strerror(-ret));
 	ret = threads_init(&rs->readers);
-	if (!ret)
-		ret = restore_ctl_init(rs);
 	if (ret)
 		return ret;
 	if (!rs->demand_buf || !rs->fill_buf)

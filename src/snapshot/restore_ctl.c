@@ -30,7 +30,6 @@
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "base/error.h"
@@ -59,13 +58,15 @@ const char *ferry_restore_phase_name(enum ferry_phase phase)
 
 int restore_ctl_init(struct ferry_restore *rs)
 {
+	int fd;
+
 	pthread_mutex_init(&rs->lock, NULL);
 	pthread_cond_init(&rs->cond, NULL);
 	rs->rate_bps = -1;
-	rs->wake_fd = evfd_open();
-	if (rs->wake_fd < 0)
-		return ferry_fail(rs->wake_fd, "eventfd: %s",
-				  strerror(-rs->wake_fd));
+	fd = evfd_open();
+	if (fd < 0)
+		return ferry_fail(fd, "eventfd: %s", strerror(-fd));
+	rs->wake_fd = fd;
 	return 0;
 }
 
@@ -172,9 +173,8 @@ static int final_error(struct ferry_restore *rs, int ret)
 		return ferry_fail(-ECANCELED, "cancelled (the vCPUs were "
 				  "stopped before every page was in place: "
 				  "discard the VM)");
-	return ferry_fail(-ECANCELED, "cancelled (before the vCPUs ran: %s)",
-			  rs->ops->discard ? "the VM was discarded" :
-			  "nothing ran");
+	return ferry_fail(-ECANCELED, "cancelled (before the vCPUs ran: "
+			  "nothing ran, and what was built was discarded)");
 }
 
 int restore_end(struct ferry_restore *rs, int ret)
@@ -325,35 +325,17 @@ int ferry_restore_cancel(struct ferry_restore *rs)
 	return 0;
 }
 
-static struct timespec deadline_in(int ms)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += ms / 1000;
-	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
-	return ts;
-}
-
 int ferry_restore_wait(struct ferry_restore *rs, int timeout_ms)
 {
-	struct timespec ts = deadline_in(timeout_ms < 0 ? 0 : timeout_ms);
-	int ret = 0;
+	int ret;
 
 	ferry_restore_fill(rs);
 	pthread_mutex_lock(&rs->lock);
-	while (!rs->ended && !ret)
-		ret = timeout_ms < 0 ? pthread_cond_wait(&rs->cond, &rs->lock) :
-		      pthread_cond_timedwait(&rs->cond, &rs->lock, &ts);
-	if (rs->ended)
-		ret = rs->result ? ferry_fail(rs->result, "%s", rs->reason) : 0;
-	else
+	if (!snap_wait_ended(&rs->lock, &rs->cond, &rs->ended, timeout_ms))
 		ret = ferry_fail(-ETIMEDOUT, "pages still owed after %d ms",
 				 timeout_ms);
+	else
+		ret = rs->result ? ferry_fail(rs->result, "%s", rs->reason) : 0;
 	pthread_mutex_unlock(&rs->lock);
 	return ret;
 }

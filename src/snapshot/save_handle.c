@@ -91,8 +91,6 @@ static int add_target(struct ferry_snapshot_save *h, const char *path)
 	if (!h->target)
 		return ferry_fail(-ENOMEM, "out of memory");
 	*h->target = (struct save_target){ .dir_fd = -1, .fd = -1 };
-	if (!path)
-		return ferry_fail(-EINVAL, "saving needs a path");
 	ret = save_target_open(h->target, path);
 	h->fd = h->target->fd;
 	return ret;
@@ -189,9 +187,10 @@ static int start_worker(struct ferry_snapshot_save *h,
 
 /* ---- the public calls --------------------------------------------------- */
 
-int ferry_snapshot_start(const struct ferry_vm *vm, int fd,
-			 const struct ferry_snapshot_opts *opts,
-			 struct ferry_snapshot_save **out)
+/* A save on its own thread: to path, or (path NULL) to fd. */
+static int start(const struct ferry_vm *vm, const char *path, int fd,
+		 const struct ferry_snapshot_opts *opts,
+		 struct ferry_snapshot_save **out)
 {
 	struct ferry_snapshot_save *h;
 	int ret = handle_create(vm, opts, &h);
@@ -199,19 +198,7 @@ int ferry_snapshot_start(const struct ferry_vm *vm, int fd,
 	if (ret)
 		return ret;
 	h->fd = fd;
-	return start_worker(h, out);
-}
-
-int ferry_snapshot_start_path(const struct ferry_vm *vm, const char *path,
-			      const struct ferry_snapshot_opts *opts,
-			      struct ferry_snapshot_save **out)
-{
-	struct ferry_snapshot_save *h;
-	int ret = handle_create(vm, opts, &h);
-
-	if (ret)
-		return ret;
-	ret = add_target(h, path);
+	ret = path ? add_target(h, path) : 0;
 	if (ret) {
 		handle_free(h);
 		return ret;
@@ -219,9 +206,26 @@ int ferry_snapshot_start_path(const struct ferry_vm *vm, const char *path,
 	return start_worker(h, out);
 }
 
-int ferry_snapshot_save(const struct ferry_vm *vm, int fd,
-			const struct ferry_snapshot_opts *opts,
-			struct ferry_snapshot_stats *stats)
+int ferry_snapshot_start(const struct ferry_vm *vm, int fd,
+			 const struct ferry_snapshot_opts *opts,
+			 struct ferry_snapshot_save **out)
+{
+	return start(vm, NULL, fd, opts, out);
+}
+
+int ferry_snapshot_start_path(const struct ferry_vm *vm, const char *path,
+			      const struct ferry_snapshot_opts *opts,
+			      struct ferry_snapshot_save **out)
+{
+	if (!path)
+		return ferry_fail(-EINVAL, "saving needs a path");
+	return start(vm, path, -1, opts, out);
+}
+
+/* A save on the caller's thread: to path, or (path NULL) to fd. */
+static int save_here(const struct ferry_vm *vm, const char *path, int fd,
+		     const struct ferry_snapshot_opts *opts,
+		     struct ferry_snapshot_stats *stats)
 {
 	struct ferry_snapshot_save *h;
 	int ret;
@@ -231,30 +235,32 @@ int ferry_snapshot_save(const struct ferry_vm *vm, int fd,
 	if (ret)
 		return ret;
 	h->fd = fd;
-	ret = run(h);
-	*stats = h->stats;
-	handle_free(h);
-	return ret;
-}
-
-int ferry_snapshot_save_path(const struct ferry_vm *vm, const char *path,
-			     const struct ferry_snapshot_opts *opts,
-			     struct ferry_snapshot_stats *stats)
-{
-	struct ferry_snapshot_save *h;
-	int ret;
-
-	memset(stats, 0, sizeof(*stats));
-	ret = handle_create(vm, opts, &h);
-	if (ret)
-		return ret;
-	ret = add_target(h, path);
+	if (path)
+		ret = add_target(h, path);
 	if (!ret) {
 		ret = run(h);
 		*stats = h->stats;
 	}
 	handle_free(h);
 	return ret;
+}
+
+int ferry_snapshot_save(const struct ferry_vm *vm, int fd,
+			const struct ferry_snapshot_opts *opts,
+			struct ferry_snapshot_stats *stats)
+{
+	return save_here(vm, NULL, fd, opts, stats);
+}
+
+int ferry_snapshot_save_path(const struct ferry_vm *vm, const char *path,
+			     const struct ferry_snapshot_opts *opts,
+			     struct ferry_snapshot_stats *stats)
+{
+	if (!path) {
+		memset(stats, 0, sizeof(*stats));
+		return ferry_fail(-EINVAL, "saving needs a path");
+	}
+	return save_here(vm, path, -1, opts, stats);
 }
 
 static struct timespec deadline_in(int ms)
@@ -271,19 +277,27 @@ static struct timespec deadline_in(int ms)
 	return ts;
 }
 
-int ferry_snapshot_wait(struct ferry_snapshot_save *h, int timeout_ms)
+bool snap_wait_ended(pthread_mutex_t *lock, pthread_cond_t *cond,
+		     const bool *ended, int timeout_ms)
 {
 	struct timespec ts = deadline_in(timeout_ms < 0 ? 0 : timeout_ms);
 	int ret = 0;
 
+	while (!*ended && !ret)
+		ret = timeout_ms < 0 ? pthread_cond_wait(cond, lock) :
+		      pthread_cond_timedwait(cond, lock, &ts);
+	return *ended;
+}
+
+int ferry_snapshot_wait(struct ferry_snapshot_save *h, int timeout_ms)
+{
+	int ret;
+
 	pthread_mutex_lock(&h->lock);
-	while (!h->ended && !ret)
-		ret = timeout_ms < 0 ? pthread_cond_wait(&h->cond, &h->lock) :
-		      pthread_cond_timedwait(&h->cond, &h->lock, &ts);
-	if (h->ended)
-		ret = h->result ? ferry_fail(h->result, "%s", h->reason) : 0;
-	else
+	if (!snap_wait_ended(&h->lock, &h->cond, &h->ended, timeout_ms))
 		ret = ferry_fail(-EINPROGRESS, "the save is still running");
+	else
+		ret = h->result ? ferry_fail(h->result, "%s", h->reason) : 0;
 	pthread_mutex_unlock(&h->lock);
 	return ret;
 }
