@@ -36,6 +36,26 @@ int ferry_dirty_start(struct ferry_mem *mem, struct ferry_dirty **out);
 ssize_t ferry_dirty_collect(struct ferry_dirty *dirty, unsigned int idx,
 			    uint64_t *bitmap);
 
+/*
+ * The last collect, with nothing left to write (the vCPUs paused): the
+ * same pages as ferry_dirty_collect(), but none is protected again, so
+ * they stay written (a later collect reports them again) and a write to
+ * one of them later is not told from the one found now.  It reads the
+ * page tables without writing them: the switchover's collect costs about
+ * a millisecond per GiB instead of tens.  Returns how many bits were
+ * newly set, or -errno.
+ */
+ssize_t ferry_dirty_collect_final(struct ferry_dirty *dirty, unsigned int idx,
+				  uint64_t *bitmap);
+
+/*
+ * What ferry_dirty_collect_final() of every region is expected to cost,
+ * in ns, for a downtime estimate: a read-only walk of them all timed when
+ * tracking started (when nothing was written yet), twice over, since one
+ * that finds written pages costs up to twice as much.
+ */
+uint64_t ferry_dirty_final_cost_ns(const struct ferry_dirty *dirty);
+
 /* Unregister and free.  NULL is fine. */
 void ferry_dirty_stop(struct ferry_dirty *dirty);
 

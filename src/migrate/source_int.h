@@ -262,9 +262,11 @@ int source_map_populated(struct source *src);
 
 /*
  * OR into the send maps the pages written since the last collect and
- * those the destination asked for again.
+ * those the destination asked for again.  `final`: the vCPUs are paused
+ * and this is the last collect, which protects nothing again (tracking
+ * ends at the commit, or with the migration if it fails first).
  */
-int source_map_dirty(struct source *src);
+int source_map_dirty(struct source *src, bool final);
 
 /* One round over the send maps; *bps: how fast it went. */
 int source_round(struct source *src, bool live, double *bps);

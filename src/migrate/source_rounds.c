@@ -12,6 +12,7 @@
 #include "base/bitmap.h"
 #include "ferry/clock.h"
 #include "ferry/hist.h"
+#include "migrate/link.h"
 #include "migrate/source_int.h"
 
 int sender_round(struct sender *s, bool live, unsigned int round)
@@ -110,12 +111,20 @@ static void take_refetch(struct source *src, unsigned int region)
 	atomic_fetch_add_explicit(&src->refetched, n, memory_order_relaxed);
 }
 
-int source_map_dirty(struct source *src)
+static ssize_t collect(struct source *src, unsigned int region, bool final)
+{
+	if (!src->dirty)
+		return 0;
+	return final ? ferry_dirty_collect_final(src->dirty, region,
+						 src->send_map[region]) :
+		       ferry_dirty_collect(src->dirty, region,
+					   src->send_map[region]);
+}
+
+int source_map_dirty(struct source *src, bool final)
 {
 	for (unsigned int i = 0; i < src->vm->mem->nr_regions; i++) {
-		ssize_t n = src->dirty ? ferry_dirty_collect(src->dirty, i,
-							     src->send_map[i]) :
-					 0;
+		ssize_t n = collect(src, i, final);
 
 		if (n < 0)
 			return (int)n;
@@ -195,31 +204,61 @@ static bool hybrid_gives_up(const struct source *src, double bytes,
 	return rounds_to_converge(src, bytes, bps, dirty_bps) > left;
 }
 
+/* What the rounds measured, for the decision after each. */
+struct pace {
+	uint64_t collect_ns;	/* when the last collect ended */
+	uint64_t round_bytes;	/* the last round's */
+	double bps;		/* its bytes over the time until the
+				 * destination had them all */
+	double span_bps;	/* the same bytes over the span from the
+				 * collect before it to this decision */
+	double dirty_bps;	/* distinct pages written over that span */
+	uint64_t rtt_ns;	/* the least time, over the rounds, from a
+				 * round's last record to the destination's
+				 * word that it had it all */
+	uint64_t since_ns;	/* from this collect to the decision */
+};
+
+/*
+ * The downtime a switchover in pre-copy would take now, ms: the last
+ * collect (a read-only walk), the dirty set and what the guest writes
+ * until the pause at the end-to-end rate, and the round trip of READY
+ * (the in-flight data is already in: the rounds wait for it).
+ */
+static double precopy_downtime_ms(const struct source *src,
+				  const struct pace *p, double bytes)
+{
+	double ns = (double)ferry_dirty_final_cost_ns(src->dirty) +
+		    (double)p->rtt_ns;
+
+	bytes += p->dirty_bps * (double)p->since_ns / 1e9;
+	if (p->bps <= 0)
+		return 1e9;
+	return (ns + bytes * 1e9 / p->bps) / 1e6;
+}
+
 /*
  * After a round, with the pages dirtied during it in the send maps: the
  * mode to switch over in now, or false to go on with another round.
  */
 static bool converged(struct source *src, uint64_t dirty, uint64_t prev,
-		      double bps, double span_bps, double dirty_bps,
-		      enum ferry_mode *switch_mode)
+		      const struct pace *p, enum ferry_mode *switch_mode)
 {
 	const struct ferry_migrate_opts *o = src->opts;
-	uint64_t page = 4096;
-	double est_ms;
+	uint64_t page = src->vm->mem->regions[0].page_size;
 
 	if (o->mode == FERRY_MODE_POSTCOPY || mig_take_postcopy_now(src->m)) {
 		*switch_mode = FERRY_MODE_POSTCOPY;
 		return true;
 	}
-	if (src->vm->mem->nr_regions)
-		page = src->vm->mem->regions[0].page_size;
-	est_ms = bps > 0 ? (double)(dirty * page) * 1e3 / bps : 1e9;
-	if (est_ms <= o->max_downtime_ms) {
+	if (precopy_downtime_ms(src, p, (double)(dirty * page)) <=
+	    o->max_downtime_ms) {
 		*switch_mode = FERRY_MODE_PRECOPY;
 		return true;
 	}
 	if (o->mode == FERRY_MODE_HYBRID &&
-	    hybrid_gives_up(src, (double)(dirty * page), span_bps, dirty_bps)) {
+	    hybrid_gives_up(src, (double)(dirty * page), p->span_bps,
+			    p->dirty_bps)) {
 		*switch_mode = FERRY_MODE_POSTCOPY;
 		return true;
 	}
@@ -233,30 +272,82 @@ static bool converged(struct source *src, uint64_t dirty, uint64_t prev,
 	return false;
 }
 
-/*
- * Since the last collect (*collect_ns, moved to now), in which a round of
- * round_ns went at *bps: the guest's dirty rate (the distinct pages it
- * wrote, as bytes per second), and *bps brought to the whole span.
- */
-static double dirty_rate(const struct source *src, uint64_t dirty,
-			 uint64_t round_ns, uint64_t *collect_ns, double *bps)
-{
-	const struct ferry_mem *mem = src->vm->mem;
-	uint64_t now = ferry_clock_now_ns(), ns = now - *collect_ns;
-	uint64_t page = mem->nr_regions ? mem->regions[0].page_size : 4096;
+struct sent_arg {
+	const struct link *link;
+	uint64_t sent;
+};
 
-	*collect_ns = now;
-	if (!ns)
-		return 0;
-	*bps = *bps * (double)(round_ns < ns ? round_ns : ns) / (double)ns;
-	return (double)(dirty * page) * 1e9 / (double)ns;
+static bool all_arrived(const void *arg)
+{
+	const struct sent_arg *a = arg;
+
+	return link_peer_received(a->link) >= a->sent;
+}
+
+/*
+ * Wait until the destination shows it has read all that was sent: it
+ * says so at each ROUND_END.  Socket buffers hold tens of MiB on a fast
+ * link, which the destination must read before it sees SWITCHOVER: read
+ * now, while the guest runs, they cost no downtime, and the round's rate
+ * is the rate at which the destination took it.  The collect runs while
+ * they drain.
+ */
+static int wait_arrived(struct source *src, uint64_t sent)
+{
+	struct sent_arg a = { .link = &src->link, .sent = sent };
+
+	return mig_wait_until(src->m, &src->link, all_arrived, &a);
+}
+
+/*
+ * A round went from round_ns until its last record at sent_ns; the
+ * destination showed it had it all in the heartbeat that came last.  Its
+ * end-to-end rate and round trip, and the rates over the span from the
+ * previous collect (p->collect_ns, moved to collect_ns) to this one: the
+ * guest's dirty rate (the distinct pages it wrote, as bytes per second)
+ * and the round's bytes.
+ */
+static void measure(const struct source *src, struct pace *p, uint64_t dirty,
+		    uint64_t round_ns, uint64_t sent_ns, uint64_t collect_ns)
+{
+	uint64_t page = src->vm->mem->regions[0].page_size;
+	uint64_t now = ferry_clock_now_ns();
+	uint64_t arrived = atomic_load(&src->link.heartbeat_ns);
+	uint64_t span = collect_ns - p->collect_ns;
+
+	if (arrived < sent_ns || arrived > now)
+		arrived = arrived < sent_ns ? sent_ns : now;
+	p->bps = arrived > round_ns ? (double)p->round_bytes * 1e9 /
+				      (double)(arrived - round_ns) : 0;
+	p->span_bps = span ? (double)p->round_bytes * 1e9 / (double)span : 0;
+	p->dirty_bps = span ? (double)(dirty * page) * 1e9 / (double)span : 0;
+	if (!p->rtt_ns || arrived - sent_ns < p->rtt_ns)
+		p->rtt_ns = arrived - sent_ns;
+	p->since_ns = now - collect_ns;
+	p->collect_ns = collect_ns;
+}
+
+/* One live round and the collect after it; *sent_ns: its last record. */
+static int live_round(struct source *src, struct pace *p, uint64_t *sent_ns)
+{
+	uint64_t before = atomic_load(&src->m->bytes_sent);
+	double bps;
+	int ret = 0;
+
+	if (mig_cancelled(src->m))
+		ret = mig_cancel_error(src->m, "the VM runs here");
+	if (!ret)
+		ret = source_round(src, true, &bps);
+	*sent_ns = ferry_clock_now_ns();
+	p->round_bytes = atomic_load(&src->m->bytes_sent) - before;
+	source_clear_maps(src);
+	return ret ? ret : source_map_dirty(src, false);
 }
 
 int source_precopy(struct source *src, enum ferry_mode *switch_mode)
 {
-	uint64_t prev = UINT64_MAX, dirty, collect_ns = ferry_clock_now_ns();
-	uint64_t round_ns = 0;
-	double bps = 0, span_bps = 0, dirty_bps;
+	struct pace p = { .collect_ns = ferry_clock_now_ns() };
+	uint64_t prev = UINT64_MAX, dirty;
 	int ret;
 
 	if (!src->dirty) {	/* nothing can tell what changed: all later */
@@ -266,25 +357,18 @@ int source_precopy(struct source *src, enum ferry_mode *switch_mode)
 	source_clear_maps(src);
 	ret = source_map_populated(src);
 	for (;;) {
-		if (!ret && mig_cancelled(src->m))
-			ret = mig_cancel_error(src->m, "the VM runs here");
-		if (!ret) {
-			round_ns = ferry_clock_now_ns();
-			ret = source_round(src, true, &bps);
-			round_ns = ferry_clock_now_ns() - round_ns;
-		}
-		if (ret)
-			return ret;
-		source_clear_maps(src);
-		ret = source_map_dirty(src);
+		uint64_t round_ns = ferry_clock_now_ns(), sent_ns, collect_ns;
+
+		if (!ret)
+			ret = live_round(src, &p, &sent_ns);
+		collect_ns = ferry_clock_now_ns();
+		if (!ret)
+			ret = wait_arrived(src, atomic_load(&src->link.data_sent));
 		if (ret)
 			return ret;
 		dirty = source_count_maps(src);
-		span_bps = bps;
-		dirty_bps = dirty_rate(src, dirty, round_ns, &collect_ns,
-				       &span_bps);
-		if (converged(src, dirty, prev, bps, span_bps, dirty_bps,
-			      switch_mode))
+		measure(src, &p, dirty, round_ns, sent_ns, collect_ns);
+		if (converged(src, dirty, prev, &p, switch_mode))
 			return 0;
 		prev = dirty;
 	}

@@ -133,7 +133,7 @@ static int switch_precopy(struct source *src)
 {
 	enum ferry_wire_switch_mode m = FERRY_WIRE_SWITCH_PRECOPY;
 	double bps;
-	int ret = source_map_dirty(src);
+	int ret = source_map_dirty(src, true);
 
 	if (!ret)
 		ret = source_round(src, false, &bps);
@@ -153,7 +153,7 @@ static int switch_postcopy(struct source *src)
 	int ret = src->dirty ? 0 : source_map_populated(src);
 
 	if (!ret)
-		ret = source_map_dirty(src);
+		ret = source_map_dirty(src, true);
 	if (!ret)
 		ret = send_stale(src);
 	if (!ret)
