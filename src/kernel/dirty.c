@@ -6,7 +6,6 @@
 
 #include "base/bitmap.h"
 #include "base/error.h"
-#include "ferry/clock.h"
 #include "ferry/dirty.h"
 #include "ferry/uffd.h"
 #include "base/sys.h"
@@ -18,8 +17,6 @@ struct ferry_dirty {
 	struct ferry_mem *mem;
 	struct ferry_uffd uffd;
 	int pagemap_fd;
-	uint64_t walk_ns;		/* a read-only walk of every region,
-					 * timed at start */
 	struct page_region vec[SCAN_VEC_LEN];
 };
 
@@ -38,27 +35,6 @@ static int arm_region(struct ferry_dirty *d, struct ferry_region *r)
 	if (ret)
 		return ferry_fail(ret, "write-protecting %zu MiB: %s",
 				  r->size >> 20, strerror(-ret));
-	return 0;
-}
-
-static ssize_t collect(struct ferry_dirty *d, unsigned int idx, bool protect,
-		       uint64_t *bitmap);
-
-/*
- * What a last collect will cost, for the downtime's estimate: the same
- * read-only walk, now, when nothing is written yet, marking nothing.
- */
-static int time_walk(struct ferry_dirty *d)
-{
-	uint64_t t0 = ferry_clock_now_ns();
-
-	for (unsigned int i = 0; i < d->mem->nr_regions; i++) {
-		ssize_t n = collect(d, i, false, NULL);
-
-		if (n < 0)
-			return (int)n;
-	}
-	d->walk_ns = ferry_clock_now_ns() - t0;
 	return 0;
 }
 
@@ -90,9 +66,6 @@ int ferry_dirty_start(struct ferry_mem *mem, struct ferry_dirty **out)
 		if (ret)
 			goto err_close_pagemap;
 	}
-	ret = time_walk(d);
-	if (ret)
-		goto err_close_pagemap;
 	*out = d;
 	return 0;
 
@@ -135,7 +108,7 @@ static size_t mark_found(const struct ferry_region *r,
 	uint64_t base = (uintptr_t)r->guest;
 	size_t newly = 0;
 
-	for (int i = 0; i < n && bitmap; i++) {
+	for (int i = 0; i < n; i++) {
 		size_t first = (size_t)(v[i].start - base) / r->page_size;
 		size_t last = (size_t)(v[i].end - base - 1) / r->page_size;
 
@@ -231,6 +204,25 @@ static ssize_t collect(struct ferry_dirty *d, unsigned int idx, bool protect,
 	return newly;
 }
 
+ssize_t ferry_dirty_collect_range(struct ferry_dirty *d, unsigned int idx,
+				  uint64_t first, uint64_t count,
+				  uint64_t *bitmap)
+{
+	struct ferry_region *r;
+	uintptr_t start;
+
+	if (idx >= d->mem->nr_regions)
+		return ferry_fail(-EINVAL, "no region %u", idx);
+	r = &d->mem->regions[idx];
+	if (first > r->nr_pages || count > r->nr_pages - first)
+		return ferry_fail(-EINVAL, "pages %llu+%llu are outside region "
+				  "%u", (unsigned long long)first,
+				  (unsigned long long)count, idx);
+	start = (uintptr_t)r->guest + first * r->page_size;
+	return collect_range(d, r, start, start + count * r->page_size, true,
+			     bitmap);
+}
+
 ssize_t ferry_dirty_collect(struct ferry_dirty *d, unsigned int idx,
 			    uint64_t *bitmap)
 {
@@ -238,24 +230,16 @@ ssize_t ferry_dirty_collect(struct ferry_dirty *d, unsigned int idx,
 }
 
 /*
- * Re-protecting is most of a collect's cost (a write to every entry the
- * walk finds written, and the TLB flushes that go with it): a walk that
- * only reads costs a tenth of it or less.
+ * Re-protecting is most of a collect's cost: a write to every entry the
+ * walk finds written, and a TLB flush for each page table it changed,
+ * which while the vCPUs run on another CPU is an interrupt there and a
+ * wait for it (20-40 ms of CPU for 1 GiB here, with a few hundred pages
+ * written by two threads).  A walk that only reads flushes nothing.
  */
-ssize_t ferry_dirty_collect_final(struct ferry_dirty *d, unsigned int idx,
-				  uint64_t *bitmap)
+ssize_t ferry_dirty_peek(struct ferry_dirty *d, unsigned int idx,
+			 uint64_t *bitmap)
 {
 	return collect(d, idx, false, bitmap);
-}
-
-/*
- * A walk that finds written pages costs up to twice one that finds none
- * (1 GiB of shmem here: 0.6-0.75 ms with nothing written, 1.1-1.8 ms with
- * a tenth or all of it written).
- */
-uint64_t ferry_dirty_final_cost_ns(const struct ferry_dirty *d)
-{
-	return 2 * d->walk_ns;
 }
 
 void ferry_dirty_stop(struct ferry_dirty *d)
