@@ -141,7 +141,8 @@ static int run_vm(struct dest *d, uint64_t t0)
 	if (post)	/* the guest runs: map what is here in bulk */
 		postcopy_map_go(d->pc);
 	mig_set_location(d->m, post ? FERRY_VM_SPLIT : FERRY_VM_HERE);
-	mig_event(d->m, FERRY_EVENT_DEST_RUNNING, 0, 0);
+	mig_event(d->m, FERRY_EVENT_DEST_RUNNING, 0,
+		  post ? atomic_load(&d->pc->owed_left) : 0);
 	return 0;
 }
 
