@@ -185,6 +185,7 @@ check-lib: $(SHARED)
 # staging directory, as a package would be), then only <ferry/ferry.h>
 # and `pkg-config --cflags --libs ferry`.  It runs every flow it shows and
 # checks its own memory after each; a failure fails the check.
+EXAMPLE_SRC := examples/minivmm.c examples/flows.c
 STAGE := $(abspath $(O)/stage)
 STAGE_PC := PKG_CONFIG_PATH=$(STAGE)/usr/lib/pkgconfig \
 	    PKG_CONFIG_SYSROOT_DIR=$(STAGE)
@@ -193,9 +194,9 @@ check-example: all
 	@$(if $(Q),echo "  INSTALL $(STAGE)")
 	$(Q)$(MAKE) --no-print-directory -s install DESTDIR=$(STAGE) \
 		PREFIX=/usr >/dev/null
-	@$(if $(Q),echo "  CC      examples/minivmm.c (pkg-config ferry)")
+	@$(if $(Q),echo "  CC      $(EXAMPLE_SRC) (pkg-config ferry)")
 	$(Q)$(CC) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Werror -O2 \
-		-o $(O)/minivmm examples/minivmm.c \
+		-o $(O)/minivmm $(EXAMPLE_SRC) \
 		$$($(STAGE_PC) pkg-config --cflags --libs ferry) -pthread
 	LD_LIBRARY_PATH=$(STAGE)/usr/lib $(O)/minivmm
 

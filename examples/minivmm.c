@@ -13,13 +13,17 @@
  *     resume it pread()s a disk block into a guest buffer and pwrite()s a
  *     guest page out, both while ferry still owes those pages.
  *
- * It runs: a snapshot, a lazy restore of it into a second VMM instance,
- * then a post-copy migration of that one to a third instance over a Unix
- * socket session, and checks its own memory after every flow (every page
- * against a replay of what the vCPUs wrote).  Exit status 0 when every
- * check passed.
+ * This file is the machine and main(); flows.c is what it does with
+ * ferry: a snapshot, a lazy restore of it into a second VMM instance
+ * (its progress watched from a thread of the VMM's), then a migration of
+ * that one to a third instance over a Unix socket session, cancelled
+ * before switchover (the VM runs on here, untouched), and then post-copy
+ * to the end, each side's progress printed from a thread of its own and
+ * ferry's events as they come.  It checks its own memory after every
+ * flow (every page against a replay of what the vCPUs wrote).  Exit
+ * status 0 when every check passed.
  *
- * Build: cc minivmm.c $(pkg-config --cflags --libs ferry) -pthread
+ * Build: cc minivmm.c flows.c $(pkg-config --cflags --libs ferry) -pthread
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -34,13 +38,8 @@
 
 #include <ferry/ferry.h>
 
-#define PAGE		4096UL
-#define RAM_LOW		(4UL << 20)		/* at gpa 0 */
-#define RAM_GAP		(4UL << 20)
-#define RAM_HIGH	(4UL << 20)		/* at gpa RAM_LOW + RAM_GAP */
-#define RAM_SIZE	(RAM_LOW + RAM_HIGH)
-#define NR_PAGES	(RAM_SIZE / PAGE)
-#define NR_VCPUS	2
+#include "minivmm.h"
+
 #define SLICE		900			/* pages each vCPU writes */
 #define DISK_PAGES	16			/* the disk's buffer, at the top */
 #define ROM_PAGE	1900			/* firmware: written once, at boot */
@@ -49,34 +48,7 @@
 
 /* ---- the machine -------------------------------------------------------- */
 
-struct vcpu {
-	struct vm *vm;
-	unsigned int index;
-	pthread_t thread;
-	_Atomic uint64_t steps;		/* written by the vCPU thread */
-	_Atomic int mp_state;		/* enum ferry_mp_state */
-};
-
-struct vm {
-	const char *name;
-	int memfd;
-	uint8_t *ram;			/* the VMM's own mapping */
-	struct ferry_mem *mem;		/* ferry's view of it */
-	struct vcpu vcpu[NR_VCPUS];
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	unsigned int pauses;		/* under lock: pause nesting */
-	unsigned int parked;		/* under lock: vCPUs stopped */
-	bool quit;			/* under lock */
-	bool created, started;
-	int disk_fd;			/* the disk image */
-	bool disk_pending;		/* under lock: an I/O to make on resume */
-	bool disk_ran;			/* the I/O was started */
-	pthread_t disk;
-	int disk_err;			/* the device's result: 0 or errno */
-};
-
-static int fail(const char *what, int err)
+int fail(const char *what, int err)
 {
 	fprintf(stderr, "minivmm: %s: %s (%s)\n", what, strerror(-err),
 		ferry_error_msg());
@@ -351,7 +323,7 @@ static int ram_create(struct vm *vm)
 /* ---- a VMM instance ----------------------------------------------------- */
 
 /* RAM, devices, vCPUs created paused (as a destination needs them). */
-static int vm_create(struct vm *vm, const char *name)
+int vm_create(struct vm *vm, const char *name)
 {
 	int ret;
 
@@ -376,14 +348,14 @@ static int vm_create(struct vm *vm, const char *name)
 	return ret;
 }
 
-static struct ferry_vm vm_handle(struct vm *vm)
+struct ferry_vm vm_handle(struct vm *vm)
 {
 	return (struct ferry_vm){ .mem = vm->mem, .ops = &minivmm_ops,
 				  .handle = vm, .desc = "minivmm",
 				  .desc_len = 7 };
 }
 
-static void vm_destroy(struct vm *vm)
+void vm_destroy(struct vm *vm)
 {
 	if (!vm->created)
 		return;
@@ -398,8 +370,11 @@ static void vm_destroy(struct vm *vm)
 		munmap(vm->ram, RAM_SIZE);
 	if (vm->memfd >= 0)
 		close(vm->memfd);
+	if (vm->disk_ran && !vm->disk_joined)
+		pthread_join(vm->disk, NULL);
 	if (vm->disk_fd >= 0)
 		close(vm->disk_fd);
+	vm->created = false;
 }
 
 /* ---- checking memory ---------------------------------------------------- */
@@ -409,7 +384,7 @@ static void vm_destroy(struct vm *vm)
  * (through the VMM's mapping: ferry must have brought every page) with
  * it, and the disk's buffer with the disk.  The VM must be paused.
  */
-static int vm_check(struct vm *vm, const char *flow)
+int vm_check(struct vm *vm, const char *flow)
 {
 	uint8_t *want = calloc(NR_PAGES, PAGE), block[PAGE];
 	int bad = 0;
@@ -440,11 +415,12 @@ static int vm_check(struct vm *vm, const char *flow)
 }
 
 /* The disk's I/O at resume ended well, and the page it wrote out too. */
-static int disk_check(struct vm *vm, const char *flow)
+int disk_check(struct vm *vm, const char *flow)
 {
 	uint8_t out[PAGE], rom[PAGE];
 
 	pthread_join(vm->disk, NULL);
+	vm->disk_joined = true;
 	if (vm->disk_err) {
 		fprintf(stderr, "minivmm: %s: the disk's I/O into guest memory "
 			"failed: %s\n", flow, strerror(vm->disk_err));
@@ -460,11 +436,23 @@ static int disk_check(struct vm *vm, const char *flow)
 	return 0;
 }
 
-static void run_for(struct vm *vm, unsigned int ms)
+int vm_pause(struct vm *vm)
 {
-	op_resume(vm);
-	usleep(ms * 1000);
-	op_pause(vm);
+	return op_pause(vm);
+}
+
+int vm_resume(struct vm *vm)
+{
+	return op_resume(vm);
+}
+
+uint64_t vm_steps(struct vm *vm)
+{
+	uint64_t steps = 0;
+
+	for (int i = 0; i < NR_VCPUS; i++)
+		steps += atomic_load(&vm->vcpu[i].steps);
+	return steps;
 }
 
 /* ---- destination: build the VM a stream describes ----------------------- */
@@ -497,121 +485,18 @@ static void dest_discard(void *arg, struct ferry_vm *out)
 	vm_destroy(arg);
 }
 
-static const struct ferry_dest_ops dest_ops = {
+const struct ferry_dest_ops dest_ops = {
 	.create = dest_create,
 	.discard = dest_discard,
 };
 
-/* ---- the flows ---------------------------------------------------------- */
+/* ---- main --------------------------------------------------------------- */
 
-static int snapshot(struct vm *src, int fd)
+static void run_for(struct vm *vm, unsigned int ms)
 {
-	struct ferry_snapshot_opts opts = { .live = false };
-	struct ferry_snapshot_stats st;
-	struct ferry_vm handle = vm_handle(src);
-	int ret = ferry_snapshot_save(&handle, fd, &opts, &st);
-
-	if (ret)
-		return fail("snapshot", ret);
-	return vm_check(src, "snapshot");
-}
-
-/* The restored VM runs at once; its pages come from the file. */
-static int lazy_restore(struct vm *dst, int fd)
-{
-	struct ferry_restore_opts opts = { .mode = FERRY_RESTORE_LAZY };
-	struct ferry_restore *rs;
-	int ret = ferry_restore_start(fd, &dest_ops, dst, &opts, &rs);
-
-	if (ret)
-		return fail("lazy restore", ret);
-	usleep(20000);			/* running while pages are owed */
-	ret = ferry_restore_finish(rs, NULL);
-	ferry_restore_destroy(rs);
-	op_pause(dst);
-	if (ret)
-		return fail("lazy restore", ret);
-	return disk_check(dst, "lazy restore") | vm_check(dst, "lazy restore");
-}
-
-struct receiver {
-	struct ferry_listener *listener;
-	struct vm *vm;
-	int ret;
-	char reason[256];
-};
-
-static void *receive(void *arg)
-{
-	struct receiver *r = arg;
-	struct ferry_session *s = NULL;
-	struct ferry_migrate_stats st;
-	struct ferry_vm handle;
-	int ret = ferry_net_accept(r->listener, 10000, &s);
-
-	/*
-	 * HANDLE: once the migration handle lands, the destination shows
-	 * here how it learns that the VM runs (its event) and reads the
-	 * pages still owed from another thread.
-	 */
-	if (!ret)
-		ret = ferry_migrate_recv(s, &dest_ops, r->vm, NULL, &handle,
-					 &st);
-	r->ret = ret;
-	snprintf(r->reason, sizeof(r->reason), "%s", ferry_error_msg());
-	ferry_net_session_close(s);
-	return NULL;
-}
-
-static int send_postcopy(struct vm *src, const char *addr)
-{
-	struct ferry_migrate_opts opts;
-	struct ferry_migrate_stats st;
-	struct ferry_session *s;
-	struct ferry_vm handle = vm_handle(src);
-	int ret = ferry_net_connect(addr, 1, NULL, &s);
-
-	if (ret)
-		return ret;
-	ferry_migrate_opts_init(&opts);
-	opts.mode = FERRY_MODE_POSTCOPY;
-	/*
-	 * HANDLE: once the migration handle lands, the source shows here
-	 * progress read from another thread and how to cancel before
-	 * switchover (the VM then runs on here, untouched).
-	 */
-	op_resume(src);			/* the source runs while it migrates */
-	ret = ferry_migrate_send(&handle, s, &opts, &st);
-	ferry_net_session_close(s);
-	return ret;
-}
-
-/* From src to dst over a Unix socket session, post-copy. */
-static int migrate(struct vm *src, struct vm *dst)
-{
-	struct receiver r = { .vm = dst };
-	char addr[64];
-	pthread_t thread;
-	int ret;
-
-	snprintf(addr, sizeof(addr), "unix:@minivmm-%d", (int)getpid());
-	ret = ferry_net_listener_open(addr, NULL, &r.listener);
-	if (ret)
-		return fail("listen", ret);
-	if (pthread_create(&thread, NULL, receive, &r))
-		return fail("receiver thread", -EAGAIN);
-	ret = send_postcopy(src, addr);
-	pthread_join(thread, NULL);
-	ferry_net_listener_close(r.listener);
-	if (ret)
-		return fail("migrate (source)", ret);
-	if (r.ret) {
-		fprintf(stderr, "minivmm: migrate (destination): %s (%s)\n",
-			strerror(-r.ret), r.reason);
-		return 1;
-	}
-	op_pause(dst);
-	return disk_check(dst, "post-copy") | vm_check(dst, "post-copy");
+	op_resume(vm);
+	usleep(ms * 1000);
+	op_pause(vm);
 }
 
 int main(void)
@@ -636,6 +521,8 @@ int main(void)
 		run_for(&b, 50);
 		failed = vm_check(&b, "ran on");
 	}
+	if (!failed)
+		failed = migrate_cancelled(&b, &c);
 	if (!failed)
 		failed = migrate(&b, &c);
 	if (!failed) {

@@ -76,6 +76,8 @@ static void on_event(const struct ferry_migrate_event *ev, void *arg)
 	pthread_mutex_lock(&a->rig->lock);
 	if (a->side->nr_events < RIG_MAX_EVENTS)
 		a->side->events[a->side->nr_events++] = ev->kind;
+	if (ev->kind == FERRY_EVENT_DEST_RUNNING)
+		a->side->running_owed = ev->owed;
 	pthread_mutex_unlock(&a->rig->lock);
 }
 
@@ -214,6 +216,8 @@ static int run_source(struct rig *rig)
 		ferry_migrate_progress(rig->sm, &p);
 		if (p.stalled_ns > side->max_stalled_ns && !p.paused)
 			side->max_stalled_ns = p.stalled_ns;
+		if (p.rate_bps > side->max_rate_bps)
+			side->max_rate_bps = p.rate_bps;
 		if (rig->o->tick)
 			rig->o->tick(rig->sm, &p, rig->o->tick_arg);
 		if (now > rig->deadline_ns)

@@ -69,6 +69,8 @@ struct rig_side {
 	enum ferry_migrate_event_kind events[RIG_MAX_EVENTS];
 	unsigned int nr_events;
 	uint64_t max_stalled_ns;	/* as progress showed it */
+	uint64_t running_owed;		/* DEST_RUNNING's pages owed */
+	double max_rate_bps;		/* source: as progress showed it */
 };
 
 struct rig_result {

@@ -62,8 +62,92 @@ static enum test_result written_pages_exactly(struct test_ctx *ctx)
 	return TEST_PASS;
 }
 
+static ssize_t peek(struct ferry_dirty *d, unsigned int idx, uint64_t *map,
+		    size_t bits)
+{
+	memset(map, 0, bitmap_words(bits) * 8);
+	return ferry_dirty_peek(d, idx, map);
+}
+
+/* Pages [0, count) of region idx, or all of it (count 0). */
+static ssize_t collect_some(struct ferry_dirty *d, unsigned int idx,
+			    uint64_t *map, size_t bits, size_t count)
+{
+	memset(map, 0, bitmap_words(bits) * 8);
+	return count ? ferry_dirty_collect_range(d, idx, 0, count, map) :
+		       ferry_dirty_collect(d, idx, map);
+}
+
+/*
+ * Region 0 is mostly holes (on shmem its data extents are looked up),
+ * region 1 mostly data (walked whole): each one's written pages, and only
+ * those, whichever way it is walked; a peek protects none of them again,
+ * a collect over half the region only that half's.
+ */
+static enum test_result peek_region(struct test_ctx *ctx, struct ferry_dirty *d,
+				    struct ferry_region *r, unsigned int idx,
+				    size_t step)
+{
+	size_t n = r->nr_pages, written = 0, first_half = 0;
+	uint64_t *map = bitmap_alloc(n);
+
+	CHECK(ctx, map, "out of memory");
+	for (size_t p = 0; p < n; p += step, written++)
+		r->guest[p * r->page_size + 9] = 7;
+	/* The last page: a hole in region 0, far from any data. */
+	r->guest[(n - 1) * r->page_size] = 8;
+	written += (n - 1) % step != 0;
+	for (size_t p = 0; p < n / 2; p += step)
+		first_half++;
+	CHECK_EQ(ctx, peek(d, idx, map, n), (ssize_t)written);
+	for (size_t p = 0; p < n; p++)
+		CHECK_EQ(ctx, bitmap_test(map, p),
+			 p % step == 0 || p == n - 1);
+	/* Nothing was protected again: the same pages, again. */
+	CHECK_EQ(ctx, peek(d, idx, map, n), (ssize_t)written);
+	CHECK_EQ(ctx, collect_some(d, idx, map, n, n / 2),
+		 (ssize_t)first_half);
+	CHECK_EQ(ctx, collect_some(d, idx, map, n, n / 2), 0);
+	CHECK_EQ(ctx, peek(d, idx, map, n), (ssize_t)(written - first_half));
+	CHECK_EQ(ctx, collect_some(d, idx, map, n, 0),
+		 (ssize_t)(written - first_half));
+	CHECK_EQ(ctx, peek(d, idx, map, n), 0);
+	free(map);
+	return TEST_PASS;
+}
+
+static enum test_result peek_protects_nothing(struct test_ctx *ctx)
+{
+	struct ferry_region *sparse, *dense;
+	struct ferry_dirty *d;
+	struct ferry_mem *mem;
+	enum test_result res;
+
+	CHECK_OK(ctx, ferry_mem_create(&mem));
+	CHECK_OK(ctx, ferry_mem_add_region(mem, ctx->backing,
+			test_region_size(ctx->backing, 4096, 32), NULL));
+	CHECK_OK(ctx, ferry_mem_add_region(mem, ctx->backing,
+			test_region_size(ctx->backing, 256, 8), NULL));
+	sparse = &mem->regions[0];
+	dense = &mem->regions[1];
+	/* 4 pages of data in region 0, all of region 1. */
+	for (size_t p = 0; p < 4; p++)
+		sparse->alias[p * sparse->page_size] = 1;
+	memset(dense->alias, 1, dense->size);
+	CHECK_OK(ctx, ferry_dirty_start(mem, &d));
+	res = peek_region(ctx, d, sparse, 0, 1024);
+	if (res == TEST_PASS)
+		res = peek_region(ctx, d, dense, 1, 5);
+	ferry_dirty_stop(d);
+	ferry_mem_destroy(mem);
+	return res;
+}
+
 static const struct test_case cases[] = {
 	{ "dirty_reports_written_pages_exactly", written_pages_exactly, B_ALL,
+	  FERRY_UFFD_F_WP_ASYNC | FERRY_UFFD_F_WP_UNPOPULATED,
+	  NEED_UFFD_WP | NEED_PAGEMAP_SCAN, 0, 0 },
+	{ "dirty_peek_protects_nothing", peek_protects_nothing, B_ALL,
 	  FERRY_UFFD_F_WP_ASYNC | FERRY_UFFD_F_WP_UNPOPULATED,
 	  NEED_UFFD_WP | NEED_PAGEMAP_SCAN, 0, 0 },
 };

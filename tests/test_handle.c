@@ -111,6 +111,9 @@ static enum test_result bandwidth(struct test_ctx *ctx)
 	      bw.rate[1] / (1 << 20), (double)BW_SECOND / (1 << 20));
 	CHECK(ctx, !r.src.ret && r.at_dest, "it did not complete: %s",
 	      r.src.reason);
+	/* The handle's progress carries the rate without a callback. */
+	CHECK(ctx, r.src.max_rate_bps > 0.5 * BW_FIRST, "progress showed at most "
+	      "%.2f MiB/s", r.src.max_rate_bps / (1 << 20));
 	return TEST_PASS;
 }
 
@@ -152,6 +155,9 @@ static enum test_result cancel(struct test_ctx *ctx)
 	      "the VM is %s the source",
 	      ferry_migrate_location_name(r.src.location));
 	CHECK(ctx, r.dst.ret != 0, "the destination completed");
+	CHECK(ctx, !strcmp(ferry_migrate_phase_name(FERRY_PHASE_FAILED),
+			   "failed"), "FERRY_PHASE_FAILED is named \"%s\"",
+	      ferry_migrate_phase_name(FERRY_PHASE_FAILED));
 	return TEST_PASS;
 }
 
@@ -230,6 +236,12 @@ static enum test_result events(struct test_ctx *ctx)
 	CHECK(ctx, !r.src.stats.pauses && r.src.stats.sessions == 1,
 	      "pauses %u, sessions %u", r.src.stats.pauses,
 	      r.src.stats.sessions);
+	/* Post-copy: both sides say pages are owed when the VM runs. */
+	CHECK(ctx, r.src.running_owed > 0 && r.dst.running_owed > 0,
+	      "pages owed at "
+	      "DEST_RUNNING: source %llu, destination %llu",
+	      (unsigned long long)r.src.running_owed,
+	      (unsigned long long)r.dst.running_owed);
 	return TEST_PASS;
 }
 

@@ -410,7 +410,8 @@ static enum test_result sigkill_hugetlb_recv(struct test_ctx *ctx)
 	ferry_wire_writer_init(&w, s->bulk[0]);
 	CHECK_OK(ctx, ferry_wire_enc_header(&f, &st));
 	CHECK(ctx, ferry_wire_send(&w, &f) > 0, "sending the header");
-	for (int i = 0; i < 500; i++) {	/* until its memory is mapped */
+	/* Until its memory is mapped: a loaded machine takes its time. */
+	for (int i = 0; i < 6000; i++) {
 		CHECK_OK(ctx, pool_read(&during));
 		if (during.surplus > before.surplus &&
 		    during.overcommit == before.overcommit)

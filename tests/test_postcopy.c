@@ -171,7 +171,11 @@ static int sim_precopy(struct sim *s)
 	return ret;
 }
 
-static enum test_result postcopy_serves_all(struct test_ctx *ctx)
+/*
+ * `prepared`: as a migration does, the threads exist while the pages are
+ * stored (postcopy_prepare), and the mapper starts with the vCPUs.
+ */
+static enum test_result serves_all(struct test_ctx *ctx, bool prepared)
 {
 	struct sim s = { 0 };
 	struct vcpu v[2];
@@ -191,14 +195,19 @@ static enum test_result postcopy_serves_all(struct test_ctx *ctx)
 	CHECK(ctx, s.final && s.stale && s.sent, "out of memory");
 	CHECK_EQ(ctx, pipe(s.req_pipe), 0);
 	CHECK_OK(ctx, postcopy_create(mem, &s.pc));
+	if (prepared)
+		CHECK_OK(ctx, postcopy_prepare(s.pc, &sim_ops, &s));
 	CHECK_OK(ctx, sim_precopy(&s));
 	CHECK_OK(ctx, postcopy_switchover(s.pc, 0, s.stale));
-	CHECK_OK(ctx, postcopy_start(s.pc, &sim_ops, &s));
+	CHECK_OK(ctx, prepared ? postcopy_start_held(s.pc, &sim_ops, &s) :
+			 postcopy_start(s.pc, &sim_ops, &s));
 	pthread_create(&source, NULL, source_main, &s);
 	for (int i = 0; i < 2; i++) {
 		v[i] = (struct vcpu){ .sim = &s, .seed = 7u + (unsigned)i };
 		pthread_create(&v[i].thread, NULL, vcpu_main, &v[i]);
 	}
+	if (prepared)
+		postcopy_map_go(s.pc);
 	pthread_create(&pusher, NULL, pusher_main, &s);
 	for (int i = 0; i < 2; i++)
 		pthread_join(v[i].thread, NULL);
@@ -237,6 +246,53 @@ static enum test_result postcopy_serves_all(struct test_ctx *ctx)
 	free(s.final);
 	free(s.stale);
 	free(s.sent);
+	ferry_mem_destroy(mem);
+	return TEST_PASS;
+}
+
+static enum test_result postcopy_serves_all(struct test_ctx *ctx)
+{
+	return serves_all(ctx, false);
+}
+
+static enum test_result postcopy_prepared_serves_all(struct test_ctx *ctx)
+{
+	return serves_all(ctx, true);
+}
+
+/*
+ * Prepared for a post-copy that never comes (the switchover was in
+ * pre-copy): finishing stops the threads and leaves the guest view as it
+ * was, its pages read straight from the memfd, no fault asking anything.
+ */
+static enum test_result postcopy_prepared_unused(struct test_ctx *ctx)
+{
+	struct ferry_region *r;
+	struct ferry_mem *mem;
+	struct postcopy *pc;
+	struct postcopy_stats st;
+	uint8_t page[4096];
+	struct sim s = { 0 };
+
+	CHECK_OK(ctx, ferry_mem_create(&mem));
+	CHECK_OK(ctx, ferry_mem_add_region(mem, FERRY_BACKING_SHMEM, 16 * 4096,
+					   &r));
+	CHECK_OK(ctx, postcopy_create(mem, &pc));
+	CHECK_OK(ctx, postcopy_prepare(pc, &sim_ops, &s));
+	CHECK_EQ(ctx, postcopy_prepare(pc, &sim_ops, &s), -EBUSY);
+	for (size_t p = 0; p < 8; p++) {
+		memset(page, (int)p + 1, sizeof(page));
+		CHECK_OK(ctx, postcopy_store(pc, 0, p, 1, page));
+	}
+	/* Nothing is registered yet: the guest view faults to no one. */
+	for (size_t p = 0; p < 16; p++)
+		CHECK_EQ(ctx, r->guest[p * 4096 + 7], p < 8 ? p + 1 : 0);
+	postcopy_get_stats(pc, &st);
+	CHECK_EQ(ctx, st.minor_faults + st.missing_faults, 0);
+	CHECK_OK(ctx, postcopy_finish(pc));
+	CHECK(ctx, !postcopy_done(pc), "never started, yet done");
+	CHECK_EQ(ctx, r->guest[15 * 4096 + 9], 0);
+	postcopy_destroy(pc);
 	ferry_mem_destroy(mem);
 	return TEST_PASS;
 }
@@ -373,6 +429,10 @@ static enum test_result postcopy_across_sessions(struct test_ctx *ctx)
 
 static const struct test_case cases[] = {
 	{ "postcopy_serves_minor_and_missing", postcopy_serves_all, B_ALL, 0,
+	  NEED_UFFD_MISSING | NEED_UFFD_MINOR, 0, 0 },
+	{ "postcopy_prepared_serves_all", postcopy_prepared_serves_all, B_ALL,
+	  0, NEED_UFFD_MISSING | NEED_UFFD_MINOR, 0, 0 },
+	{ "postcopy_prepared_unused", postcopy_prepared_unused, B_SHMEM, 0,
 	  NEED_UFFD_MISSING | NEED_UFFD_MINOR, 0, 0 },
 	{ "postcopy_refuses_bad_pages", postcopy_refuses_bad_pages, 0, 0, 0,
 	  0, 0 },

@@ -689,6 +689,7 @@ static enum test_result bad_page(struct test_ctx *ctx, int good, int bad)
 	off_t start = (off_t)(records_end(good) + (2 << 20) - 1) &
 		      ~(off_t)((2 << 20) - 1);
 	off_t data = lseek(good, start, SEEK_DATA);
+	struct ferry_guest_stats gs[2];
 	struct stat st;
 	uint8_t b;
 
@@ -701,9 +702,16 @@ static enum test_result bad_page(struct test_ctx *ctx, int good, int bad)
 	TRY(refused(ctx, bad, FERRY_RESTORE_EAGER, "checksum", "bad page"));
 	CHECK_OK(ctx, ferry_restore_start(bad, ferry_guest_vm_dest_ops(), &dd, &o,
 					  &rs));
+	CHECK_OK(ctx, ferry_guest_set_step_limit(dd.gv->guest, 0));
 	CHECK_EQ(ctx, ferry_restore_finish(rs, NULL), -EBADMSG);
 	CHECK(ctx, strstr(ferry_error_msg(), "checksum"), "reason: %s",
 	      ferry_error_msg());
+	/* Failed closed: the vCPUs were stopped before it let go. */
+	ferry_guest_stats(dd.gv->guest, &gs[0]);
+	usleep(50000);
+	ferry_guest_stats(dd.gv->guest, &gs[1]);
+	CHECK(ctx, gs[0].steps == gs[1].steps, "the VM runs on after its "
+	      "restore failed");
 	ferry_restore_destroy(rs);
 	ferry_guest_vm_destroy(dd.gv);
 	return TEST_PASS;

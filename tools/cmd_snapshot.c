@@ -37,7 +37,7 @@ struct snap_opts {
 	bool prefetch_async;
 	unsigned long clones;
 	double run_s;
-	bool verify;
+	bool verify, quiet;
 	bool eager_set, lazy_set;	/* to refuse both */
 	/* both: the VM (restore takes only its backing) */
 	struct cli_guest guest;
@@ -98,7 +98,7 @@ static void usage_restore(FILE *out)
 		"[--prefetch-async]]\n"
 		"                     [--clone N] [--run S] [--verify] "
 		"[--json FILE]\n"
-		"                     [--vm kvm|builtin]\n\n"
+		"                     [--quiet] [--vm kvm|builtin]\n\n"
 		"Builds the VM a snapshot describes (a KVM guest or the "
 		"built-in VM, as\nsaved), puts its vCPU states back (each "
 		"powered on or off as it was) and\nruns it.  Every record and "
@@ -134,6 +134,9 @@ static void usage_restore(FILE *out)
 		"  --verify          verify memory and vCPU states after the "
 		"run\n"
 		"  --json FILE       the figures as JSON ('-': stdout)\n"
+		"  --quiet           no progress line (shown on a terminal "
+		"while pages\n"
+		"                    are owed)\n"
 		"  --vm kvm|builtin  refuse a snapshot of the other kind "
 		"(default: either)\n"
 		"Exit status: 0 done (and verified), 1 verification failed, "
@@ -149,6 +152,7 @@ static int parse_flag(int opt, struct snap_opts *o)
 	case 'Z': o->mode = FERRY_RESTORE_LAZY; o->lazy_set = true; return 0;
 	case 'A': o->prefetch_async = true; return 0;
 	case 'V': o->verify = true; return 0;
+	case 'q': o->quiet = true; return 0;
 	default: return 2;
 	}
 }
@@ -189,6 +193,7 @@ static const struct option longopts[] = {
 	{ "run", required_argument, NULL, 'r' },
 	{ "verify", no_argument, NULL, 'V' },
 	{ "json", required_argument, NULL, 'j' },
+	{ "quiet", no_argument, NULL, 'q' },
 	CLI_LONGOPTS_END,
 };
 
@@ -198,7 +203,7 @@ static const struct cli_cmd snapshot_cmd = {
 };
 
 static const struct cli_cmd restore_cmd = {
-	.name = "restore", .allowed = "bEZRPACrVjX", .longopts = longopts,
+	.name = "restore", .allowed = "bEZRPACrVjqX", .longopts = longopts,
 	.usage = usage_restore, .one = parse_one,
 };
 
@@ -469,6 +474,46 @@ static void json_restore(FILE *f, const void *arg)
 		(unsigned long long)s->guest_bytes);
 }
 
+/* The restore's line on a terminal: pages in place, read, the rate. */
+static void restore_line(struct ferry_restore *rs)
+{
+	struct ferry_restore_progress p;
+	char read[32];
+
+	ferry_restore_progress(rs, &p);
+	fprintf(stderr, "\r\033[K%-15s %llu of %llu pages in place, %s read, "
+		"%6.2f GB/s", ferry_restore_phase_name(p.phase),
+		(unsigned long long)p.in_place, (unsigned long long)p.pages,
+		cli_bytes(p.bytes_read, read, sizeof(read)), p.rate_bps / 1e9);
+	if (p.eta_s >= 0 && p.owed)
+		fprintf(stderr, "  eta %.1fs", p.eta_s);
+	fflush(stderr);
+}
+
+/*
+ * The --run seconds, then until every page is in place (the background
+ * reader starts then: recording the working set waits for the run's end),
+ * with the progress line on a terminal.
+ */
+static void restore_watch(const struct snap_opts *o, struct ferry_restore *rs)
+{
+	uint64_t end = ferry_clock_now_ns() + (uint64_t)(o->run_s * 1e9);
+
+	if (o->quiet || !isatty(STDERR_FILENO)) {
+		cli_sleep(o->run_s);
+		return;
+	}
+	for (uint64_t now = ferry_clock_now_ns(); now < end; now = ferry_clock_now_ns()) {
+		restore_line(rs);
+		cli_sleep(end - now < 100000000ULL ? (double)(end - now) / 1e9 :
+						    0.1);
+	}
+	while (ferry_restore_wait(rs, 100) == -ETIMEDOUT)
+		restore_line(rs);
+	restore_line(rs);
+	fputc('\n', stderr);
+}
+
 /*
  * Run, then every page in place; the vCPUs stop at the end of their step
  * and are verified if asked.
@@ -478,7 +523,7 @@ static int run_restored(const struct snap_opts *o, struct ferry_restore *rs,
 {
 	int ret;
 
-	cli_sleep(o->run_s);
+	restore_watch(o, rs);
 	ret = ferry_restore_finish(rs, st);
 	if (ret) {
 		cli_error("restoring", ret);

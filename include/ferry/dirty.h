@@ -36,6 +36,24 @@ int ferry_dirty_start(struct ferry_mem *mem, struct ferry_dirty **out);
 ssize_t ferry_dirty_collect(struct ferry_dirty *dirty, unsigned int idx,
 			    uint64_t *bitmap);
 
+/* The same over pages [first, first + count) of region `idx` only. */
+ssize_t ferry_dirty_collect_range(struct ferry_dirty *dirty, unsigned int idx,
+				  uint64_t first, uint64_t count,
+				  uint64_t *bitmap);
+
+/*
+ * The same pages as ferry_dirty_collect(), but none is protected again:
+ * they stay written, and the next collect (or peek) reports them again
+ * with whatever was written since.  It reads the page tables without
+ * writing them, which costs about a millisecond per GiB even while the
+ * vCPUs write (a collect costs tens to hundreds then): enough to decide
+ * whether another round is worth its collect, and all a last collect
+ * with the vCPUs paused needs.  Returns how many bits were newly set, or
+ * -errno.
+ */
+ssize_t ferry_dirty_peek(struct ferry_dirty *dirty, unsigned int idx,
+			 uint64_t *bitmap);
+
 /* Unregister and free.  NULL is fine. */
 void ferry_dirty_stop(struct ferry_dirty *dirty);
 

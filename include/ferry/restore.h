@@ -16,6 +16,37 @@ extern "C" {
  * Restore: a VM from a snapshot file (ferry/snapshot.h), eagerly (every
  * page in place before the vCPUs resume) or lazily (they resume at once
  * and pages come in on demand from the file, with a background fill).
+ *
+ * A restore is a migration destination whose source is the file, and is
+ * told in the same words (ferry/migrate.h): its phases, its events and
+ * where the VM is.
+ *
+ *   FERRY_PHASE_SETUP       the records read, the VM built (ops->create)
+ *   FERRY_PHASE_PRECOPY     loading: pages put in place before the vCPUs
+ *                           run (all of them, eager; the working set,
+ *                           lazy with prefetch_ws)
+ *   FERRY_PHASE_SWITCHOVER  the vCPU states loaded, the vCPUs resuming
+ *   FERRY_PHASE_POSTCOPY    running lazily: pages still owed by the file
+ *   FERRY_PHASE_DONE        every page in place (lazy: unregistered)
+ *   FERRY_PHASE_FAILED      ended without: failed, or cancelled
+ *
+ * A restore in flight has a handle, struct ferry_restore: every call
+ * below but start, finish, save_ws and destroy may be made from any
+ * thread, concurrently (ferry_restore_fill, _wait, _cancel, _progress,
+ * _vm, _stats).  While it runs, ferry's threads (the fault thread, the
+ * demand and fill readers, and a control thread that ends it) do the
+ * work; the control thread stops the readers and unregisters once every
+ * page is in place.
+ *
+ * The VM: until the vCPUs run (the FERRY_EVENT_DEST_RUNNING event, or
+ * ferry_restore_start's return) it is ferry's, and a failure or a cancel
+ * discards it (ops->discard).  From then on it is the caller's; a restore
+ * that fails or is cancelled after that fails closed: ferry pauses the
+ * vCPUs (a vCPU waiting on a page is served from the file meanwhile, so
+ * none runs on a page that has not arrived; only when the file can no
+ * longer serve it does it get what the memfd holds, a hole), and only
+ * then stops the readers and unregisters.  The VM is then left paused
+ * with its memory incomplete: never resume it, discard it.
  */
 
 enum ferry_restore_mode {
@@ -48,6 +79,16 @@ struct ferry_restore_opts {
 	 * pool has free plus what it may grow by).
 	 */
 	uint64_t max_guest_bytes;
+	/*
+	 * Optional: DEST_RUNNING (the vCPUs run), DONE (every page in
+	 * place), FAILED (with the error: -ECANCELED when cancelled).
+	 * Called on the thread that gets there (the caller's inside
+	 * ferry_restore_start, or one of ferry's); it must not call back
+	 * into the restore but for ferry_restore_progress and
+	 * ferry_restore_cancel.
+	 */
+	ferry_migrate_event_fn event;
+	void *event_arg;
 };
 
 struct ferry_restore_stats {
@@ -72,6 +113,29 @@ struct ferry_restore_stats {
 	uint64_t pmd_mapped_bytes;	/* THP and hugetlb, at the end */
 };
 
+/* Where a restore is, for ferry_restore_progress(). */
+struct ferry_restore_progress {
+	enum ferry_phase phase;		/* see above */
+	uint64_t pages;		/* pages the snapshot holds (its extents);
+				 * 0 until its records are read */
+	uint64_t in_place;	/* of which in guest memory now (zero pages
+				 * count as soon as they are final) */
+	uint64_t owed;		/* of which still to come: pages - in_place */
+	uint64_t bytes_read;	/* page data read from the file so far */
+	uint64_t bytes_left;	/* page data not read yet */
+	uint64_t demand_reads;	/* pages a vCPU waited for */
+	uint64_t filled;	/* pages the background reader put in place */
+	double rate_bps;	/* bytes read per second since the report
+				 * before (at least 100 ms back) */
+	double eta_s;		/* bytes_left at rate_bps; < 0: unknown */
+	uint64_t elapsed_ns;	/* since the restore started */
+	enum ferry_vm_location location;	/* THERE (in the file) until
+						 * the vCPUs run, SPLIT while
+						 * pages are owed, HERE once
+						 * whole; THERE after a
+						 * failure */
+};
+
 struct ferry_restore;
 
 /*
@@ -81,13 +145,28 @@ struct ferry_restore;
  * as the mode says, and resume.  On return the VM runs; *out tracks the
  * pages still to come.  On failure the VM built is discarded
  * (ops->discard) and nothing ran.  fd stays the caller's; it must stay
- * open until ferry_restore_finish.
+ * open until the restore ended (ferry_restore_wait says so).
  */
 int ferry_restore_start(int fd, const struct ferry_dest_ops *ops, void *arg,
 			const struct ferry_restore_opts *opts,
 			struct ferry_restore **out);
 
-/* The VM restored: the caller's, valid until it discards it. */
+/*
+ * The same on ferry's thread: returns at once with the handle, so that
+ * the loading itself can be watched (progress) and cancelled.  The VM
+ * runs from the DEST_RUNNING event on; a failure before it (ops->create
+ * refusing the snapshot, a bad page in an eager restore) is the restore's
+ * end, which ferry_restore_wait() returns.
+ */
+int ferry_restore_start_async(int fd, const struct ferry_dest_ops *ops,
+			      void *arg, const struct ferry_restore_opts *opts,
+			      struct ferry_restore **out);
+
+/*
+ * The VM restored: the caller's, valid until it discards it.  NULL until
+ * the vCPUs run (ferry_restore_start_async), and after a failure that
+ * discarded it.
+ */
 const struct ferry_vm *ferry_restore_vm(const struct ferry_restore *rs);
 
 /* Let the background reader start (it waits while recording). */
@@ -95,16 +174,31 @@ int ferry_restore_fill(struct ferry_restore *rs);
 
 /*
  * Wait until every page is in place (0), timeout_ms passed (-ETIMEDOUT;
- * negative: no limit), or reading failed: a page that does not match its
- * checksum, an I/O error (the error, with a reason).  Starts the
- * background reader if it waits.
+ * negative: no limit), or the restore failed: a page that does not match
+ * its checksum, an I/O error, a cancel (-ECANCELED), each with a reason.
+ * Starts the background reader if it waits.
  */
 int ferry_restore_wait(struct ferry_restore *rs, int timeout_ms);
 
 /*
- * Wait as above, then stop the readers, unregister the guest views (the
- * guest then runs on plain memory) and give THP its huge mappings back.
- * Fills *stats (optional) either way.  After a failure the VM's memory is
+ * End it: the readers stop reading, and the restore ends with -ECANCELED
+ * and a reason once ferry has made the VM safe to discard (before the
+ * vCPUs ran: discarded; after: paused, then unregistered, see above).
+ * Returns at once; ferry_restore_wait() waits for that end.  No effect
+ * on a restore that has ended.  Any thread, event callbacks included.
+ */
+int ferry_restore_cancel(struct ferry_restore *rs);
+
+/* Where it is now.  Any thread, any time. */
+int ferry_restore_progress(struct ferry_restore *rs,
+			   struct ferry_restore_progress *progress);
+
+/* A phase in a restore's words: "loading", "running lazily", ... */
+const char *ferry_restore_phase_name(enum ferry_phase phase);
+
+/*
+ * Wait as above (no limit), and give THP its huge mappings back; fill in
+ * *stats (optional) either way.  After a failure the VM's memory is
  * incomplete: discard the VM.  Idempotent.
  */
 int ferry_restore_finish(struct ferry_restore *rs,
@@ -117,16 +211,14 @@ int ferry_restore_finish(struct ferry_restore *rs,
  */
 int ferry_restore_save_ws(struct ferry_restore *rs, const char *path);
 
-/* The figures so far; any time, from the thread that drives the restore. */
+/* The figures so far.  Any thread. */
 void ferry_restore_stats(const struct ferry_restore *rs,
 			 struct ferry_restore_stats *stats);
 
 /*
- * Free the restore; the VM stays the caller's, and must outlive this
- * call (its memory is unregistered here).  Before finish this abandons
- * the restore: the readers stop with pages still missing, so stop the
- * vCPUs first (one may wait on a page only the readers bring), then
- * destroy, then discard the VM.  NULL is fine.
+ * Cancel if still running, wait for ferry's threads, free.  The VM stays
+ * the caller's (if it ever was), and must outlive this call; one the
+ * restore did not complete is left paused: discard it.  NULL is fine.
  */
 void ferry_restore_destroy(struct ferry_restore *rs);
 

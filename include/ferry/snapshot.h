@@ -30,7 +30,8 @@ extern "C" {
  * of the moment they paused: every page to save is write-protected with
  * userfaultfd (synchronous mode) before they resume, and a guest write to
  * a page not saved yet is held in the kernel until that page has been
- * copied out.
+ * copied out.  ferry_snapshot_start() runs a save on ferry's thread and
+ * hands back a handle: progress, cancel, wait.
  *
  * Restore (ferry/restore.h, ferry_restore_start): builds the VM the file describes through
  * the same ferry_dest_ops a migration destination uses, then either reads
@@ -76,7 +77,8 @@ struct ferry_snapshot_stats {
  * state is taken and write protection is armed.  Needs userfaultfd WP on
  * the backing for `live` (Linux 5.19 for shmem and hugetlbfs); the guest
  * views must not be registered with another userfaultfd.  On failure the
- * VM runs as before and the file holds no valid snapshot.
+ * VM runs as before and the file holds no valid snapshot (it is left
+ * empty).
  */
 int ferry_snapshot_save(const struct ferry_vm *vm, int fd,
 			const struct ferry_snapshot_opts *opts,
@@ -93,6 +95,88 @@ int ferry_snapshot_save(const struct ferry_vm *vm, int fd,
 int ferry_snapshot_save_path(const struct ferry_vm *vm, const char *path,
 			     const struct ferry_snapshot_opts *opts,
 			     struct ferry_snapshot_stats *stats);
+
+/* ---- a save in flight ----------------------------------------------- */
+
+/*
+ * A save's phases, in a migration source's words (ferry/migrate.h):
+ *
+ *   FERRY_PHASE_SETUP       the file emptied; live, the pages that exist
+ *                           found before the pause
+ *   FERRY_PHASE_SWITCHOVER  the vCPUs paused: their state taken and, live,
+ *                           write protection armed; a paused save writes
+ *                           every page in this phase
+ *   FERRY_PHASE_POSTCOPY    live: the vCPUs run again while the pages of
+ *                           the pause's image are written (a guest write
+ *                           to one not written yet is held until it is)
+ *   FERRY_PHASE_DONE        the file complete (the path: renamed into place)
+ *   FERRY_PHASE_FAILED      ended without: failed, or cancelled
+ */
+struct ferry_snapshot_progress {
+	enum ferry_phase phase;
+	uint64_t pages;		/* to save: the pages that existed at the
+				 * pause (0 until they are known) */
+	uint64_t pages_saved;	/* of which saved (written, or zero) */
+	uint64_t bytes_written;	/* page data written so far */
+	uint64_t held_writes;	/* live: guest writes held so far */
+	double rate_bps;	/* bytes written per second since the report
+				 * before (at least 100 ms back) */
+	double eta_s;		/* the pages left at the rate pages were saved
+				 * at over the same span; < 0: unknown */
+	uint64_t elapsed_ns;	/* since the save started */
+};
+
+/*
+ * A save in flight, on ferry's thread.  ferry_snapshot_wait, _cancel,
+ * _progress and _get_stats may be called from any thread, concurrently.
+ */
+struct ferry_snapshot_save;
+
+/*
+ * Start saving `vm` to `fd`, as ferry_snapshot_save() does.  *vm is
+ * copied (desc too); the VM itself, and fd, must stay until the save
+ * ended.
+ */
+int ferry_snapshot_start(const struct ferry_vm *vm, int fd,
+			 const struct ferry_snapshot_opts *opts,
+			 struct ferry_snapshot_save **out);
+
+/*
+ * Start saving atomically to `path`, as ferry_snapshot_save_path() does;
+ * the file beside it is made before this returns (a directory that
+ * cannot take it fails here).
+ */
+int ferry_snapshot_start_path(const struct ferry_vm *vm, const char *path,
+			      const struct ferry_snapshot_opts *opts,
+			      struct ferry_snapshot_save **out);
+
+/*
+ * Wait up to timeout_ms (< 0: no limit) for the save to end: 0 when the
+ * snapshot is complete, its error when it failed (-ECANCELED when
+ * cancelled), -EINPROGRESS while it runs.
+ */
+int ferry_snapshot_wait(struct ferry_snapshot_save *save, int timeout_ms);
+
+/*
+ * End it; returns at once, and the save ends with -ECANCELED and a reason
+ * as soon as it can (between two runs of pages it writes).  The VM runs
+ * as before: paused, it is resumed as on any failure; live, the write
+ * protection is removed whole and every write held goes on.  No valid
+ * snapshot is left: the descriptor's file is emptied, and a path gets
+ * nothing at all (a snapshot already there stays untouched).  No effect
+ * once it ended.
+ */
+int ferry_snapshot_cancel(struct ferry_snapshot_save *save);
+
+int ferry_snapshot_progress(struct ferry_snapshot_save *save,
+			    struct ferry_snapshot_progress *progress);
+
+/* The figures so far (all of them once it ended). */
+int ferry_snapshot_get_stats(struct ferry_snapshot_save *save,
+			     struct ferry_snapshot_stats *stats);
+
+/* Cancel if still running, wait for ferry's threads, free.  NULL is fine. */
+void ferry_snapshot_destroy(struct ferry_snapshot_save *save);
 
 /* What a snapshot file holds, for a listing; every record checked. */
 struct ferry_snapshot_info {

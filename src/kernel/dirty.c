@@ -2,6 +2,7 @@
 /* dirty: written-page tracking with async write-protect and PAGEMAP_SCAN. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "base/bitmap.h"
 #include "base/error.h"
@@ -102,13 +103,17 @@ err_free:
 	return ferry_fail_ctx(ret, "dirty tracking");
 }
 
-/* One PAGEMAP_SCAN call from `start`; returns regions found or -errno. */
+/*
+ * One PAGEMAP_SCAN call from `start`; returns regions found or -errno.
+ * `protect`: write-protect what it finds again, in the same walk.
+ */
 static int scan_once(struct ferry_dirty *d, uint64_t start, uint64_t end,
-		     uint64_t *walk_end)
+		     bool protect, uint64_t *walk_end)
 {
 	struct pm_scan_arg arg = {
 		.size = sizeof(arg),
-		.flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+		.flags = PM_SCAN_CHECK_WPASYNC |
+			 (protect ? PM_SCAN_WP_MATCHING : 0),
 		.start = start,
 		.end = end,
 		.vec = (uintptr_t)d->vec,
@@ -139,14 +144,15 @@ static size_t mark_found(const struct ferry_region *r,
 
 /* Walk [start, end) of the guest view, marking what was written. */
 static ssize_t collect_range(struct ferry_dirty *d, struct ferry_region *r,
-			     uint64_t start, uint64_t end, uint64_t *bitmap)
+			     uint64_t start, uint64_t end, bool protect,
+			     uint64_t *bitmap)
 {
 	uint64_t walk_end;
 	size_t newly = 0;
 	int n;
 
 	while (start < end) {
-		n = scan_once(d, start, end, &walk_end);
+		n = scan_once(d, start, end, protect, &walk_end);
 		if (n < 0)
 			return ferry_fail(n, "PAGEMAP_SCAN: %s", strerror(-n));
 		newly += mark_found(r, d->vec, n, bitmap);
@@ -160,16 +166,38 @@ static ssize_t collect_range(struct ferry_dirty *d, struct ferry_region *r,
 }
 
 /*
- * A page written through a shared shmem view exists in the memfd, so on
- * shmem only the memfd's data extents (SEEK_DATA / SEEK_HOLE) need a walk:
- * the cost follows the memory the guest uses, not its size.  A write into
- * a hole after its extent was looked up stays marked and is found by the
- * next collect (the last one runs with the vCPUs paused).  hugetlbfs has
- * no SEEK_DATA (and 512 times fewer entries to walk); a private view's
- * writes land in anonymous memory, not in the memfd: both walk it all.
+ * Looking a shmem file's data extents up costs about 45 ns per 4 KiB page
+ * of data on this kind of host (SEEK_HOLE steps through the page cache
+ * page by page), a PAGEMAP_SCAN walk about 3 ns per page of the range it
+ * covers, holes included (they hold write-protect markers).  So the
+ * extents are worth looking up only for a region that is mostly holes:
+ * less data than this share of its size.
  */
-ssize_t ferry_dirty_collect(struct ferry_dirty *d, unsigned int idx,
-			    uint64_t *bitmap)
+#define SEEK_DATA_SHARE	16
+
+/*
+ * A page written through a shared shmem view exists in the memfd, so on a
+ * sparse shmem region only the memfd's data extents (SEEK_DATA /
+ * SEEK_HOLE) need a walk: the cost follows the memory the guest uses, not
+ * its size.  A write into a hole after its extent was looked up stays
+ * marked and is found by the next collect (the last one runs with the
+ * vCPUs paused).  hugetlbfs has no SEEK_DATA (and 512 times fewer entries
+ * to walk); a private view's writes land in anonymous memory, not in the
+ * memfd; a region that is mostly data walks faster whole (the memfd's
+ * blocks say how much data it holds at most: other regions may share it).
+ */
+static bool walk_whole(const struct ferry_region *r)
+{
+	struct stat st;
+
+	if (r->backing == FERRY_BACKING_HUGETLB || r->private_view ||
+	    fstat(r->memfd, &st))
+		return true;
+	return (uint64_t)st.st_blocks * 512 * SEEK_DATA_SHARE >= r->size;
+}
+
+static ssize_t collect(struct ferry_dirty *d, unsigned int idx, bool protect,
+		       uint64_t *bitmap)
 {
 	struct ferry_region *r;
 	off_t data, hole = 0;
@@ -181,9 +209,10 @@ ssize_t ferry_dirty_collect(struct ferry_dirty *d, unsigned int idx,
 	if (d->log)
 		return d->log->collect(d->log->arg, idx, bitmap);
 	r = &d->mem->regions[idx];
-	if (r->backing == FERRY_BACKING_HUGETLB || r->private_view)
+	if (walk_whole(r))
 		return collect_range(d, r, (uintptr_t)r->guest,
-				     (uintptr_t)r->guest + r->size, bitmap);
+				     (uintptr_t)r->guest + r->size, protect,
+				     bitmap);
 	hole = (off_t)r->offset;
 	while ((ret = sys_next_data(r->memfd, hole,
 				    (off_t)(r->offset + r->size), &data,
@@ -191,7 +220,7 @@ ssize_t ferry_dirty_collect(struct ferry_dirty *d, unsigned int idx,
 		uintptr_t view = (uintptr_t)r->guest - r->offset;
 
 		n = collect_range(d, r, view + (uint64_t)data,
-				  view + (uint64_t)hole, bitmap);
+				  view + (uint64_t)hole, protect, bitmap);
 		if (n < 0)
 			return n;
 		newly += n;
@@ -200,6 +229,44 @@ ssize_t ferry_dirty_collect(struct ferry_dirty *d, unsigned int idx,
 		return ferry_fail(ret, "SEEK_DATA/SEEK_HOLE: %s",
 				  strerror(-ret));
 	return newly;
+}
+
+ssize_t ferry_dirty_collect_range(struct ferry_dirty *d, unsigned int idx,
+				  uint64_t first, uint64_t count,
+				  uint64_t *bitmap)
+{
+	struct ferry_region *r;
+	uintptr_t start;
+
+	if (idx >= d->mem->nr_regions)
+		return ferry_fail(-EINVAL, "no region %u", idx);
+	r = &d->mem->regions[idx];
+	if (first > r->nr_pages || count > r->nr_pages - first)
+		return ferry_fail(-EINVAL, "pages %llu+%llu are outside region "
+				  "%u", (unsigned long long)first,
+				  (unsigned long long)count, idx);
+	start = (uintptr_t)r->guest + first * r->page_size;
+	return collect_range(d, r, start, start + count * r->page_size, true,
+			     bitmap);
+}
+
+ssize_t ferry_dirty_collect(struct ferry_dirty *d, unsigned int idx,
+			    uint64_t *bitmap)
+{
+	return collect(d, idx, true, bitmap);
+}
+
+/*
+ * Re-protecting is most of a collect's cost: a write to every entry the
+ * walk finds written, and a TLB flush for each page table it changed,
+ * which while the vCPUs run on another CPU is an interrupt there and a
+ * wait for it (20-40 ms of CPU for 1 GiB here, with a few hundred pages
+ * written by two threads).  A walk that only reads flushes nothing.
+ */
+ssize_t ferry_dirty_peek(struct ferry_dirty *d, unsigned int idx,
+			 uint64_t *bitmap)
+{
+	return collect(d, idx, false, bitmap);
 }
 
 void ferry_dirty_stop(struct ferry_dirty *d)

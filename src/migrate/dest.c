@@ -99,6 +99,8 @@ static int first_session(struct dest *d)
 		ret = dest_session_start_bulk(d, false);
 	}
 	if (!ret)
+		dest_prepare_postcopy(d);
+	if (!ret)
 		ret = dest_wait_switchover(d);
 	if (!ret)
 		ret = dest_switchover(d);

@@ -204,6 +204,12 @@ int dest_wait_flag(struct dest *d, const bool *flag);
 /* ---- dest_switch.c: switchover and post-copy ---------------------------- */
 
 /*
+ * While pre-copy runs: post-copy's threads, ready to start at the
+ * switchover without starting threads in the downtime.  Best effort.
+ */
+void dest_prepare_postcopy(struct dest *d);
+
+/*
  * Every channel is at SWITCHOVER: load the vCPUs, READY, wait for COMMIT,
  * resume.  0 once the vCPUs run here.
  */

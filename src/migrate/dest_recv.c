@@ -295,7 +295,9 @@ static int bulk_record(struct receiver *rv, const struct ferry_wire_rec *rec)
 	case FERRY_WIRE_ZERO_PAGES:
 		return store_pages(rv, rec);
 	case FERRY_WIRE_ROUND_END:
-		return 0;
+		/* The source waits to hear that a round is in before it
+		 * pauses: its switchover starts with nothing in flight. */
+		return link_heartbeat(&rv->d->link);
 	case FERRY_WIRE_BITMAP:
 		return rv->bulk0 && !rv->switched ? take_bitmap(rv, rec) :
 						    misplaced(rv, rec);

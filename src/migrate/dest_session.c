@@ -18,23 +18,31 @@
 #include "migrate/dest_limits.h"
 #include "pages/postcopy.h"
 
+/* One receiver's record buffer, touched now rather than in the downtime. */
+static int alloc_buf(struct receiver *rv)
+{
+	rv->buf = sys_zalloc_aligned(4096, FERRY_WIRE_BUF_SIZE);
+	return rv->buf ? 0 : ferry_fail(-ENOMEM, "out of memory");
+}
+
+/*
+ * The receivers, with buffers for the two channels that speak before the
+ * HEADER is checked (bulk 0 and the urgent channel): the other channels'
+ * come once the HEADER has proved the stream (dest_session_start_bulk),
+ * so a peer that never sends one costs two buffers however many channels
+ * it opened.
+ */
 static int alloc_receivers(struct dest *d, struct ferry_session *session)
 {
+	int ret;
+
 	d->nr_receivers = session->nr_bulk;
 	d->receivers = calloc(d->nr_receivers, sizeof(*d->receivers));
 	if (!d->receivers)
 		return ferry_fail(-ENOMEM, "out of memory");
 	memset(&d->urgent, 0, sizeof(d->urgent));
-	/* First touches now, not in the downtime. */
-	for (unsigned int i = 0; i <= d->nr_receivers; i++) {
-		struct receiver *rv = i < d->nr_receivers ? &d->receivers[i] :
-							    &d->urgent;
-
-		rv->buf = sys_zalloc_aligned(4096, FERRY_WIRE_BUF_SIZE);
-		if (!rv->buf)
-			return ferry_fail(-ENOMEM, "out of memory");
-	}
-	return 0;
+	ret = alloc_buf(&d->receivers[0]);
+	return ret ? ret : alloc_buf(&d->urgent);
 }
 
 static void forget_session(struct dest *d)
@@ -81,6 +89,10 @@ int dest_session_start_bulk(struct dest *d, bool switched)
 
 		rv->bulk0 = i == 0;
 		rv->switched = switched;
+		if (!rv->buf)
+			ret = alloc_buf(rv);
+		if (ret)
+			break;
 		if (i)	/* bulk 0's reader is past the HEADER already */
 			ferry_wire_reader_init(&rv->reader,
 					       d->session->bulk[i]);

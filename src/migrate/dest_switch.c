@@ -104,6 +104,14 @@ static int load_vcpus(struct dest *d)
 	return 0;
 }
 
+void dest_prepare_postcopy(struct dest *d)
+{
+	/* Best effort: a switchover in post-copy starts it anyway, and
+	 * one in pre-copy never needs it. */
+	if (postcopy_prepare(d->pc, &request_ops, d))
+		ferry_error_clear();
+}
+
 /* Stale pages and failed ones are owed; fault service starts. */
 static int start_postcopy(struct dest *d)
 {
@@ -115,7 +123,7 @@ static int start_postcopy(struct dest *d)
 			ret = postcopy_switchover(d->pc, i, d->rf.bad[i]);
 	}
 	if (!ret)
-		ret = postcopy_start(d->pc, &request_ops, d);
+		ret = postcopy_start_held(d->pc, &request_ops, d);
 	return ret;
 }
 
@@ -130,8 +138,11 @@ static int run_vm(struct dest *d, uint64_t t0)
 	if (ret)
 		return ferry_fail_ctx(ret, "resuming the vCPUs");
 	d->running = true;
+	if (post)	/* the guest runs: map what is here in bulk */
+		postcopy_map_go(d->pc);
 	mig_set_location(d->m, post ? FERRY_VM_SPLIT : FERRY_VM_HERE);
-	mig_event(d->m, FERRY_EVENT_DEST_RUNNING, 0, 0);
+	mig_event(d->m, FERRY_EVENT_DEST_RUNNING, 0,
+		  post ? atomic_load(&d->pc->owed_left) : 0);
 	return 0;
 }
 
@@ -243,6 +254,8 @@ int dest_serve(struct dest *d)
 		fill_fault_stats(d);
 		if (ret)
 			return ret;
+	} else {	/* pre-copy: what was prepared for post-copy goes */
+		postcopy_finish(d->pc);
 	}
 	/* Every page is in place: the VM is whole here, whatever follows. */
 	d->complete = true;

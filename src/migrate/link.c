@@ -89,6 +89,29 @@ int link_send(struct link *l,
 	return ret ? link_fail(l, ret) : 0;
 }
 
+/* The caller holds send_lock. */
+static int send_heartbeat(struct link *l)
+{
+	struct ferry_wire_heartbeat hb = {
+		.seq = l->heartbeat_seq++,
+		.data_received = atomic_load_explicit(&l->data_received,
+						      memory_order_relaxed),
+	};
+	int ret = ferry_wire_enc_heartbeat(&l->frame, &hb);
+
+	return ret ? ret : send_locked(l, false);
+}
+
+int link_heartbeat(struct link *l)
+{
+	int ret;
+
+	pthread_mutex_lock(&l->send_lock);
+	ret = send_heartbeat(l);
+	pthread_mutex_unlock(&l->send_lock);
+	return ret ? link_fail(l, ret) : 0;
+}
+
 void link_sent(struct link *l, uint64_t bytes)
 {
 	atomic_fetch_add_explicit(&l->data_sent, bytes, memory_order_relaxed);
@@ -181,21 +204,15 @@ uint64_t link_stalled_ns(const struct link *l)
 static void *heartbeat_main(void *arg)
 {
 	struct link *l = arg;
-	struct ferry_wire_heartbeat hb = { 0 };
 	int ret = 0;
 
 	ferry_error_clear();
 	sys_thread_boost(SYS_BOOST_URGENT);
 	while (!ret && evfd_wait(l->threads.stop_fd, -1,
 				 (int)l->heartbeat_ms) == -ETIMEDOUT) {
-		hb.data_received = atomic_load_explicit(&l->data_received,
-							memory_order_relaxed);
 		pthread_mutex_lock(&l->send_lock);
-		ret = ferry_wire_enc_heartbeat(&l->frame, &hb);
-		if (!ret)
-			ret = send_locked(l, false);
+		ret = send_heartbeat(l);
 		pthread_mutex_unlock(&l->send_lock);
-		hb.seq++;
 	}
 	if (ret)
 		link_fail(l, ret);

@@ -46,6 +46,7 @@ struct link {
 	pthread_mutex_t send_lock;	/* the urgent writer and frame */
 	struct ferry_wire_writer urgent_writer;
 	struct ferry_wire_frame frame;
+	uint64_t heartbeat_seq;		/* under send_lock */
 
 	struct threads threads;		/* heartbeat and watchdog */
 	struct err_slot err;		/* the session's first failure */
@@ -88,6 +89,23 @@ void link_fini(struct link *l);
 int link_send(struct link *l,
 	      int (*enc)(struct ferry_wire_frame *f, const void *arg),
 	      const void *arg);
+
+/*
+ * A HEARTBEAT now, besides the periodic ones: it tells the peer at once
+ * how much of what it sent has arrived (the destination says so at each
+ * ROUND_END, which the source waits for before it pauses).  0, or -errno
+ * (the link has failed with it).  Any thread.
+ */
+int link_heartbeat(struct link *l);
+
+/*
+ * What the peer's heartbeats show arrived there: compare with data_sent.
+ * Any thread.
+ */
+static inline uint64_t link_peer_received(const struct link *l)
+{
+	return atomic_load_explicit(&l->peer_received, memory_order_relaxed);
+}
 
 /* What a frame that was sent elsewhere cost, for the peer's reports. */
 void link_sent(struct link *l, uint64_t bytes);

@@ -18,6 +18,7 @@ static const char *const phase_names[] = {
 	[FERRY_PHASE_SWITCHOVER] = "switchover",
 	[FERRY_PHASE_POSTCOPY] = "post-copy",
 	[FERRY_PHASE_DONE] = "done",
+	[FERRY_PHASE_FAILED] = "failed",
 };
 
 const char *ferry_migrate_mode_name(enum ferry_mode mode)
@@ -39,8 +40,8 @@ int ferry_migrate_mode_parse(const char *name, enum ferry_mode *mode)
 
 const char *ferry_migrate_phase_name(enum ferry_phase phase)
 {
-	return (unsigned int)phase <= FERRY_PHASE_DONE ? phase_names[phase] :
-							 "?";
+	return (unsigned int)phase <= FERRY_PHASE_FAILED ?
+	       phase_names[phase] : "?";
 }
 
 void ferry_migrate_opts_init(struct ferry_migrate_opts *opts)

@@ -13,6 +13,8 @@
  *   source_jobs.c      the sender threads, the jobs the main thread posts
  *                      them, and progress while they run
  *   source_rounds.c    pre-copy: the send maps and the rounds over them
+ *   source_pace.c      pre-copy's pace: what each round measured, and
+ *                      whether another is worth it
  *   source_switch.c    switchover: pause, stale bitmaps, vCPUs, control
  *                      records, the destination's READY; the VM runs here
  *                      again if that never comes
@@ -261,13 +263,28 @@ void source_clear_maps(struct source *src);
 int source_map_populated(struct source *src);
 
 /*
- * OR into the send maps the pages written since the last collect and
- * those the destination asked for again.
+ * OR into the send maps the pages written since the last protecting
+ * collect and those the destination asked for again.  `protect`: protect
+ * them again, for another round to see what is written next; else a peek
+ * (ferry_dirty_peek), all a decision or the last collect (the vCPUs
+ * paused, tracking ends at the commit or with a failure before it)
+ * needs.  Returns how many bits were newly set, or -errno.
  */
-int source_map_dirty(struct source *src);
+ssize_t source_map_dirty(struct source *src, bool protect);
+
+/*
+ * Protect again the chunks that hold a page in the send maps, a run of
+ * them at a time (pages written since the last protecting collect are
+ * added), until the deadline (ns; 0: none).  1 when all are, 0 when the
+ * deadline came first (the others stay written: the next peek reports
+ * them again), or -errno.
+ */
+int source_protect_maps(struct source *src, uint64_t deadline_ns);
 
 /* One round over the send maps; *bps: how fast it went. */
 int source_round(struct source *src, bool live, double *bps);
+
+/* ---- source_pace.c: how many rounds ------------------------------------ */
 
 /*
  * Pre-copy rounds while the VM runs.  Returns the mode to switch over in,

@@ -63,25 +63,30 @@ static void report(struct source *src, enum ferry_phase phase,
 		   uint64_t *last_bytes, uint64_t *last_ns)
 {
 	const struct ferry_migrate_opts *o = src->opts;
-	struct ferry_progress p;
 	uint64_t now = ferry_clock_now_ns();
+	uint64_t sent = atomic_load(&src->m->bytes_sent);
+	uint64_t elapsed = now - src->m->start_ns;
+	struct ferry_progress p;
+	double rate;
 
+	/* The rate is kept with or without a callback: the handle's
+	 * ferry_migrate_progress() reads it from another thread. */
+	if (now > *last_ns && *last_ns)
+		rate = (double)(sent - *last_bytes) * 1e9 /
+		       (double)(now - *last_ns);
+	else if (phase == FERRY_PHASE_DONE && elapsed)
+		rate = (double)sent * 1e9 / (double)elapsed;
+	else	/* a round's start: no interval of its own yet */
+		rate = (double)atomic_load(&src->rate_bps);
+	atomic_store(&src->rate_bps, (uint64_t)rate);
+	*last_bytes = sent;
+	*last_ns = now;
 	if (!o->progress)
 		return;
 	mig_fill_progress(src->m, &p);
 	p.phase = phase;
-	if (now > *last_ns && *last_ns)
-		p.rate_bps = (double)(p.bytes_sent - *last_bytes) * 1e9 /
-			     (double)(now - *last_ns);
-	else if (phase == FERRY_PHASE_DONE && p.elapsed_ns)
-		p.rate_bps = (double)p.bytes_sent * 1e9 / (double)p.elapsed_ns;
-	else	/* a round's start: no interval of its own yet */
-		p.rate_bps = (double)atomic_load(&src->rate_bps);
-	atomic_store(&src->rate_bps, (uint64_t)p.rate_bps);
-	p.eta_s = p.rate_bps > 0 ? (double)p.remaining * 4096.0 / p.rate_bps :
-				   -1;
-	*last_bytes = p.bytes_sent;
-	*last_ns = now;
+	p.rate_bps = rate;
+	p.eta_s = rate > 0 ? (double)p.remaining * 4096.0 / rate : -1;
 	o->progress(&p, o->progress_arg);
 }
 

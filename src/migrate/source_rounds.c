@@ -1,12 +1,10 @@
 // SPDX-License-Identifier: MIT
 /*
- * source_rounds: pre-copy.  Send every page that exists, then rounds of
- * the pages written since the last one, until the rest fits the downtime
- * budget or the rounds stop shrinking; in hybrid mode, until another round
- * cannot converge (the guest dirties too fast for the link), which is
- * judged after every round, the first pass included.
+ * source_rounds: pre-copy's rounds.  The send maps (every page that
+ * exists, then the pages written since a collect, and those the
+ * destination asked for again), and a round over them on every sender;
+ * source_pace.c says how many.
  */
-#include <limits.h>
 #include <string.h>
 
 #include "base/bitmap.h"
@@ -110,18 +108,92 @@ static void take_refetch(struct source *src, unsigned int region)
 	atomic_fetch_add_explicit(&src->refetched, n, memory_order_relaxed);
 }
 
-int source_map_dirty(struct source *src)
+static ssize_t collect(struct source *src, unsigned int region, bool protect)
 {
-	for (unsigned int i = 0; i < src->vm->mem->nr_regions; i++) {
-		ssize_t n = src->dirty ? ferry_dirty_collect(src->dirty, i,
-							     src->send_map[i]) :
-					 0;
+	if (!src->dirty)
+		return 0;
+	return protect ? ferry_dirty_collect(src->dirty, region,
+					     src->send_map[region]) :
+			 ferry_dirty_peek(src->dirty, region,
+					  src->send_map[region]);
+}
 
+ssize_t source_map_dirty(struct source *src, bool protect)
+{
+	ssize_t newly = 0;
+
+	for (unsigned int i = 0; i < src->vm->mem->nr_regions; i++) {
+		ssize_t n = collect(src, i, protect);
+
+		if (n < 0)
+			return n;
+		newly += n;
+		take_refetch(src, i);
+	}
+	return newly;
+}
+
+/* Any bit set in [first, end) of a map? */
+static bool any_in(const uint64_t *map, uint64_t first, uint64_t end)
+{
+	for (uint64_t p = first; p < end; p += 64 - p % 64) {
+		uint64_t bits = map[p / 64] >> (p % 64);
+
+		if (end - p < 64 - p % 64)	/* not to the word's end */
+			bits &= (1ULL << (end - p)) - 1;
+		if (bits)
+			return true;
+	}
+	return false;
+}
+
+/* Chunks protected in one call, at most: the deadline is looked at
+ * between calls. */
+#define PROTECT_RUN_CHUNKS	4
+
+/*
+ * From chunk *c of region r on: the next run of chunks holding a page in
+ * the send map, protected again; *c moves past it.  0 when none is left.
+ */
+static ssize_t protect_next_run(struct source *src, unsigned int region,
+				uint64_t *c)
+{
+	const struct ferry_region *r = &src->vm->mem->regions[region];
+	const uint64_t *map = src->send_map[region];
+	uint64_t per = migrate_chunk_pages(r), nr = source_nr_chunks(r);
+	uint64_t first, end;
+	ssize_t n;
+
+	while (*c < nr && !any_in(map, *c * per,
+				  *c * per + per < r->nr_pages ?
+				  *c * per + per : r->nr_pages))
+		(*c)++;
+	if (*c == nr)
+		return 0;
+	first = *c * per;
+	*c += PROTECT_RUN_CHUNKS < nr - *c ? PROTECT_RUN_CHUNKS : nr - *c;
+	end = *c * per < r->nr_pages ? *c * per : r->nr_pages;
+	n = ferry_dirty_collect_range(src->dirty, region, first, end - first,
+				      src->send_map[region]);
+	return n < 0 ? n : 1;
+}
+
+int source_protect_maps(struct source *src, uint64_t deadline_ns)
+{
+	const struct ferry_mem *mem = src->vm->mem;
+
+	for (unsigned int i = 0; i < mem->nr_regions; i++) {
+		uint64_t c = 0;
+		ssize_t n;
+
+		while ((n = protect_next_run(src, i, &c)) > 0)
+			if (deadline_ns && ferry_clock_now_ns() > deadline_ns)
+				return 0;
 		if (n < 0)
 			return (int)n;
 		take_refetch(src, i);
 	}
-	return 0;
+	return 1;
 }
 
 int source_round(struct source *src, bool live, double *bps)
@@ -143,149 +215,4 @@ int source_round(struct source *src, bool live, double *bps)
 	src->m->round = src->round;
 	pthread_mutex_unlock(&src->m->lock);
 	return ret;
-}
-
-/*
- * Hybrid: another round cannot converge when the guest dirties memory at
- * this share of the bandwidth or more.  A round that sends D bytes at B
- * leaves about D x R / B dirty behind it (R: the guest's dirty rate), so
- * at R / B = 1/2 the rounds still to come would send as much again as the
- * dirty set itself, which post-copy sends once.
- */
-#define HYBRID_CONVERGE_PCT	50
-
-/*
- * Rounds it would take, each shrinking the dirty set by dirty_bps / bps,
- * to bring `bytes` within the downtime budget; UINT_MAX when the set does
- * not shrink.
- */
-static unsigned int rounds_to_converge(const struct source *src, double bytes,
-				       double bps, double dirty_bps)
-{
-	double budget = bps * src->opts->max_downtime_ms / 1e3;
-	double shrink = dirty_bps / bps;
-	unsigned int n = 0;
-
-	if (shrink >= 1)
-		return UINT_MAX;
-	for (; bytes > budget && n < UINT_MAX; n++)
-		bytes *= shrink;
-	return n;
-}
-
-/*
- * Hybrid, after any round (the first pass included): true when another
- * round cannot converge, so that post-copy starts now rather than after
- * rounds that resend what the guest keeps writing.  Either the guest
- * dirties too fast for the link, or the rounds left cannot bring `bytes`
- * within the budget at that pace.  Both rates are over the same span,
- * from the last collect to this one: dirty_bps the distinct pages the
- * guest wrote, bps the bytes a round made good, its collect included
- * (write-protecting all of memory again costs as much as the sending on
- * some hosts, and another round pays it too).
- */
-static bool hybrid_gives_up(const struct source *src, double bytes,
-			    double bps, double dirty_bps)
-{
-	unsigned int max = src->opts->max_rounds;
-	unsigned int left = max > src->round ? max - src->round : 0;
-
-	if (bps <= 0 || dirty_bps * 100 >= bps * HYBRID_CONVERGE_PCT)
-		return true;
-	return rounds_to_converge(src, bytes, bps, dirty_bps) > left;
-}
-
-/*
- * After a round, with the pages dirtied during it in the send maps: the
- * mode to switch over in now, or false to go on with another round.
- */
-static bool converged(struct source *src, uint64_t dirty, uint64_t prev,
-		      double bps, double span_bps, double dirty_bps,
-		      enum ferry_mode *switch_mode)
-{
-	const struct ferry_migrate_opts *o = src->opts;
-	uint64_t page = 4096;
-	double est_ms;
-
-	if (o->mode == FERRY_MODE_POSTCOPY || mig_take_postcopy_now(src->m)) {
-		*switch_mode = FERRY_MODE_POSTCOPY;
-		return true;
-	}
-	if (src->vm->mem->nr_regions)
-		page = src->vm->mem->regions[0].page_size;
-	est_ms = bps > 0 ? (double)(dirty * page) * 1e3 / bps : 1e9;
-	if (est_ms <= o->max_downtime_ms) {
-		*switch_mode = FERRY_MODE_PRECOPY;
-		return true;
-	}
-	if (o->mode == FERRY_MODE_HYBRID &&
-	    hybrid_gives_up(src, (double)(dirty * page), span_bps, dirty_bps)) {
-		*switch_mode = FERRY_MODE_POSTCOPY;
-		return true;
-	}
-	/* Not converging: the dirty set stopped shrinking by 10%. */
-	if (src->round >= o->max_rounds ||
-	    (src->round >= 2 && dirty * 10 > prev * 9)) {
-		*switch_mode = o->mode == FERRY_MODE_HYBRID ?
-			       FERRY_MODE_POSTCOPY : FERRY_MODE_PRECOPY;
-		return true;
-	}
-	return false;
-}
-
-/*
- * Since the last collect (*collect_ns, moved to now), in which a round of
- * round_ns went at *bps: the guest's dirty rate (the distinct pages it
- * wrote, as bytes per second), and *bps brought to the whole span.
- */
-static double dirty_rate(const struct source *src, uint64_t dirty,
-			 uint64_t round_ns, uint64_t *collect_ns, double *bps)
-{
-	const struct ferry_mem *mem = src->vm->mem;
-	uint64_t now = ferry_clock_now_ns(), ns = now - *collect_ns;
-	uint64_t page = mem->nr_regions ? mem->regions[0].page_size : 4096;
-
-	*collect_ns = now;
-	if (!ns)
-		return 0;
-	*bps = *bps * (double)(round_ns < ns ? round_ns : ns) / (double)ns;
-	return (double)(dirty * page) * 1e9 / (double)ns;
-}
-
-int source_precopy(struct source *src, enum ferry_mode *switch_mode)
-{
-	uint64_t prev = UINT64_MAX, dirty, collect_ns = ferry_clock_now_ns();
-	uint64_t round_ns = 0;
-	double bps = 0, span_bps = 0, dirty_bps;
-	int ret;
-
-	if (!src->dirty) {	/* nothing can tell what changed: all later */
-		*switch_mode = FERRY_MODE_POSTCOPY;
-		return 0;
-	}
-	source_clear_maps(src);
-	ret = source_map_populated(src);
-	for (;;) {
-		if (!ret && mig_cancelled(src->m))
-			ret = mig_cancel_error(src->m, "the VM runs here");
-		if (!ret) {
-			round_ns = ferry_clock_now_ns();
-			ret = source_round(src, true, &bps);
-			round_ns = ferry_clock_now_ns() - round_ns;
-		}
-		if (ret)
-			return ret;
-		source_clear_maps(src);
-		ret = source_map_dirty(src);
-		if (ret)
-			return ret;
-		dirty = source_count_maps(src);
-		span_bps = bps;
-		dirty_bps = dirty_rate(src, dirty, round_ns, &collect_ns,
-				       &span_bps);
-		if (converged(src, dirty, prev, bps, span_bps, dirty_bps,
-			      switch_mode))
-			return 0;
-		prev = dirty;
-	}
 }

@@ -129,11 +129,22 @@ int source_send_complete(struct source *src)
 	return send_all(src, enc_complete, &c);
 }
 
+/*
+ * The last dirty set, added to what the send maps hold: the vCPUs are
+ * paused, so a peek (nothing protected again) sees all of it.
+ */
+static int map_last(struct source *src)
+{
+	ssize_t n = source_map_dirty(src, false);
+
+	return n < 0 ? (int)n : 0;
+}
+
 static int switch_precopy(struct source *src)
 {
 	enum ferry_wire_switch_mode m = FERRY_WIRE_SWITCH_PRECOPY;
 	double bps;
-	int ret = source_map_dirty(src);
+	int ret = map_last(src);
 
 	if (!ret)
 		ret = source_round(src, false, &bps);
@@ -153,7 +164,7 @@ static int switch_postcopy(struct source *src)
 	int ret = src->dirty ? 0 : source_map_populated(src);
 
 	if (!ret)
-		ret = source_map_dirty(src);
+		ret = map_last(src);
 	if (!ret)
 		ret = send_stale(src);
 	if (!ret)

@@ -31,6 +31,14 @@ static void tell_main(struct source *src, bool *flag)
 	pthread_mutex_unlock(&src->m->lock);
 }
 
+/* Main may wait for the destination to show a round arrived. */
+static void heard_heartbeat(struct source *src)
+{
+	pthread_mutex_lock(&src->m->lock);
+	pthread_cond_broadcast(&src->m->cond);
+	pthread_mutex_unlock(&src->m->lock);
+}
+
 static void set_reply(struct source *src, enum source_reply reply)
 {
 	pthread_mutex_lock(&src->m->lock);
@@ -215,8 +223,9 @@ static int on_request(struct source *src, const struct ferry_wire_rec *rec)
 static int dispatch(struct source *src, const struct ferry_wire_rec *rec)
 {
 	switch (rec->type) {
-	case FERRY_WIRE_HEARTBEAT:
-		return 0;		/* link_heard() took it */
+	case FERRY_WIRE_HEARTBEAT:	/* link_heard() took it */
+		heard_heartbeat(src);
+		return 0;
 	case FERRY_WIRE_ERROR:
 		return on_error(src, rec);
 	case FERRY_WIRE_ACCEPT:

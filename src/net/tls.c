@@ -280,20 +280,78 @@ const char *net_tls_kind(const struct net_tls *t)
 /* ---- the transport: our socket under GnuTLS ----------------------------- */
 
 /* Keeps the first bytes: a peer that answers in the clear is named so. */
+static void link_keep_first(struct net_tls_link *link, const void *buf,
+			    ssize_t n)
+{
+	for (ssize_t i = 0; i < n && link->nr_first < sizeof(link->first);
+	     i++)
+		link->first[link->nr_first++] = ((const uint8_t *)buf)[i];
+}
+
 static ssize_t link_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 {
 	struct net_tls_link *link = ptr;
 	ssize_t n;
 
-	do {
-		n = recv(link->fd, buf, len, 0);
-	} while (n < 0 && errno == EINTR);
-	if (n < 0)
-		gnutls_transport_set_errno(link->session, errno);
-	for (ssize_t i = 0; i < n && link->nr_first < sizeof(link->first);
-	     i++)
-		link->first[link->nr_first++] = ((uint8_t *)buf)[i];
+	if (!link->rbuf) {	/* the handshake: no read ahead yet */
+		do {
+			n = recv(link->fd, buf, len, 0);
+		} while (n < 0 && errno == EINTR);
+		if (n < 0)
+			gnutls_transport_set_errno(link->session, errno);
+		link_keep_first(link, buf, n);
+		return n;
+	}
+	if (link->rpos == link->rlen) {
+		do {
+			n = recv(link->fd, link->rbuf, NET_TLS_BUF, 0);
+		} while (n < 0 && errno == EINTR);
+		if (n <= 0) {
+			if (n < 0)
+				gnutls_transport_set_errno(link->session,
+							   errno);
+			return n;
+		}
+		link->rpos = 0;
+		link->rlen = (size_t)n;
+	}
+	n = (ssize_t)(link->rlen - link->rpos < len ? link->rlen - link->rpos :
+						     len);
+	memcpy(buf, link->rbuf + link->rpos, (size_t)n);
+	link->rpos += (size_t)n;
+	link_keep_first(link, buf, n);
 	return n;
+}
+
+int net_tls_link_buffers(struct net_tls_link *link)
+{
+	link->rbuf = malloc(NET_TLS_BUF);
+	link->wbuf = malloc(NET_TLS_BUF);
+	return link->rbuf && link->wbuf ? 0 : -ENOMEM;
+}
+
+bool net_tls_link_buffered(const struct net_tls_link *link)
+{
+	return link->rpos < link->rlen;
+}
+
+/* All of what is held, or -errno. */
+static int link_write_held(struct net_tls_link *link)
+{
+	size_t done = 0;
+	int ret = 0;
+
+	while (done < link->wlen && !ret) {
+		ssize_t n = send(link->fd, link->wbuf + done,
+				 link->wlen - done, MSG_NOSIGNAL);
+
+		if (n >= 0)
+			done += (size_t)n;
+		else if (errno != EINTR)
+			ret = -errno;
+	}
+	link->wlen = 0;
+	return ret;
 }
 
 static ssize_t link_push(gnutls_transport_ptr_t ptr, const giovec_t *iov,
@@ -302,8 +360,25 @@ static ssize_t link_push(gnutls_transport_ptr_t ptr, const giovec_t *iov,
 	struct net_tls_link *link = ptr;
 	struct msghdr msg = { .msg_iov = (struct iovec *)iov,
 			      .msg_iovlen = (size_t)iovcnt };
+	size_t total = 0;
 	ssize_t n;
+	int ret;
 
+	for (int i = 0; i < iovcnt; i++)
+		total += iov[i].iov_len;
+	if (link->corked && total <= NET_TLS_BUF) {
+		if (link->wlen + total > NET_TLS_BUF &&
+		    (ret = link_write_held(link))) {
+			gnutls_transport_set_errno(link->session, -ret);
+			return -1;
+		}
+		for (int i = 0; i < iovcnt; i++) {
+			memcpy(link->wbuf + link->wlen, iov[i].iov_base,
+			       iov[i].iov_len);
+			link->wlen += iov[i].iov_len;
+		}
+		return (ssize_t)total;
+	}
 	do {
 		n = sendmsg(link->fd, &msg, MSG_NOSIGNAL);
 	} while (n < 0 && errno == EINTR);
@@ -312,11 +387,24 @@ static ssize_t link_push(gnutls_transport_ptr_t ptr, const giovec_t *iov,
 	return n;
 }
 
+void net_tls_link_cork(struct net_tls_link *link)
+{
+	link->corked = true;
+}
+
+int net_tls_link_flush(struct net_tls_link *link)
+{
+	link->corked = false;
+	return link_write_held(link);
+}
+
 static int link_pull_timeout(gnutls_transport_ptr_t ptr, unsigned int ms)
 {
 	struct net_tls_link *link = ptr;
 	struct pollfd pfd = { link->fd, POLLIN, 0 };
 
+	if (net_tls_link_buffered(link))
+		return 1;
 	return poll(&pfd, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int)ms);
 }
 
@@ -366,6 +454,8 @@ void net_tls_link_free(struct net_tls_link *link)
 	if (link->session)
 		gnutls_deinit(link->session);
 	net_tls_put(link->tls);
+	free(link->rbuf);
+	free(link->wbuf);
 	free(link);
 }
 
@@ -569,7 +659,8 @@ static ssize_t conn_write(struct net_conn *c, const void *buf, size_t len)
 static int conn_wait(struct net_conn *c, bool out, int64_t deadline)
 {
 	if (!out && c->link &&
-	    gnutls_record_check_pending(c->link->session))
+	    (gnutls_record_check_pending(c->link->session) ||
+	     net_tls_link_buffered(c->link)))
 		return 0;
 	return net_wait_fd(c->fd, out ? POLLOUT : POLLIN, deadline);
 }

@@ -26,13 +26,42 @@
 struct net_tls;
 
 /* The transport of one TLS session: GnuTLS's pointer. */
+/*
+ * GnuTLS reads a record's header and its body in two calls and writes one
+ * record (16 KiB) a call; a system call costs tens of microseconds on a
+ * virtual machine's host, so the link reads ahead and, while corked,
+ * gathers records into NET_TLS_BUF bytes before writing them.
+ */
+#define NET_TLS_BUF	(256U << 10)
+
 struct net_tls_link {
 	gnutls_session_t session;
 	int fd;
 	struct net_tls *tls;
 	uint8_t first[8];	/* the first bytes the peer sent */
 	unsigned int nr_first;
+	uint8_t *rbuf;		/* read ahead; the receiving thread's */
+	size_t rpos, rlen;
+	uint8_t *wbuf;		/* records held while corked; the sending
+				 * thread's */
+	size_t wlen;
+	bool corked;
 };
+
+/*
+ * The link's read-ahead and write buffers, once the handshake has proved
+ * the peer (a connection still shaking hands costs none): 0 or -ENOMEM.
+ */
+int net_tls_link_buffers(struct net_tls_link *link);
+
+/* Bytes read from the socket that GnuTLS has not taken yet. */
+bool net_tls_link_buffered(const struct net_tls_link *link);
+
+/* Hold the records GnuTLS writes until net_tls_link_flush(). */
+void net_tls_link_cork(struct net_tls_link *link);
+
+/* Write what is held and stop holding: 0 or -errno. */
+int net_tls_link_flush(struct net_tls_link *link);
 
 /* A connection on its way to becoming a channel. */
 struct net_conn {

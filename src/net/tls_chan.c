@@ -94,9 +94,11 @@ static ssize_t tls_sendv(struct ferry_chan *chan, const struct iovec *iov,
 	gnutls_session_t s = c->link->session;
 	ssize_t n = 0, total = 0;
 	size_t held = 0;
+	int ret;
 
 	if (is_shut(c))
 		return chan_fail(c, 0, -EPIPE, "send");
+	net_tls_link_cork(c->link);
 	for (int i = 0; i < iovcnt && n >= 0; i++) {
 		if (iov[i].iov_len <= sizeof(c->gather) - held) {
 			memcpy(c->gather + held, iov[i].iov_base,
@@ -117,6 +119,11 @@ static ssize_t tls_sendv(struct ferry_chan *chan, const struct iovec *iov,
 	}
 	if (n >= 0 && held)
 		n = send_piece(s, c->gather, held);
+	/* What GnuTLS wrote is held until here: one write for many records. */
+	ret = net_tls_link_flush(c->link);
+	if (n >= 0 && ret)
+		return chan_fail(c, 0, is_shut(c) ? -EPIPE :
+				 ret == -EAGAIN ? -ETIMEDOUT : ret, "send");
 	if (n >= 0)
 		return total;
 	return chan_fail(c, (int)n, is_shut(c) ? -EPIPE :
@@ -126,7 +133,8 @@ static ssize_t tls_sendv(struct ferry_chan *chan, const struct iovec *iov,
 /* Raise or clear pending_fd as GnuTLS holds bytes or not. */
 static void note_pending(struct tls_chan *c)
 {
-	bool now = gnutls_record_check_pending(c->link->session) > 0;
+	bool now = gnutls_record_check_pending(c->link->session) > 0 ||
+		   net_tls_link_buffered(c->link);
 	uint64_t v = 1;
 
 	if (now == c->pending)
@@ -229,15 +237,18 @@ int net_tls_chan_create(struct net_tls_link *link, enum ferry_chan_role role,
 	c->link = link;
 	c->io_timeout_ms = io_timeout_ms;
 	atomic_init(&c->shut, false);
-	ret = poll_set(c);
+	c->poll_fd = c->pending_fd = -1;
+	ret = net_tls_link_buffers(link);
+	if (!ret)
+		ret = poll_set(c);
 	if (ret) {
 		if (c->poll_fd >= 0)
 			close(c->poll_fd);
 		if (c->pending_fd >= 0)
 			close(c->pending_fd);
 		free(c);
-		return ferry_fail(ret, "%s: poll set: %s", name,
-				  strerror(-ret));
+		return ferry_fail(ret, "%s: %s: %s", name, ret == -ENOMEM ?
+				  "buffers" : "poll set", strerror(-ret));
 	}
 	/* The handshake may have left the first bytes decrypted. */
 	note_pending(c);

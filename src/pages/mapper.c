@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: MIT
 /* mapper: guest memory mapped in bulk, run by run, as a flow's policy says. */
 #include <string.h>
+#include <unistd.h>
 
 #include "base/error.h"
 #include "base/sys.h"
+#include "base/thread.h"
 #include "pages/mapper.h"
 
 void mapper_init(struct mapper *m, struct uffdmem *um,
@@ -13,7 +15,15 @@ void mapper_init(struct mapper *m, struct uffdmem *um,
 	m->policy = policy;
 	m->arg = arg;
 	m->svc = NULL;
+	m->go_fd = -1;
 	atomic_init(&m->mapped, 0);
+}
+
+void mapper_fini(struct mapper *m)
+{
+	if (m->go_fd >= 0)
+		close(m->go_fd);
+	m->go_fd = -1;
 }
 
 static void run_done(struct mapper *m, unsigned int region, uint64_t page,
@@ -117,6 +127,9 @@ static void *mapper_main(void *arg)
 	int ret = 0;
 
 	sys_thread_boost(SYS_BOOST_BULK);
+	if (m->go_fd >= 0 &&
+	    evfd_wait(m->go_fd, faultsvc_stop_fd(m->svc), -1) != 1)
+		return NULL;	/* stopped before it was let go */
 	for (unsigned int i = 0; i < m->um->mem->nr_regions && !ret; i++)
 		ret = map_region(m, i);
 	if (ret && ret != -ECANCELED)
@@ -126,6 +139,23 @@ static void *mapper_main(void *arg)
 
 int mapper_start(struct mapper *m, struct faultsvc *svc)
 {
+	mapper_fini(m);
 	m->svc = svc;
 	return faultsvc_spawn(svc, mapper_main, m, "mapper");
+}
+
+int mapper_start_held(struct mapper *m, struct faultsvc *svc)
+{
+	mapper_fini(m);
+	m->go_fd = evfd_open();
+	if (m->go_fd < 0)
+		return ferry_fail(m->go_fd, "eventfd: %s", strerror(-m->go_fd));
+	m->svc = svc;
+	return faultsvc_spawn(svc, mapper_main, m, "mapper");
+}
+
+void mapper_go(struct mapper *m)
+{
+	if (m->go_fd >= 0)
+		evfd_signal(m->go_fd);
 }

@@ -55,6 +55,8 @@ struct mapper {
 	const struct mapper_policy *policy;
 	void *arg;
 	struct faultsvc *svc;			/* set at start */
+	int go_fd;			/* eventfd a held start waits on;
+					 * -1: none */
 	/* Pages of CONTINUE and ZERO runs done, including those found
 	 * mapped already or holes; the mapper writes, relaxed. */
 	atomic_uint_fast64_t mapped;
@@ -65,6 +67,19 @@ void mapper_init(struct mapper *m, struct uffdmem *um,
 
 /* Start the sweep on a thread of svc's group (svc started). */
 int mapper_start(struct mapper *m, struct faultsvc *svc);
+
+/*
+ * The same, but the thread waits for mapper_go() (or the service's stop)
+ * before it maps anything: mapping in bulk keeps a CPU in the kernel for
+ * a millisecond at a time, which a migration's switchover (READY, COMMIT,
+ * the resume) should not wait behind.  The thread exists from here on,
+ * so a failure to start it comes before the switchover, not after.
+ */
+int mapper_start_held(struct mapper *m, struct faultsvc *svc);
+void mapper_go(struct mapper *m);
+
+/* Release what a held start made.  A mapper never started is fine. */
+void mapper_fini(struct mapper *m);
 
 static inline uint64_t mapper_mapped(const struct mapper *m)
 {

@@ -103,6 +103,7 @@ void postcopy_destroy(struct postcopy *pc)
 	free(pc->requested);
 	free(pc->fault_us);
 	faultsvc_destroy(pc->svc);
+	mapper_fini(&pc->mapper);
 	if (pc->done_fd >= 0)
 		close(pc->done_fd);
 	free(pc);
@@ -537,34 +538,69 @@ static const struct mapper_policy map_policy = {
 
 /* ---- starting and finishing --------------------------------------------- */
 
-int postcopy_start(struct postcopy *pc, const struct postcopy_ops *ops,
-		   void *arg)
+#define POSTCOPY_MODES	(FERRY_UFFD_MISSING | FERRY_UFFD_MINOR)
+
+static void unprepare(struct postcopy *pc)
+{
+	faultsvc_stop(pc->svc);
+	uffdmem_close(&pc->um);
+	pc->prepared = false;
+}
+
+int postcopy_prepare(struct postcopy *pc, const struct postcopy_ops *ops,
+		     void *arg)
 {
 	int ret;
 
-	if (pc->started)
-		return ferry_fail(-EBUSY, "post-copy already started");
+	if (pc->started || pc->prepared)
+		return ferry_fail(-EBUSY, "post-copy already prepared");
 	pc->ops = ops;
 	pc->ops_arg = arg;
-	pc->start_ns = ferry_clock_now_ns();
-	ret = uffdmem_open(&pc->um, FERRY_UFFD_MISSING | FERRY_UFFD_MINOR,
-			   UFFDMEM_KERNEL_FAULTS);
-	if (ret)
-		return ferry_fail_ctx(ret, "post-copy");
-	ret = faultsvc_start(pc->svc, &pc->um.uffd, -1);
+	ret = uffdmem_open_only(&pc->um, POSTCOPY_MODES,
+				UFFDMEM_KERNEL_FAULTS);
 	if (!ret)
-		ret = mapper_start(&pc->mapper, pc->svc);
+		ret = faultsvc_start(pc->svc, &pc->um.uffd, -1);
+	if (!ret)
+		ret = mapper_start_held(&pc->mapper, pc->svc);
+	pc->prepared = true;
 	if (ret)
-		goto err_stop;
+		unprepare(pc);
+	return ret ? ferry_fail_ctx(ret, "post-copy") : 0;
+}
+
+int postcopy_start_held(struct postcopy *pc, const struct postcopy_ops *ops,
+			void *arg)
+{
+	int ret = pc->prepared ? 0 : postcopy_prepare(pc, ops, arg);
+
+	if (ret)
+		return ret;
+	pc->start_ns = ferry_clock_now_ns();
+	ret = uffdmem_register(&pc->um, POSTCOPY_MODES);
+	if (ret) {
+		unprepare(pc);
+		return ferry_fail_ctx(ret, "post-copy");
+	}
+	pc->prepared = false;
 	pc->started = true;
 	if (atomic_load(&pc->owed_left) == 0)
 		evfd_signal(pc->done_fd);
 	return 0;
+}
 
-err_stop:
-	faultsvc_stop(pc->svc);
-	uffdmem_close(&pc->um);
-	return ferry_fail_ctx(ret, "post-copy");
+int postcopy_start(struct postcopy *pc, const struct postcopy_ops *ops,
+		   void *arg)
+{
+	int ret = postcopy_start_held(pc, ops, arg);
+
+	if (!ret)
+		postcopy_map_go(pc);
+	return ret;
+}
+
+void postcopy_map_go(struct postcopy *pc)
+{
+	mapper_go(&pc->mapper);
 }
 
 int postcopy_done_fd(const struct postcopy *pc)
@@ -586,6 +622,8 @@ int postcopy_finish(struct postcopy *pc)
 {
 	int ret = 0;
 
+	if (pc->prepared)	/* never started: nothing registered */
+		unprepare(pc);
 	if (!pc->started)
 		return 0;
 	faultsvc_stop(pc->svc);

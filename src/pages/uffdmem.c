@@ -54,12 +54,18 @@ static uint64_t features_needed(const struct ferry_mem *mem, uint64_t modes)
 	return f;
 }
 
-int uffdmem_open(struct uffdmem *um, uint64_t modes, bool kernel_faults)
+int uffdmem_open_only(struct uffdmem *um, uint64_t modes, bool kernel_faults)
 {
 	uint64_t need = features_needed(um->mem, modes);
-	int ret = um->mem->vmm_uffd >= 0 ?
-		  ferry_uffd_adopt(&um->uffd, um->mem->vmm_uffd, need, 0) :
-		  ferry_uffd_open(&um->uffd, need, 0, kernel_faults);
+
+	return um->mem->vmm_uffd >= 0 ?
+	       ferry_uffd_adopt(&um->uffd, um->mem->vmm_uffd, need, 0) :
+	       ferry_uffd_open(&um->uffd, need, 0, kernel_faults);
+}
+
+int uffdmem_register(struct uffdmem *um, uint64_t modes)
+{
+	int ret = 0;
 
 	for (unsigned int i = 0; !ret && i < um->mem->nr_regions; i++) {
 		struct ferry_region *r = &um->mem->regions[i];
@@ -67,6 +73,15 @@ int uffdmem_open(struct uffdmem *um, uint64_t modes, bool kernel_faults)
 		ret = ferry_uffd_register(&um->uffd, r->guest, r->size, modes,
 					  NULL);
 	}
+	return ret;
+}
+
+int uffdmem_open(struct uffdmem *um, uint64_t modes, bool kernel_faults)
+{
+	int ret = uffdmem_open_only(um, modes, kernel_faults);
+
+	if (!ret)
+		ret = uffdmem_register(um, modes);
 	/* Closing the descriptor unregisters what it registered. */
 	if (ret)
 		ferry_uffd_close(&um->uffd);

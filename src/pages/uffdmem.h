@@ -65,6 +65,14 @@ const void *uffdmem_zeroes(void);
  */
 int uffdmem_open(struct uffdmem *um, uint64_t modes, bool kernel_faults);
 
+/*
+ * The same in two steps: the descriptor, then (maybe much later) the
+ * registration.  After a failed registration, uffdmem_close() (what is
+ * registered by then stays so until it).
+ */
+int uffdmem_open_only(struct uffdmem *um, uint64_t modes, bool kernel_faults);
+int uffdmem_register(struct uffdmem *um, uint64_t modes);
+
 /* Unregister every guest view and close.  Closed already: nothing. */
 void uffdmem_close(struct uffdmem *um);
 

@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: MIT
 /*
- * restore: a restore's life (restore.h says how it is cut up).  The VM
- * is built while another thread reads the extent records; then eager (all
+ * restore: a restore's run (restore.h says how it is cut up).  The VM is
+ * built while another thread reads the extent records; then eager (all
  * stored and mapped, fault service over) or lazy (owed, the working set
- * first), the vCPUs resume, and a lazy restore's readers start.
+ * first), the vCPUs resume, and a lazy restore's readers and control
+ * thread start.
  */
-#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -20,13 +20,18 @@
 
 /* ---- before resume ------------------------------------------------------ */
 
-/* What was not stored before resume is owed (prefetched pages are not). */
+/*
+ * What was not stored before resume is owed (prefetched pages are not);
+ * from here on progress counts what is owed in the page machinery.
+ */
 static int switchover(struct ferry_restore *rs)
 {
 	int ret = 0;
 
 	for (unsigned int i = 0; i < rs->file->stream.nr_regions && !ret; i++)
 		ret = postcopy_owe(rs->pc, i, rs->owed[i]);
+	if (!ret)
+		atomic_store_explicit(&rs->owing, true, memory_order_release);
 	return ret;
 }
 
@@ -44,15 +49,12 @@ static int restore_eager(struct ferry_restore *rs)
 		ret = switchover(rs);
 	if (!ret)
 		ret = postcopy_start(rs->pc, &restore_file_ops, rs);
-	if (ret == -EOPNOTSUPP) {
-		rs->finished = true;
+	if (ret == -EOPNOTSUPP)
 		return 0;
-	}
 	if (!ret)
 		ret = restore_wait_mapped(rs, atomic_load(&rs->stored));
 	if (!ret)
 		ret = postcopy_finish(rs->pc);
-	rs->finished = true;
 	return ret;
 }
 
@@ -126,6 +128,33 @@ static int load_ws(struct ferry_restore *rs)
  * The extent records, read and checked while the VM is being built, and
  * what they make owed.
  */
+/*
+ * What progress counts against: every page of the extents, and the bytes
+ * of those with data (a scan of the sums only where page sizes differ).
+ */
+static void count_totals(struct ferry_restore *rs)
+{
+	const struct snap_file *f = rs->file;
+	uint64_t pages = 0, bytes = 0;
+	bool same = true;
+
+	for (unsigned int i = 1; i < f->stream.nr_regions; i++)
+		same &= snap_page_size(f, i) == snap_page_size(f, 0);
+	for (size_t i = 0; i < f->nr_extents; i++) {
+		const struct snap_extent *e = &f->extents[i];
+
+		pages += e->count;
+		for (uint64_t p = e->first_page; !same &&
+		     p < (uint64_t)e->first_page + e->count; p++)
+			if (!snap_page_is_zero(f, e, p))
+				bytes += snap_page_size(f, e->region);
+	}
+	if (same && f->stream.nr_regions)
+		bytes = f->data_pages * snap_page_size(f, 0);
+	atomic_store_explicit(&rs->data_bytes, bytes, memory_order_relaxed);
+	atomic_store_explicit(&rs->pages_total, pages, memory_order_relaxed);
+}
+
 static void *rest_main(void *arg)
 {
 	struct ferry_restore *rs = arg;
@@ -136,6 +165,8 @@ static void *rest_main(void *arg)
 	if (ret)
 		err_slot_set(&rs->err, ret);
 	rs->stats.open_ns = ferry_clock_now_ns() - rs->start_ns;
+	if (!ret)
+		count_totals(rs);
 	return NULL;
 }
 
@@ -155,6 +186,8 @@ static int build(struct ferry_restore *rs)
 		rest_main(rs);
 	ret = rs->ops->create(rs->ops_arg, &rs->file->stream, &rs->vm);
 	rs->vm_created = !ret;
+	if (!ret)
+		ret = restore_check_cancel(rs);
 	if (!ret)
 		ret = snap_check_vm(rs->file, &rs->vm);
 	if (!ret)
@@ -181,35 +214,112 @@ static int prepare(struct ferry_restore *rs, int fd)
 	return ret;
 }
 
+static void *ctl_main(void *arg);
+
+/*
+ * The readers, then (run by the caller) the control thread: the last
+ * thing that can fail, so that a restore that fails to start has no
+ * control thread to stop.
+ */
+static int start_threads(struct ferry_restore *rs)
+{
+	int ret = restore_readers_start(rs);
+
+	if (!ret && !rs->async) {
+		ret = -pthread_create(&rs->ctl, NULL, ctl_main, rs);
+		if (ret)
+			ret = ferry_fail(ret, "starting the restore's control "
+					 "thread: %s", strerror(-ret));
+		rs->has_ctl = !ret;
+	}
+	return ret;
+}
+
+/*
+ * Build, load, resume: 0 when the vCPUs run (and, lazy, the readers and
+ * the control thread too); else what failed, for run_and_tell to undo.
+ */
 static int run(struct ferry_restore *rs, int fd)
 {
 	bool lazy = rs->opts.mode == FERRY_RESTORE_LAZY;
 	int ret = prepare(rs, fd);
 
 	if (!ret)
+		restore_set_phase(rs, FERRY_PHASE_PRECOPY);
+	if (!ret)
 		ret = lazy ? restore_lazy(rs) : restore_eager(rs);
+	if (!ret)
+		ret = restore_check_cancel(rs);
+	if (!ret)
+		restore_set_phase(rs, FERRY_PHASE_SWITCHOVER);
 	if (!ret && !lazy)
 		ret = snap_load_vcpus(rs->file, &rs->vm);
 	if (!ret)
 		ret = rs->vm.ops->resume(rs->vm.handle);
+	rs->resumed = !ret;
 	rs->stats.resume_ns = ferry_clock_now_ns() - rs->start_ns;
 	/*
 	 * The readers start once the vCPUs run: making threads takes a
 	 * while here, and a request made meanwhile waits in the queue.
 	 */
 	if (!ret && lazy)
-		ret = restore_readers_start(rs);
-	if (!ret && lazy && !rs->opts.record_ws)
-		ret = ferry_restore_fill(rs);
+		ret = start_threads(rs);
 	return ret;
+}
+
+/*
+ * After a failed run: nothing of it stays, and the VM is discarded, its
+ * page machinery first (it is on the VM's memory).
+ */
+static void abort_run(struct ferry_restore *rs)
+{
+	if (rs->resumed)
+		restore_fail_closed(rs);
+	restore_readers_stop(rs);
+	restore_forget_pc(rs);
+	if (rs->vm_created && rs->ops->discard)
+		rs->ops->discard(rs->ops_arg, &rs->vm);
+	rs->vm_created = false;
+}
+
+/* Run, and tell how it went: the vCPUs run, or the restore ended. */
+static int run_and_tell(struct ferry_restore *rs, int fd)
+{
+	int ret = run(rs, fd);
+
+	if (ret) {
+		abort_run(rs);
+		return restore_end(rs, ret);
+	}
+	restore_running(rs);
+	if (rs->opts.mode != FERRY_RESTORE_LAZY)
+		return restore_end(rs, 0);
+	if (!rs->opts.record_ws)
+		ferry_restore_fill(rs);
+	return 0;
+}
+
+/* The control thread: the run too, when asynchronous; then the end. */
+static void *ctl_main(void *arg)
+{
+	struct ferry_restore *rs = arg;
+
+	ferry_error_clear();
+	if (rs->async && run_and_tell(rs, rs->file_fd))
+		return NULL;
+	if (rs->opts.mode == FERRY_RESTORE_LAZY)
+		restore_supervise(rs);
+	return NULL;
 }
 
 static int init(struct ferry_restore *rs)
 {
-	int ret;
+	int ret = restore_ctl_init(rs);	/* its locks first: fini needs them */
 
 	pthread_mutex_init(&rs->qlock, NULL);
 	err_slot_init(&rs->err);
+	if (ret)
+		return ret;
 	rs->demand_fd = evfd_open();
 	rs->fill_fd = evfd_open();
 	rs->demand_buf = snap_buf_alloc(READ_CHUNK);
@@ -248,12 +358,13 @@ static void free_restore(struct ferry_restore *rs)
 		close(rs->fill_fd);
 	pthread_mutex_destroy(&rs->qlock);
 	err_slot_fini(&rs->err);
+	restore_ctl_fini(rs);
 	free(rs);
 }
 
-int ferry_restore_start(int fd, const struct ferry_dest_ops *ops, void *arg,
-			const struct ferry_restore_opts *opts,
-			struct ferry_restore **out)
+static int create(int fd, const struct ferry_dest_ops *ops, void *arg,
+		  const struct ferry_restore_opts *opts,
+		  struct ferry_restore **out)
 {
 	struct ferry_restore *rs;
 	int ret;
@@ -266,63 +377,85 @@ int ferry_restore_start(int fd, const struct ferry_dest_ops *ops, void *arg,
 		return ferry_fail(-ENOMEM, "out of memory");
 	*rs = (struct ferry_restore){ .ops = ops, .ops_arg = arg,
 		.opts = *opts, .start_ns = ferry_clock_now_ns(), .demand_fd = -1,
-		.fill_fd = -1, .readers = { .stop_fd = -1 } };
+		.fill_fd = -1, .wake_fd = -1, .file_fd = fd,
+		.readers = { .stop_fd = -1 } };
 	rs->stats.mode = opts->mode;
 	ret = init(rs);
-	if (!ret)
-		ret = run(rs, fd);
 	if (ret) {
-		char why[sizeof(rs->err.reason)];
+		free_restore(rs);
+		return ret;
+	}
+	*out = rs;
+	return 0;
+}
+
+int ferry_restore_start(int fd, const struct ferry_dest_ops *ops, void *arg,
+			const struct ferry_restore_opts *opts,
+			struct ferry_restore **out)
+{
+	struct ferry_restore *rs = NULL;
+	int ret = create(fd, ops, arg, opts, &rs);
+
+	if (!ret)
+		ret = run_and_tell(rs, fd);
+	if (ret && rs) {
+		char why[sizeof(rs->reason)];
 
 		snprintf(why, sizeof(why), "%s", ferry_error_msg());
-		restore_readers_stop(rs);
-		postcopy_destroy(rs->pc);
-		rs->pc = NULL;
-		if (rs->vm_created && ops->discard)
-			ops->discard(arg, &rs->vm);
 		free_restore(rs);
 		return ferry_fail(ret, "%s", why);
 	}
+	if (!ret)
+		*out = rs;
+	return ret;
+}
+
+int ferry_restore_start_async(int fd, const struct ferry_dest_ops *ops,
+			      void *arg, const struct ferry_restore_opts *opts,
+			      struct ferry_restore **out)
+{
+	struct ferry_restore *rs;
+	int ret = create(fd, ops, arg, opts, &rs);
+
+	if (ret)
+		return ret;
+	rs->async = true;
+	ret = -pthread_create(&rs->ctl, NULL, ctl_main, rs);
+	if (ret) {
+		free_restore(rs);
+		return ferry_fail(ret, "starting the restore's thread: %s",
+				  strerror(-ret));
+	}
+	rs->has_ctl = true;
 	*out = rs;
 	return 0;
 }
 
 const struct ferry_vm *ferry_restore_vm(const struct ferry_restore *rs)
 {
-	return &rs->vm;
+	struct ferry_restore *w = (struct ferry_restore *)rs;	/* its lock */
+	bool running;
+
+	pthread_mutex_lock(&w->lock);
+	running = rs->running && rs->vm_created;
+	pthread_mutex_unlock(&w->lock);
+	return running ? &rs->vm : NULL;
 }
 
-/* ---- after resume ------------------------------------------------------- */
+/* ---- the end ------------------------------------------------------------ */
 
-int ferry_restore_wait(struct ferry_restore *rs, int timeout_ms)
+/*
+ * The counters, any time; the page machinery and the VM only once they
+ * stay put (the vCPUs run, or it ended), and what the fault thread
+ * recorded once it has been joined.
+ */
+static void fill_stats(const struct ferry_restore *rs, bool settled,
+		       bool over, struct ferry_restore_stats *s)
 {
-	struct pollfd pfd = { .fd = postcopy_done_fd(rs->pc),
-			      .events = POLLIN };
-	uint64_t deadline = ferry_clock_now_ns() + (uint64_t)timeout_ms * 1000000;
-	int ret;
+	struct postcopy_stats ps = { 0 };
 
-	if (rs->finished)
-		return rs->result;
-	ret = ferry_restore_fill(rs);
-	while (!ret) {
-		ret = err_slot_get(&rs->err);
-		if (!ret && (ret = postcopy_error(rs->pc)))
-			ferry_fail_ctx(ret, "fault service failed");
-		if (ret || poll(&pfd, 1, 10) > 0 || postcopy_done(rs->pc))
-			break;
-		if (timeout_ms >= 0 && ferry_clock_now_ns() > deadline)
-			return ferry_fail(-ETIMEDOUT, "pages still owed after "
-					  "%d ms", timeout_ms);
-	}
-	return ret;
-}
-
-static void fill_stats(const struct ferry_restore *rs,
-		       struct ferry_restore_stats *s)
-{
-	struct postcopy_stats ps;
-
-	postcopy_get_stats(rs->pc, &ps);
+	if (settled && rs->pc)
+		postcopy_get_stats(rs->pc, &ps);
 	s->pages = atomic_load(&rs->stored) + atomic_load(&rs->installed);
 	s->zero_pages = atomic_load(&rs->zero);
 	s->bytes_read = atomic_load(&rs->bytes_read);
@@ -331,20 +464,24 @@ static void fill_stats(const struct ferry_restore *rs,
 	s->filled = atomic_load(&rs->filled);
 	s->minor_faults = ps.minor_faults;
 	s->missing_faults = ps.missing_faults;
-	s->fault_latency_p50_ns = ferry_hist_percentile(&rs->pc->fault_latency,
-							50);
-	s->fault_latency_p99_ns = ferry_hist_percentile(&rs->pc->fault_latency,
-							99);
-	s->fault_latency_max_ns = ferry_hist_max(&rs->pc->fault_latency);
-	s->ws_recorded = rs->nr_recorded;
-	s->guest_bytes = rs->vm.mem->total_size;
+	if (settled && rs->pc) {
+		const struct ferry_hist *h = &rs->pc->fault_latency;
+
+		s->fault_latency_p50_ns = ferry_hist_percentile(h, 50);
+		s->fault_latency_p99_ns = ferry_hist_percentile(h, 99);
+		s->fault_latency_max_ns = ferry_hist_max(h);
+	}
+	s->ws_recorded = over ? rs->nr_recorded : 0;
+	if (settled && rs->vm_created)
+		s->guest_bytes = rs->vm.mem->total_size;
 }
 
 static uint64_t pmd_mapped(struct ferry_restore *rs)
 {
 	uint64_t bytes = 0;
 
-	for (unsigned int i = 0; i < rs->vm.mem->nr_regions; i++) {
+	for (unsigned int i = 0; rs->vm_created && i < rs->vm.mem->nr_regions;
+	     i++) {
 		uint64_t b = 0;
 
 		if (!ferry_mem_region_pmd_mapped(&rs->vm.mem->regions[i], &b))
@@ -353,25 +490,28 @@ static uint64_t pmd_mapped(struct ferry_restore *rs)
 	return bytes;
 }
 
+static bool ended(const struct ferry_restore *rs)
+{
+	struct ferry_restore *w = (struct ferry_restore *)rs;	/* its lock */
+	bool e;
+
+	pthread_mutex_lock(&w->lock);
+	e = rs->ended;
+	pthread_mutex_unlock(&w->lock);
+	return e;
+}
+
 int ferry_restore_finish(struct ferry_restore *rs,
 			 struct ferry_restore_stats *stats)
 {
-	if (!rs->finished) {
-		int ret = ferry_restore_wait(rs, -1), err;
+	int ret = ferry_restore_wait(rs, -1);
+	struct ferry_restore_stats st;
 
-		restore_readers_stop(rs);
-		err = postcopy_finish(rs->pc);
-		rs->result = ret ? ret : err;
-		rs->finished = true;
-		rs->stats.total_ns = ferry_clock_now_ns() - rs->start_ns;
-	} else if (!rs->stats.total_ns) {
-		rs->stats.total_ns = rs->stats.resume_ns;
-	}
-	fill_stats(rs, &rs->stats);
-	rs->stats.pmd_mapped_bytes = pmd_mapped(rs);
+	ferry_restore_stats(rs, &st);
+	st.pmd_mapped_bytes = pmd_mapped(rs);
 	if (stats)
-		*stats = rs->stats;
-	return rs->result;
+		*stats = st;
+	return ret;
 }
 
 int ferry_restore_save_ws(struct ferry_restore *rs, const char *path)
@@ -380,7 +520,7 @@ int ferry_restore_save_ws(struct ferry_restore *rs, const char *path)
 	struct snap_page *all;
 	int ret;
 
-	if (!rs->opts.record_ws || !rs->finished)
+	if (!rs->opts.record_ws || !ended(rs))
 		return ferry_fail(-EINVAL, "only a finished restore that "
 				  "recorded has a working set to save");
 	all = malloc(n ? n * sizeof(*all) : 1);
@@ -399,14 +539,28 @@ int ferry_restore_save_ws(struct ferry_restore *rs, const char *path)
 void ferry_restore_stats(const struct ferry_restore *rs,
 			 struct ferry_restore_stats *stats)
 {
-	*stats = rs->stats;
-	fill_stats(rs, stats);
+	struct ferry_restore *w = (struct ferry_restore *)rs;	/* its lock */
+
+	bool settled, over;
+
+	memset(stats, 0, sizeof(*stats));
+	stats->mode = rs->opts.mode;
+	pthread_mutex_lock(&w->lock);
+	settled = rs->running || rs->ended;
+	if (settled)	/* the run's times: written before it said so */
+		*stats = rs->stats;
+	over = rs->ended;
+	pthread_mutex_unlock(&w->lock);
+	fill_stats(rs, settled, over, stats);
 }
 
 void ferry_restore_destroy(struct ferry_restore *rs)
 {
 	if (!rs)
 		return;
+	ferry_restore_cancel(rs);
+	if (rs->has_ctl)
+		pthread_join(rs->ctl, NULL);
 	restore_readers_stop(rs);
 	free_restore(rs);
 }

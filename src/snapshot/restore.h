@@ -5,11 +5,14 @@
 /*
  * snap_restore: a VM from a snapshot file, eagerly or lazily, with the
  * post-copy page machinery (pages/postcopy.h) and the file as the page
- * source.  In three files, cut at the vCPUs' resume:
+ * source.  In four files, cut at the vCPUs' resume:
  *
- *   restore.c       the restore's life: the VM built while the extent
- *                   records are read, eager or lazy, resume, wait, finish,
- *                   statistics, the working set recorded
+ *   restore.c       the restore's run: the VM built while the extent
+ *                   records are read, eager or lazy, resume; start,
+ *                   finish, statistics, the working set recorded
+ *   restore_ctl.c   the restore in flight: its control thread, which
+ *                   ends it (complete, failed, cancelled: failing
+ *                   closed), events, wait, cancel, progress
  *   restore_load.c  pages read from the file, checked and put in place;
  *                   before resume, every page (eager) or the working set,
  *                   by two loaders
@@ -28,6 +31,14 @@
  * does not get there first).  A recorded set given to the next restore
  * is stored before the vCPUs resume, in file order, and mapped in bulk;
  * or, prefetch_async, filled first while they run.
+ *
+ * Threads.  The run (build, load, resume) is on the caller's thread
+ * (ferry_restore_start) or the control thread (start_async); after a
+ * lazy resume the control thread waits for the end: every page in place,
+ * a reader's or the fault thread's failure, or a cancel, which it turns
+ * into the end (restore_ctl.c).  Only the control thread (or the run,
+ * before it exists) changes registration or stops threads; every other
+ * caller asks, under `lock`, and waits on `cond`.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -47,13 +58,45 @@ struct ferry_restore {
 	const struct ferry_dest_ops *ops;
 	void *ops_arg;
 	struct ferry_restore_opts opts;
+	/* The run's (then the control thread's): the VM, its page machinery,
+	 * and whether the vCPUs were resumed (then the VM fails closed). */
 	struct ferry_vm vm;
 	bool vm_created;
-	struct postcopy *pc;
+	bool resumed;
+	struct postcopy *pc;		/* changed under lock after build */
 	uint64_t **owed;		/* per region, until switchover */
 	uint64_t start_ns;
-	bool finished;
-	int result;			/* of finish */
+
+	/* In flight (restore_ctl.c). */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	/* Under lock: the run or the control thread writes these ... */
+	enum ferry_phase phase;
+	bool running;			/* the VM is the caller's (ran, and
+					 * DEST_RUNNING was told) */
+	bool ended;
+	int result;
+	char reason[400];
+	/* ... and whoever reports progress these: the last rate sample. */
+	uint64_t rate_at_ns, rate_bytes;
+	double rate_bps;		/* < 0: no sample yet */
+	/* Any thread. */
+	atomic_bool cancel;		/* asked: loaders and readers stop */
+	atomic_bool halt;		/* failing closed: the fill reader
+					 * stops; the control thread sets */
+	atomic_bool demand_up;		/* the demand reader serves requests:
+					 * set by whoever starts it, cleared
+					 * by it when it ends */
+	atomic_bool owing;		/* switchover done: pc->owed_left
+					 * counts what is owed (release) */
+	int wake_fd;			/* eventfd: news for the control
+					 * thread (a cancel, a failure) */
+	/* Set once the extents are read (rest_main), relaxed. */
+	atomic_uint_fast64_t pages_total, data_bytes;
+	bool async;			/* the run is the control thread's */
+	int file_fd;			/* the snapshot, for that run */
+	pthread_t ctl;			/* the control thread */
+	bool has_ctl;			/* its starter's; read after */
 
 	/* What the loaders store before resume: set before they start,
 	 * read-only after; next_span hands them out. */
@@ -149,5 +192,49 @@ extern const struct postcopy_ops restore_file_ops;
 /* The demand and fill readers (the fill reader waits to be let go). */
 int restore_readers_start(struct ferry_restore *rs);
 void restore_readers_stop(struct ferry_restore *rs);
+
+/* ---- restore_ctl.c: in flight ------------------------------------------- */
+
+/* The run: the restore is in this phase now (progress reads it). */
+void restore_set_phase(struct ferry_restore *rs, enum ferry_phase phase);
+
+/* Was a cancel asked?  Any thread. */
+bool restore_cancelled(struct ferry_restore *rs);
+
+/* -ECANCELED with a reason, if a cancel was asked; else 0. */
+int restore_check_cancel(struct ferry_restore *rs);
+
+/*
+ * The vCPUs run and the VM is the caller's: DEST_RUNNING is told, and
+ * the control thread (if any) may end the restore from now on.
+ */
+void restore_running(struct ferry_restore *rs);
+
+/*
+ * Stop a VM whose vCPUs ran, before its registration changes: the fill
+ * reader stops, the vCPUs pause (served from the file meanwhile, or with
+ * what the memfd holds once the file can no longer serve them), then
+ * the readers stop and fault service ends.
+ */
+void restore_fail_closed(struct ferry_restore *rs);
+
+/*
+ * The end: result and reason recorded, the phase, the event (DONE or
+ * FAILED), waiters woken.  Returns ret.
+ */
+int restore_end(struct ferry_restore *rs, int ret);
+
+/*
+ * Before the VM is discarded: its page machinery stopped and freed
+ * (progress no longer counts on it).
+ */
+void restore_forget_pc(struct ferry_restore *rs);
+
+/* The control thread after a lazy resume: until the end. */
+int restore_supervise(struct ferry_restore *rs);
+
+/* The handle's own parts: lock, eventfd.  0 or -errno. */
+int restore_ctl_init(struct ferry_restore *rs);
+void restore_ctl_fini(struct ferry_restore *rs);
 
 #endif

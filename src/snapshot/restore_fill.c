@@ -152,8 +152,11 @@ static void *demand_main(void *arg)
 	while ((ret = evfd_wait(rs->demand_fd, rs->readers.stop_fd, -1)) > 0)
 		if ((ret = serve_queue(rs)))
 			break;
-	if (ret < 0)
+	atomic_store(&rs->demand_up, false);
+	if (ret < 0) {
 		err_slot_set(&rs->err, ret);
+		evfd_signal(rs->wake_fd);
+	}
 	return NULL;
 }
 
@@ -161,7 +164,8 @@ static void *demand_main(void *arg)
 
 static bool stopping(struct ferry_restore *rs)
 {
-	return threads_stopping(&rs->readers) || postcopy_done(rs->pc);
+	return threads_stopping(&rs->readers) || atomic_load(&rs->halt) ||
+	       postcopy_done(rs->pc);
 }
 
 /* The pages just after the last one a vCPU faulted on, first. */
@@ -320,8 +324,10 @@ static void *fill_main(void *arg)
 		fill_below_vcpus();
 	for (size_t i = 0; !ret && i < rs->file->nr_extents; i++)
 		ret = fill_extent(rs, &rs->file->extents[i]);
-	if (ret && ret != -ECANCELED)
+	if (ret && ret != -ECANCELED) {
 		err_slot_set(&rs->err, ret);
+		evfd_signal(rs->wake_fd);
+	}
 	return NULL;
 }
 
@@ -329,9 +335,13 @@ static void *fill_main(void *arg)
 
 int restore_readers_start(struct ferry_restore *rs)
 {
-	int ret = threads_start(&rs->readers, demand_main, rs,
-				"demand reader");
+	int ret;
 
+	/* Up from now: it serves what was queued before it ran. */
+	atomic_store(&rs->demand_up, true);
+	ret = threads_start(&rs->readers, demand_main, rs, "demand reader");
+	if (ret)
+		atomic_store(&rs->demand_up, false);
 	if (!ret)
 		ret = threads_start(&rs->readers, fill_main, rs,
 				    "fill reader");
@@ -343,8 +353,10 @@ void restore_readers_stop(struct ferry_restore *rs)
 	threads_stop(&rs->readers);
 }
 
+/* Not once a cancel was asked: nothing more is to be read. */
 int ferry_restore_fill(struct ferry_restore *rs)
 {
-	evfd_signal(rs->fill_fd);
+	if (!restore_cancelled(rs))
+		evfd_signal(rs->fill_fd);
 	return 0;
 }

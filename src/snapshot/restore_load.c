@@ -250,9 +250,12 @@ static void *loader_main(void *arg)
 
 		if (i >= rs->nr_spans)
 			break;
-		ret = restore_load_range(rs, rs->spans[i].e,
-					 rs->spans[i].first,
-					 rs->spans[i].count, l->buf, put_store);
+		ret = restore_check_cancel(rs);
+		if (!ret)
+			ret = restore_load_range(rs, rs->spans[i].e,
+						 rs->spans[i].first,
+						 rs->spans[i].count, l->buf,
+						 put_store);
 		if (ret < 0) {
 			err_slot_set(&rs->err, ret);
 			/* The other loader runs out of spans at once. */
@@ -420,6 +423,9 @@ int restore_wait_mapped(struct ferry_restore *rs, uint64_t pages)
 
 		if (err)
 			return ferry_fail_ctx(err, "mapping pages");
+		err = restore_check_cancel(rs);
+		if (err)
+			return err;
 		postcopy_get_stats(rs->pc, &ps);
 		if (ps.bulk_mapped + ps.local_maps >= pages)
 			return 0;

@@ -68,7 +68,7 @@ static int alloc_tables(struct saver *sv)
 	return 0;
 }
 
-static void free_tables(struct saver *sv)
+void saver_free(struct saver *sv)
 {
 	for (unsigned int i = 0; sv->populated && i < sv->vm->mem->nr_regions;
 	     i++) {
@@ -177,6 +177,9 @@ static int capture_pages(struct saver *sv)
 	if (!ret)
 		ret = snap_plan_make(vm->mem, sv->populated, sv->head_len,
 				     &sv->plan);
+	if (!ret)
+		atomic_store_explicit(&sv->nr_planned, sv->plan.nr_pages,
+				      memory_order_relaxed);
 	return ret ? ret : size_file(sv, sv->plan.file_size);
 }
 
@@ -210,11 +213,15 @@ static int save_pages(struct saver *sv, struct ferry_snapshot_stats *st)
 		ret = saver_make_service(sv);
 	if (!ret && sv->live)	/* what held writes can be served on */
 		ret = find_pages(sv);
-	t0 = ferry_clock_now_ns();
 	if (!ret)
-		ret = vm->ops->pause(vm->handle);
+		ret = save_check_cancel(sv->h);
+	if (ret)
+		return ret;
+	t0 = ferry_clock_now_ns();
+	ret = vm->ops->pause(vm->handle);
 	if (ret)
 		return ferry_fail_ctx(ret, "pausing the vCPUs");
+	save_set_phase(sv->h, FERRY_PHASE_SWITCHOVER);
 	ret = capture_vcpus(sv);
 	if (!ret)
 		ret = sv->live ? saver_arm(sv) : capture_pages(sv);
@@ -222,6 +229,8 @@ static int save_pages(struct saver *sv, struct ferry_snapshot_stats *st)
 		ret = saver_sweep(sv);
 	resumed = vm->ops->resume(vm->handle);
 	st->pause_ns = ferry_clock_now_ns() - t0;
+	if (!ret && sv->live)
+		save_set_phase(sv->h, FERRY_PHASE_POSTCOPY);
 	if (!ret && sv->live)
 		ret = saver_start_service(sv);
 	if (!ret && sv->live)
@@ -269,35 +278,31 @@ static int finish_file(struct saver *sv, bool sync)
 	return ret;
 }
 
-int ferry_snapshot_save(const struct ferry_vm *vm, int fd,
-			const struct ferry_snapshot_opts *opts,
-			struct ferry_snapshot_stats *stats)
+int saver_run(struct ferry_snapshot_save *h, struct ferry_snapshot_stats *st)
 {
-	struct saver *sv = calloc(1, sizeof(*sv));
-	uint64_t t0 = ferry_clock_now_ns();
+	struct saver *sv = &h->sv;
 	int ret;
 
-	memset(stats, 0, sizeof(*stats));
-	if (!sv)
-		return ferry_fail(-ENOMEM, "out of memory");
-	sv->vm = vm;
-	sv->fd = fd;
-	sv->live = opts && opts->live;
+	memset(st, 0, sizeof(*st));
+	sv->h = h;
+	sv->vm = &h->vm;
+	sv->fd = h->fd;
+	sv->live = h->opts.live;
 	sv->um.uffd.fd = -1;
 	sv->plan_fd = -1;
 	ferry_hist_init(&sv->held);
 	ferry_hist_init(&sv->held_sweep);
-	ret = ferry_vcpu_ops_check(vm->ops);
+	ret = ferry_vcpu_ops_check(sv->vm->ops);
 	if (!ret)
 		ret = alloc_tables(sv);
 	if (!ret)
-		ret = save_pages(sv, stats);
+		ret = save_pages(sv, st);
 	if (!ret)
-		ret = finish_file(sv, opts && opts->sync);
-	fill_stats(sv, stats);
-	stats->total_ns = ferry_clock_now_ns() - t0;
-	free_tables(sv);
-	free(sv);
+		ret = save_check_cancel(h);
+	if (!ret)
+		ret = finish_file(sv, h->opts.sync);
+	fill_stats(sv, st);
+	st->total_ns = ferry_clock_now_ns() - h->start_ns;
+	saver_free(sv);
 	return ret;
 }
-

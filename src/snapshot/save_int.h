@@ -13,7 +13,13 @@
  *                  guest writes
  *   save_live.c    live: write protection and the fault thread, which
  *                  saves the pages of held writes
+ *   save_pages.c   a save's page I/O: copied out, summed, written
+ *   save_path.c    a path saved atomically: the file beside it, renamed
+ *   save_handle.c  a save in flight: its thread, wait, cancel, progress,
+ *                  and the blocking calls on top
  */
+#include <limits.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -67,6 +73,7 @@ struct held_slot {
 };
 
 struct saver {
+	struct ferry_snapshot_save *h;	/* the save it is for */
 	const struct ferry_vm *vm;
 	int fd;
 	bool live;
@@ -106,12 +113,76 @@ struct saver {
 	atomic_uint_fast64_t hint_gen;
 	struct held_slot waiting[SAVE_WAITING];
 
-	/* Counters: any thread, relaxed; read after the threads end. */
+	/* Counters: any thread, relaxed; progress reads them meanwhile. */
 	atomic_uint_fast64_t pages, zero_pages, bytes, saved_on_fault,
 			     held_writes, held_total_ns;
+	atomic_uint_fast64_t nr_planned;	/* pages to save, once planned */
 	struct ferry_hist held;		/* the fault thread's */
 	struct ferry_hist held_sweep;	/* the sweep's: writes it released */
 };
+
+/* A path saved atomically (save_path.c). */
+struct save_target {
+	char dir[PATH_MAX];
+	char base[NAME_MAX + 1];
+	char tmp[NAME_MAX + 1];		/* the temporary name in dir */
+	int dir_fd;
+	int fd;
+	bool named;			/* fd has the temporary name */
+};
+
+/* A save in flight (save_handle.c). */
+struct ferry_snapshot_save {
+	struct ferry_vm vm;		/* the caller's, copied */
+	void *desc;			/* vm.desc, copied */
+	struct ferry_snapshot_opts opts;
+	int fd;				/* the file written */
+	struct save_target *target;	/* a path's, or NULL */
+	struct saver sv;
+	uint64_t start_ns;
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	/* Under lock: the thread that saves writes these ... */
+	enum ferry_phase phase;
+	bool ended;
+	int result;
+	char reason[400];
+	struct ferry_snapshot_stats stats;	/* once ended */
+	/* ... and whoever reports progress these: the last sample. */
+	uint64_t rate_at_ns, rate_bytes, rate_pages;
+	double rate_bps, pages_per_s;	/* < 0: no sample yet */
+	/* Any thread. */
+	atomic_bool cancel;
+	pthread_t worker;		/* its starter's; read after */
+	bool has_worker;
+};
+
+/* ---- save.c ------------------------------------------------------------- */
+
+/* The save itself, on the calling thread; stats filled either way. */
+int saver_run(struct ferry_snapshot_save *h, struct ferry_snapshot_stats *st);
+
+/* Tables and buffers of a save; freed by saver_run. */
+void saver_free(struct saver *sv);
+
+/* ---- save_handle.c ------------------------------------------------------ */
+
+void save_set_phase(struct ferry_snapshot_save *h, enum ferry_phase phase);
+
+/* -ECANCELED with a reason if a cancel was asked, else 0. */
+int save_check_cancel(const struct ferry_snapshot_save *h);
+
+/* ---- save_path.c -------------------------------------------------------- */
+
+/* The file beside path, open for writing: t->fd. */
+int save_target_open(struct save_target *t, const char *path);
+
+/* Durable, named, renamed over the target, the directory durable. */
+int save_target_publish(struct save_target *t);
+
+/* Close; a file not published is removed. */
+void save_target_close(struct save_target *t);
 
 /* ---- save_pages.c ------------------------------------------------------- */
 

@@ -17,18 +17,9 @@
 #include <unistd.h>
 
 #include "base/error.h"
-#include "ferry/snapshot.h"
+#include "snapshot/save_int.h"
 
-struct target {
-	char dir[PATH_MAX];
-	char base[NAME_MAX + 1];
-	char tmp[NAME_MAX + 1];		/* the temporary name in dir */
-	int dir_fd;
-	int fd;
-	bool named;			/* fd has the temporary name */
-};
-
-static int split_path(const char *path, struct target *t)
+static int split_path(const char *path, struct save_target *t)
 {
 	char a[PATH_MAX], b[PATH_MAX];
 
@@ -50,7 +41,7 @@ static int split_path(const char *path, struct target *t)
  * Unnamed if the filesystem has O_TMPFILE (Linux 3.11; not every
  * filesystem), else under the temporary name, created afresh.
  */
-static int open_beside(struct target *t)
+static int open_beside(struct save_target *t)
 {
 	t->dir_fd = open(t->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (t->dir_fd < 0)
@@ -71,7 +62,7 @@ static int open_beside(struct target *t)
 }
 
 /* A name for the unnamed file: needed to rename it over the target. */
-static int name_it(struct target *t)
+static int name_it(struct save_target *t)
 {
 	char proc[64];
 
@@ -86,8 +77,7 @@ static int name_it(struct target *t)
 	return 0;
 }
 
-/* Durable, named, renamed over the target, the directory durable. */
-static int publish(struct target *t)
+int save_target_publish(struct save_target *t)
 {
 	int ret = 0;
 
@@ -108,25 +98,23 @@ static int publish(struct target *t)
 	return ret;
 }
 
-int ferry_snapshot_save_path(const struct ferry_vm *vm, const char *path,
-			     const struct ferry_snapshot_opts *opts,
-			     struct ferry_snapshot_stats *stats)
+int save_target_open(struct save_target *t, const char *path)
 {
-	struct target t = { .dir_fd = -1, .fd = -1 };
-	int ret = split_path(path, &t);
+	int ret;
 
-	memset(stats, 0, sizeof(*stats));
-	if (!ret)
-		ret = open_beside(&t);
-	if (!ret)
-		ret = ferry_snapshot_save(vm, t.fd, opts, stats);
-	if (!ret)
-		ret = publish(&t);
-	if (t.named)		/* failed: nothing of it stays */
-		unlinkat(t.dir_fd, t.tmp, 0);
-	if (t.fd >= 0)
-		close(t.fd);
-	if (t.dir_fd >= 0)
-		close(t.dir_fd);
-	return ret;
+	*t = (struct save_target){ .dir_fd = -1, .fd = -1 };
+	ret = split_path(path, t);
+	return ret ? ret : open_beside(t);
+}
+
+void save_target_close(struct save_target *t)
+{
+	if (t->named)		/* not published: nothing of it stays */
+		unlinkat(t->dir_fd, t->tmp, 0);
+	if (t->fd >= 0)
+		close(t->fd);
+	if (t->dir_fd >= 0)
+		close(t->dir_fd);
+	t->fd = t->dir_fd = -1;
+	t->named = false;
 }

@@ -215,7 +215,7 @@ static int sweep_extent(struct saver *sv, struct snap_extent *e,
 			       .left = UINT64_MAX };
 	int ret = 0;
 
-	while (p.left && !ret)
+	while (p.left && !ret && !(ret = save_check_cancel(sv->h)))
 		if (!sv->live || !sweep_near(sv, near, seen, &ret))
 			ret = sweep_run(sv, &p, SAVE_CHUNK / ps);
 	return ret;

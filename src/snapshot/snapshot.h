@@ -22,6 +22,7 @@
  * file_read.c, writing (plan, records sealed) in file_write.c, working
  * sets in ws.c.
  */
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -197,6 +198,15 @@ void snap_buf_free(void *buf, size_t len);
  */
 int snap_store_all(struct snap_file *f, struct ferry_mem *mem,
 		   uint64_t *pages);
+
+/* ---- handles ------------------------------------------------------------ */
+
+/*
+ * A save's or a restore's waiter: until *ended, under `lock` (held),
+ * for timeout_ms (< 0: no limit).  Returns *ended.
+ */
+bool snap_wait_ended(pthread_mutex_t *lock, pthread_cond_t *cond,
+		     const bool *ended, int timeout_ms);
 
 /* ---- working sets ------------------------------------------------------- */
 
