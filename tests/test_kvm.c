@@ -93,19 +93,62 @@ static void cell_versions(const struct ferry_kvm_vm *kv, uint64_t *v,
 /*
  * KVM's dirty log behind ferry's tracker is exact: the RAM pages it
  * reports are those whose cells the guest rewrote, and those the VMM
- * wrote itself (ferry_kvm_vm_write), no more, no fewer, over two rounds.
+ * wrote itself (ferry_kvm_vm_write), no more, no fewer, over three
+ * rounds: whole collects, and a peek then a collect in ranges.
  */
+/* How a round reads the log: as pre-copy's rounds and switchover do. */
+enum collect_how {
+	COLLECT_WHOLE,		/* ferry_dirty_collect */
+	COLLECT_PEEK_RANGES,	/* a peek, then the region in two ranges */
+};
+
+/*
+ * The round's pages into map.  Peek first: it must report what the
+ * ranges then collect, and leave it to them; after them a peek finds
+ * nothing new (the VM is paused).
+ */
+static enum test_result collect_round(struct test_ctx *ctx,
+				      struct ferry_dirty *d, uint64_t pages,
+				      uint64_t *map, enum collect_how how,
+				      ssize_t *got)
+{
+	size_t words = pages / 64 + 1;
+	uint64_t *ranges = calloc(words, 8);
+	ssize_t a, b;
+
+	CHECK(ctx, ranges, "out of memory");
+	if (how == COLLECT_WHOLE) {
+		*got = ferry_dirty_collect(d, 1, map);
+		CHECK_OK(ctx, *got);
+		free(ranges);
+		return TEST_PASS;
+	}
+	*got = ferry_dirty_peek(d, 1, map);
+	CHECK_OK(ctx, *got);
+	a = ferry_dirty_collect_range(d, 1, 0, pages / 3, ranges);
+	CHECK_OK(ctx, a);
+	b = ferry_dirty_collect_range(d, 1, pages / 3, pages - pages / 3,
+				      ranges);
+	CHECK_OK(ctx, b);
+	CHECK(ctx, !memcmp(map, ranges, words * 8) && a + b == *got,
+	      "the ranges collected %zd pages, the peek saw %zd", a + b, *got);
+	memset(ranges, 0, words * 8);
+	CHECK_EQ(ctx, ferry_dirty_peek(d, 1, ranges), 0);
+	free(ranges);
+	return TEST_PASS;
+}
+
 static enum test_result dirty_round(struct test_ctx *ctx,
 				    struct ferry_kvm_vm *kv,
 				    struct ferry_dirty *d, uint64_t steps,
-				    uint64_t vmm_cell)
+				    uint64_t vmm_cell, enum collect_how how)
 {
 	const struct ferry_region *r = &kv->mem->regions[1];
 	uint64_t nr = r->size / 4096, per = r->page_size / 4096;
 	uint64_t *before = calloc(nr, 8), *after = calloc(nr, 8);
 	uint64_t *map = calloc(r->nr_pages / 64 + 1, 8);
 	uint8_t zeroes[4096] = { 0 };
-	ssize_t got, want = 0;
+	ssize_t got = 0, want = 0;
 
 	CHECK(ctx, before && after && map, "out of memory");
 	cell_versions(kv, before, nr);
@@ -113,8 +156,7 @@ static enum test_result dirty_round(struct test_ctx *ctx,
 	CHECK_OK(ctx, ferry_kvm_vm_write(kv->kvm, r->guest_base +
 					 vmm_cell * 4096, zeroes, 4096));
 	cell_versions(kv, after, nr);
-	got = ferry_dirty_collect(d, 1, map);
-	CHECK_OK(ctx, got);
+	TRY(collect_round(ctx, d, r->nr_pages, map, how, &got));
 	for (uint64_t p = 0; p < r->nr_pages; p++) {
 		bool written = false, seen = map[p / 64] >> (p % 64) & 1;
 
@@ -143,8 +185,9 @@ static enum test_result dirty_exact(struct test_ctx *ctx)
 	TRY(kvt_create(ctx, &kv, 2, "random,ws=8M,read=30", 0, KVM_TEST_MEM));
 	TRY(kvt_run_to(ctx, kv->kvm, 300));
 	CHECK_OK(ctx, ferry_dirty_start(kv->mem, &d));
-	TRY(dirty_round(ctx, kv, d, 600, 3000));
-	TRY(dirty_round(ctx, kv, d, 900, 3500));
+	TRY(dirty_round(ctx, kv, d, 600, 3000, COLLECT_WHOLE));
+	TRY(dirty_round(ctx, kv, d, 900, 3500, COLLECT_PEEK_RANGES));
+	TRY(dirty_round(ctx, kv, d, 1200, 3600, COLLECT_WHOLE));
 	ferry_dirty_stop(d);
 	TRY(kvt_check(ctx, kv->kvm, (enum ferry_mp_state[]){ R, R }, 2));
 	ferry_kvm_vm_destroy(kv);

@@ -68,11 +68,14 @@ struct ferry_dirty_log {
 	/* Start logging every region: from now on, written pages count. */
 	int (*start)(void *arg, struct ferry_mem *mem);
 	/*
-	 * As ferry_dirty_collect: set the bits (at the region's page size)
-	 * of region idx's pages written since start or the last collect,
-	 * re-arm them, return how many bits were newly set.
+	 * As ferry_dirty_collect_range (protect) and ferry_dirty_peek (not):
+	 * set the bits (at the region's page size) of region idx's pages in
+	 * [first, first + count) written since start or since they were
+	 * last collected with protect; with protect, re-arm those pages;
+	 * return how many bits were newly set.
 	 */
-	ssize_t (*collect)(void *arg, unsigned int idx, uint64_t *bitmap);
+	ssize_t (*collect)(void *arg, unsigned int idx, uint64_t first,
+			   uint64_t count, bool protect, uint64_t *bitmap);
 	void (*stop)(void *arg);
 	void *arg;
 };

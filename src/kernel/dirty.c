@@ -206,9 +206,10 @@ static ssize_t collect(struct ferry_dirty *d, unsigned int idx, bool protect,
 
 	if (idx >= d->mem->nr_regions)
 		return ferry_fail(-EINVAL, "no region %u", idx);
-	if (d->log)
-		return d->log->collect(d->log->arg, idx, bitmap);
 	r = &d->mem->regions[idx];
+	if (d->log)
+		return d->log->collect(d->log->arg, idx, 0, r->nr_pages, protect,
+				       bitmap);
 	if (walk_whole(r))
 		return collect_range(d, r, (uintptr_t)r->guest,
 				     (uintptr_t)r->guest + r->size, protect,
@@ -245,6 +246,9 @@ ssize_t ferry_dirty_collect_range(struct ferry_dirty *d, unsigned int idx,
 		return ferry_fail(-EINVAL, "pages %llu+%llu are outside region "
 				  "%u", (unsigned long long)first,
 				  (unsigned long long)count, idx);
+	if (d->log)
+		return d->log->collect(d->log->arg, idx, first, count, true,
+				       bitmap);
 	start = (uintptr_t)r->guest + first * r->page_size;
 	return collect_range(d, r, start, start + count * r->page_size, true,
 			     bitmap);

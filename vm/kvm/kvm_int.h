@@ -174,6 +174,8 @@ struct ferry_kvm {
 	struct ferry_dirty_log dirty_log;
 	pthread_mutex_t dirty_lock;	/* the VMM's own writes' bitmaps */
 	uint64_t *vmm_dirty[FERRY_WIRE_MAX_REGIONS];	/* 4 KiB bits */
+	/* KVM's bits not yet collected with protect (dirty_lock) */
+	uint64_t *pending[FERRY_WIRE_MAX_REGIONS];
 	uint64_t *log_buf;		/* KVM_GET_DIRTY_LOG scratch */
 	bool logging;			/* dirty_lock */
 };

@@ -94,7 +94,8 @@ static const struct cap_use caps_used[] = {
 	  "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2",
 	  "dirty log: collect, then re-protect (else get-and-clear)", false },
 	{ KVM_CAP_DIRTY_LOG_RING, "KVM_CAP_DIRTY_LOG_RING",
-	  "dirty ring (measured in bench/kvm, not used)", false },
+	  "dirty ring (not used: its resets cost more than "
+	  "the log's scans)", false },
 	{ KVM_CAP_X86_USER_SPACE_MSR, "KVM_CAP_X86_USER_SPACE_MSR",
 	  "not needed", false },
 	{ KVM_CAP_NR_VCPUS, "KVM_CAP_NR_VCPUS",
