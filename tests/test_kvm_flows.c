@@ -152,13 +152,15 @@ static enum test_result migrate(struct test_ctx *ctx, struct kmig *m,
 	CHECK(ctx, m->dd.kv, "no VM at the destination");
 	if (getenv("FERRY_TEST_VERBOSE"))
 		fprintf(stderr, "    %s: %u rounds, %llu pages, downtime %.3f "
-			"ms; dest %llu minor %llu missing faults\n",
+			"ms; dest %llu minor %llu missing faults, %llu KiB "
+			"PMD-mapped in ferry's view\n",
 			ferry_migrate_mode_name(m->src_st.mode),
 			m->src_st.rounds,
 			(unsigned long long)m->src_st.pages_sent,
 			m->src_st.downtime_ns / 1e6,
 			(unsigned long long)m->dst_st.minor_faults,
-			(unsigned long long)m->dst_st.missing_faults);
+			(unsigned long long)m->dst_st.missing_faults,
+			(unsigned long long)m->dst_st.pmd_mapped_bytes >> 10);
 	return TEST_PASS;
 }
 
