@@ -123,10 +123,11 @@ static int send_vm(struct kmig *m, struct ferry_kvm_vm *kv)
 	o.postcopy_at_once = m->at_once;
 	/*
 	 * At once, every page comes after the vCPUs resume: slowed to
-	 * 1 MB/s (a few seconds for what this guest wrote), the push leaves
-	 * them pages to fault on from guest mode.
+	 * 4 MB/s (a second or so for what this guest wrote, a few with
+	 * 2 MiB pages), the push leaves them pages to fault on from guest
+	 * mode.
 	 */
-	o.bandwidth_bps = m->at_once ? 1000000 : 0;
+	o.bandwidth_bps = m->at_once ? 4000000 : 0;
 	o.timeout_ms = 60000;
 	ret = ferry_migrate_send(&kv->vm, s, &o, &m->src_st);
 	ferry_net_session_close(s);
