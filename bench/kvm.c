@@ -8,7 +8,8 @@
  *
  * Where it runs (a small guest: exits cost tens of microseconds on a PVM
  * host, far more under nested emulation, where these figures are only a
- * functional check):
+ * functional check; <backing> is shmem and thp for the migrations, shmem
+ * for the restore):
  *
  *   kvm=present
  *   kvm_backend=<VMX, SVM or PVM, and what said so>
@@ -27,6 +28,13 @@
  *                       demand faults from guest mode, request to page
  *                       in place, as the destination measured them
  *   kvm_postcopy_<backing>_faults     MINOR + MISSING faults served
+ *   kvm_postcopy_<backing>_view_pmd_mib
+ *                       of the destination's memory, what ferry's view
+ *                       maps with PMDs at the end (THP: collapsed again)
+ *   kvm_postcopy_<backing>_kvm_pages_{4k,2m}
+ *                       how KVM's MMU maps the guest once it has run on
+ *                       (binary stats; with shadow paging 4 KiB, the
+ *                       guest's own page size)
  *   kvm_lazy_restore_<backing>_resume_ms
  *                       restore start to vCPUs running, lazily, from a
  *                       snapshot of the same guest in a file
@@ -123,6 +131,8 @@ struct mig {
 	struct ferry_kvm_dest dd;
 	struct ferry_migrate_stats src, dst;
 	int dst_ret;
+	struct ferry_kvm_pages pages;	/* KVM's, after running on */
+	int pages_ret;
 };
 
 static void *dest_main(void *arg)
@@ -172,6 +182,8 @@ static void migrate(enum ferry_backing b, enum ferry_mode mode,
 	pthread_join(dest, NULL);
 	ferry_net_listener_close(m->listener);
 	bench_check(m->dst_ret, "ferry_migrate_recv");
+	sleep_ns(WARMUP_NS);	/* the guest runs on, faulting pages in */
+	m->pages_ret = ferry_kvm_page_sizes(m->dd.kv->kvm, &m->pages);
 	ferry_kvm_vm_destroy(m->dd.kv);
 	ferry_kvm_vm_destroy(kv);
 }
@@ -199,6 +211,14 @@ static void migrations(enum ferry_backing b)
 	put_us(prefix, "fault_us_max", m.dst.fault_latency_max_ns);
 	bench_put(prefix, "faults", (double)(m.dst.minor_faults +
 					     m.dst.missing_faults), 0);
+	bench_put(prefix, "view_pmd_mib", (double)m.dst.pmd_mapped_bytes /
+		  BENCH_MIB, 1);
+	if (m.pages_ret) {
+		printf("%s_kvm_pages_skip=%s\n", prefix, ferry_error_msg());
+		return;
+	}
+	bench_put(prefix, "kvm_pages_4k", (double)m.pages.pages_4k, 0);
+	bench_put(prefix, "kvm_pages_2m", (double)m.pages.pages_2m, 0);
 }
 
 /* ---- a lazy restore ----------------------------------------------------- */
@@ -257,6 +277,8 @@ int main(int argc, char **argv)
 	dirty_log();
 	fflush(stdout);
 	migrations(FERRY_BACKING_SHMEM);
+	fflush(stdout);
+	migrations(FERRY_BACKING_THP);
 	fflush(stdout);
 	lazy_restore(FERRY_BACKING_SHMEM);
 	bench_finish(start);

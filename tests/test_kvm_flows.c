@@ -66,6 +66,25 @@ static enum test_result wait_off(struct test_ctx *ctx, struct ferry_kvm *k,
 	FAIL(ctx, "vCPU %u never powered off", vcpu);
 }
 
+/*
+ * How KVM maps the destination's memory once it has run on (after
+ * post-copy on THP, ferry's view is huge again: -v shows it above), as
+ * far as KVM shows it: with shadow paging, 4 KiB, the guest's own size.
+ */
+static void kvm_pages(struct ferry_kvm *k)
+{
+	struct ferry_kvm_pages p;
+
+	if (ferry_kvm_page_sizes(k, &p))
+		fprintf(stderr, "    KVM's mappings: %s\n", ferry_error_msg());
+	else
+		fprintf(stderr, "    KVM maps %llu pages of 4 KiB, %llu of "
+			"2 MiB, %llu of 1 GiB\n",
+			(unsigned long long)p.pages_4k,
+			(unsigned long long)p.pages_2m,
+			(unsigned long long)p.pages_1g);
+}
+
 /* Run on at a destination, stop at step boundaries, check. */
 static enum test_result run_on_check(struct test_ctx *ctx,
 				     struct ferry_kvm *k,
@@ -181,6 +200,8 @@ static enum test_result migrate_mode(struct test_ctx *ctx, enum ferry_mode mode,
 	source_states(kv->kvm, want, SPEC_VCPUS);
 	CHECK(ctx, want[2] == S && want[0] == R, "the source's states");
 	TRY(run_on_check(ctx, m.dd.kv->kvm, want, SPEC_VCPUS));
+	if (getenv("FERRY_TEST_VERBOSE"))
+		kvm_pages(m.dd.kv->kvm);
 	if (mode == FERRY_MODE_POSTCOPY && at_once)
 		CHECK(ctx, m.dst_st.missing_faults > 0, "post-copy with no "
 		      "live pass took no MISSING fault from guest mode");

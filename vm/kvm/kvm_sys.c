@@ -296,3 +296,54 @@ bool ferry_kvm_usable(void)
 		ferry_error_set(-EOPNOTSUPP, "KVM: %s", info.reason);
 	return info.usable;
 }
+
+/* ---- how KVM maps guest memory ----------------------------------------- */
+
+/* Stat `name`'s first value, from a binary stats fd's header and data. */
+static int stat_value(int fd, const struct kvm_stats_header *h,
+		      const char *name, uint64_t *value)
+{
+	size_t stride = sizeof(struct kvm_stats_desc) + h->name_size;
+	struct kvm_stats_desc *d = malloc(stride);
+	int ret = -ENOENT;
+
+	if (!d)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < h->num_desc && ret == -ENOENT; i++) {
+		if (pread(fd, d, stride, h->desc_offset + i * stride) !=
+		    (ssize_t)stride)
+			break;
+		d->name[h->name_size - 1] = '\0';
+		if (strcmp(d->name, name) || !d->size)
+			continue;
+		ret = pread(fd, value, 8, h->data_offset + d->offset) == 8 ?
+		      0 : -EIO;
+	}
+	free(d);
+	return ret;
+}
+
+int ferry_kvm_page_sizes(struct ferry_kvm *k, struct ferry_kvm_pages *out)
+{
+	struct kvm_stats_header h;
+	int fd = kvm_ioctl(k->vm_fd, KVM_GET_STATS_FD, NULL);
+	int ret;
+
+	if (fd < 0)
+		return ferry_error_set(fd, "KVM_GET_STATS_FD: %s (Linux 5.14)",
+				       strerror(-fd));
+	ret = pread(fd, &h, sizeof(h), 0) == (ssize_t)sizeof(h) ? 0 : -EIO;
+	if (!ret && (h.name_size < 2 || h.name_size > 4096))
+		ret = -EIO;
+	if (!ret)
+		ret = stat_value(fd, &h, "pages_4k", &out->pages_4k);
+	if (!ret)
+		ret = stat_value(fd, &h, "pages_2m", &out->pages_2m);
+	if (!ret && stat_value(fd, &h, "pages_1g", &out->pages_1g))
+		out->pages_1g = 0;
+	close(fd);
+	if (ret)
+		return ferry_error_set(ret, "KVM's stats have no pages_4k and "
+				       "pages_2m");
+	return 0;
+}

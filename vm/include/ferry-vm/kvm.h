@@ -181,6 +181,19 @@ const char *ferry_kvm_error(struct ferry_kvm *k);
 int ferry_kvm_vm_write(struct ferry_kvm *k, uint64_t gpa, const void *buf,
 		       size_t len);
 
+/*
+ * How KVM maps guest memory now, from its binary stats (Linux 5.14):
+ * the pages its MMU maps at each size.  With shadow paging (PVM, or
+ * kvm_amd npt=0) it maps at most what the guest's own page tables do,
+ * 4 KiB for this guest; with EPT/NPT, 2 MiB where the host's mapping is
+ * huge.  -EOPNOTSUPP (or another error) with a reason without the stats.
+ */
+struct ferry_kvm_pages {
+	uint64_t pages_4k, pages_2m, pages_1g;
+};
+
+int ferry_kvm_page_sizes(struct ferry_kvm *k, struct ferry_kvm_pages *out);
+
 /* The backend and the capabilities this VM degraded without, in words. */
 const char *ferry_kvm_describe(const struct ferry_kvm *k);
 
