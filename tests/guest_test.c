@@ -1,6 +1,11 @@
 // SPDX-License-Identifier: MIT
 /* Helpers for the workload VM's tests: see guest_test.h. */
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "guest_test.h"
 
@@ -150,4 +155,34 @@ uint64_t tvm_cell_version(const struct tvm *t, uint64_t cell)
 
 	memcpy(&v, tvm_cell_alias(t, cell) + 8, sizeof(v));
 	return v;
+}
+
+enum test_result tvm_restore_in_child(struct test_ctx *ctx, int fd,
+				      enum ferry_restore_mode mode,
+				      tvm_restore_fn restore)
+{
+	enum test_result res;
+	int pfd[2], status;
+	pid_t pid;
+
+	CHECK_OK(ctx, pipe(pfd) ? -errno : 0);
+	pid = fork();
+	CHECK(ctx, pid >= 0, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		close(pfd[0]);
+		res = restore(ctx, fd, mode);
+		if (write(pfd[1], ctx->reason, sizeof(ctx->reason)) < 0)
+			_exit(TEST_FAIL);
+		_exit(res);
+	}
+	close(pfd[1]);
+	if (read(pfd[0], ctx->reason, sizeof(ctx->reason)) <= 0)
+		snprintf(ctx->reason, sizeof(ctx->reason), "the restoring "
+			 "process died");
+	close(pfd[0]);
+	CHECK_EQ(ctx, waitpid(pid, &status, 0), pid);
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != TEST_PASS)
+		return WIFEXITED(status) && WEXITSTATUS(status) == TEST_SKIP ?
+		       TEST_SKIP : TEST_FAIL;
+	return TEST_PASS;
 }

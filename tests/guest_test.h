@@ -8,6 +8,7 @@
  * step limit, checked.
  */
 #include "ferry-vm/guest.h"
+#include "ferry/restore.h"
 #include "test.h"
 
 /* Pass a helper's failure or skip up to the case. */
@@ -68,6 +69,17 @@ enum test_result tvm_expect_steps(struct test_ctx *ctx, struct tvm *t,
 /* The version in the header of cell `cell`, read through the alias. */
 uint64_t tvm_cell_version(const struct tvm *t, uint64_t cell);
 uint8_t *tvm_cell_alias(const struct tvm *t, uint64_t cell);
+
+/*
+ * restore(ctx, fd, mode) in a process of its own, as a VMM started fresh
+ * would restore: a child, which hands its verdict and reason back on a
+ * pipe.
+ */
+typedef enum test_result (*tvm_restore_fn)(struct test_ctx *ctx, int fd,
+					   enum ferry_restore_mode mode);
+enum test_result tvm_restore_in_child(struct test_ctx *ctx, int fd,
+				      enum ferry_restore_mode mode,
+				      tvm_restore_fn restore);
 
 /* Print the report's offending cells when the runner is verbose. */
 void tvm_dump_report(const struct ferry_verify_report *rep);

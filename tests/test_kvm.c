@@ -232,7 +232,8 @@ static enum test_result unchanged(struct test_ctx *ctx, struct ferry_kvm *k,
 static enum test_result damaged(struct test_ctx *ctx)
 {
 	struct ferry_kvm_vm *kv;
-	struct kb_state *good = malloc(sizeof(*good)), *bad = malloc(sizeof(*bad));
+	struct kb_state *good = malloc(sizeof(*good));
+	struct kb_state *bad = malloc(sizeof(*bad));
 	size_t cap;
 	uint8_t *b0, *b1, *scratch;
 	ssize_t n0, n1, n;

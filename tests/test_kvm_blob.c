@@ -213,8 +213,10 @@ static enum test_result damage(struct test_ctx *ctx)
 	for (int round = 0; round < 4000; round++) {
 		memcpy(other, blob, n);
 		for (int k = 0; k < 1 + round % 4; k++) {
-			seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-			other[(seed >> 33) % n] ^= (uint8_t)(1 + (seed >> 20) % 255);
+			seed = seed * 6364136223846793005ULL +
+			       1442695040888963407ULL;
+			other[(seed >> 33) % n] ^=
+				(uint8_t)(1 + (seed >> 20) % 255);
 		}
 		if (round % 2)
 			reseal(other, n);

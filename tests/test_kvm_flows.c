@@ -496,7 +496,7 @@ static const struct ferry_dest_ops *dest_ops(void)
 	return ferry_kvm_vm_dest_ops();
 }
 
-/* The restore in a process of its own, as a VMM started fresh would. */
+/* The restore, run in a process of its own (tvm_restore_in_child). */
 static enum test_result seed_restore(struct test_ctx *ctx, int fd,
 				     enum ferry_restore_mode mode)
 {
@@ -513,34 +513,6 @@ static enum test_result seed_restore(struct test_ctx *ctx, int fd,
 	return TEST_PASS;
 }
 
-static enum test_result in_child(struct test_ctx *ctx, int fd,
-				 enum ferry_restore_mode mode)
-{
-	enum test_result res;
-	int pfd[2], status;
-	pid_t pid;
-
-	CHECK_OK(ctx, pipe(pfd) ? -errno : 0);
-	pid = fork();
-	CHECK(ctx, pid >= 0, "fork: %s", strerror(errno));
-	if (pid == 0) {
-		close(pfd[0]);
-		res = seed_restore(ctx, fd, mode);
-		if (write(pfd[1], ctx->reason, sizeof(ctx->reason)) < 0)
-			_exit(TEST_FAIL);
-		_exit(res);
-	}
-	close(pfd[1]);
-	if (read(pfd[0], ctx->reason, sizeof(ctx->reason)) <= 0)
-		snprintf(ctx->reason, sizeof(ctx->reason), "the restoring "
-			 "process died");
-	close(pfd[0]);
-	CHECK_EQ(ctx, waitpid(pid, &status, 0), pid);
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != TEST_PASS)
-		return TEST_FAIL;
-	return TEST_PASS;
-}
-
 static enum test_result seed001_snapshot(struct test_ctx *ctx)
 {
 	int fd = snap_fd();
@@ -551,8 +523,8 @@ static enum test_result seed001_snapshot(struct test_ctx *ctx)
 	TRY(seed_src(ctx, &s));
 	TRY(save(ctx, s.kv, fd, false));
 	ferry_kvm_vm_destroy(s.kv);
-	TRY(in_child(ctx, fd, FERRY_RESTORE_EAGER));
-	TRY(in_child(ctx, fd, FERRY_RESTORE_LAZY));
+	TRY(tvm_restore_in_child(ctx, fd, FERRY_RESTORE_EAGER, seed_restore));
+	TRY(tvm_restore_in_child(ctx, fd, FERRY_RESTORE_LAZY, seed_restore));
 	close(fd);
 	return TEST_PASS;
 }

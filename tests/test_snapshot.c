@@ -338,39 +338,6 @@ static enum test_result seed_restore(struct test_ctx *ctx, int fd,
  * power-off bits; run; check the states; SYSTEM_RESET; check the boot
  * configuration.
  */
-/*
- * The restore runs in a process of its own, as a VMM started fresh
- * would: a child, which hands its verdict and reason back on a pipe.
- */
-static enum test_result in_child(struct test_ctx *ctx, int fd,
-				 enum ferry_restore_mode mode)
-{
-	enum test_result res;
-	int pfd[2], status;
-	pid_t pid;
-
-	CHECK_OK(ctx, pipe(pfd) ? -errno : 0);
-	pid = fork();
-	CHECK(ctx, pid >= 0, "fork: %s", strerror(errno));
-	if (pid == 0) {
-		close(pfd[0]);
-		res = seed_restore(ctx, fd, mode);
-		if (write(pfd[1], ctx->reason, sizeof(ctx->reason)) < 0)
-			_exit(TEST_FAIL);
-		_exit(res);
-	}
-	close(pfd[1]);
-	if (read(pfd[0], ctx->reason, sizeof(ctx->reason)) <= 0)
-		snprintf(ctx->reason, sizeof(ctx->reason), "the restoring "
-			 "process died");
-	close(pfd[0]);
-	CHECK_EQ(ctx, waitpid(pid, &status, 0), pid);
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != TEST_PASS)
-		return WIFEXITED(status) && WEXITSTATUS(status) == TEST_SKIP ?
-		       TEST_SKIP : TEST_FAIL;
-	return TEST_PASS;
-}
-
 static enum test_result seed001(struct test_ctx *ctx)
 {
 	struct src s;
@@ -382,8 +349,8 @@ static enum test_result seed001(struct test_ctx *ctx)
 		CHECK_EQ(ctx, s.mp[i], i == 2 ? S : R);
 	TRY(save(ctx, &s, fd, false, NULL));
 	tvm_destroy(&s.t);
-	TRY(in_child(ctx, fd, FERRY_RESTORE_EAGER));
-	TRY(in_child(ctx, fd, FERRY_RESTORE_LAZY));
+	TRY(tvm_restore_in_child(ctx, fd, FERRY_RESTORE_EAGER, seed_restore));
+	TRY(tvm_restore_in_child(ctx, fd, FERRY_RESTORE_LAZY, seed_restore));
 	close(fd);
 	return TEST_PASS;
 }

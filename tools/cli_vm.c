@@ -193,8 +193,9 @@ static int stream_kind(struct cli_dest *cd, const struct ferry_wire_stream *s)
 
 	cd->vm.kind = kvm ? CLI_VM_KVM : CLI_VM_BUILTIN;
 	if (cd->asked != CLI_VM_DEFAULT && cd->asked != cd->vm.kind)
-		return ferry_error_set(-EINVAL, "the source's VM is %s; --vm %s "
-				       "cannot run it", kind_name(cd->vm.kind),
+		return ferry_error_set(-EINVAL, "the source's VM is %s; "
+				       "--vm %s cannot run it",
+				       kind_name(cd->vm.kind),
 				       kind_name(cd->asked));
 	if (kvm && !ferry_kvm_usable())
 		return ferry_error_prefix(-EOPNOTSUPP, "the source's VM is a "

@@ -208,8 +208,8 @@ static ssize_t collect(struct ferry_dirty *d, unsigned int idx, bool protect,
 		return ferry_fail(-EINVAL, "no region %u", idx);
 	r = &d->mem->regions[idx];
 	if (d->log)
-		return d->log->collect(d->log->arg, idx, 0, r->nr_pages, protect,
-				       bitmap);
+		return d->log->collect(d->log->arg, idx, 0, r->nr_pages,
+				       protect, bitmap);
 	if (walk_whole(r))
 		return collect_range(d, r, (uintptr_t)r->guest,
 				     (uintptr_t)r->guest + r->size, protect,

@@ -125,7 +125,7 @@ typedef void (*kg_run_steps_fn)(const struct kg_machine *m,
  */
 struct kg_control {
 	uint64_t step_limit;		/* 0: none */
-	uint64_t park;			/* non-zero: park at the next boundary */
+	uint64_t park;			/* non-zero: park at a step's end */
 	uint64_t power_gen;		/* bumped on every power change */
 	uint64_t tsc_khz;
 	uint64_t rate_per_vcpu;		/* bytes/s, 0: no cap */

@@ -87,7 +87,8 @@ static const struct field sregs2_fields[] = {
 };
 
 #define XCR(i) \
-	RNG(struct kvm_xcrs, xcrs[i].xcr, 0, 0), ANY(struct kvm_xcrs, xcrs[i].value)
+	RNG(struct kvm_xcrs, xcrs[i].xcr, 0, 0), \
+	ANY(struct kvm_xcrs, xcrs[i].value)
 static const struct field xcrs_fields[] = {
 	RNG(struct kvm_xcrs, nr_xcrs, 0, KVM_MAX_XCRS),
 	ZERO(struct kvm_xcrs, flags),
@@ -160,7 +161,8 @@ static const struct field ioapic_fields[] = {
 	FLAG(PIT, channels[i].status_latched), \
 	ANY(PIT, channels[i].status), RNG(PIT, channels[i].read_state, 0, 4), \
 	RNG(PIT, channels[i].write_state, 0, 4), \
-	ANY(PIT, channels[i].write_latch), RNG(PIT, channels[i].rw_mode, 0, 3), \
+	ANY(PIT, channels[i].write_latch), \
+	RNG(PIT, channels[i].rw_mode, 0, 3), \
 	/* KVM marks a channel never programmed with mode 0xff */ \
 	FLD(PIT, channels[i].mode, K_ENUM, 5, 0xff), \
 	FLAG(PIT, channels[i].bcd), \
@@ -402,7 +404,8 @@ static int count_check(const char *what, uint32_t n, uint32_t max,
 				       n, what, max);
 	if (len != 4 + (size_t)n * each)
 		return ferry_error_set(-EBADMSG, "vCPU state: %s section of "
-				       "%zu bytes for %u entries", what, len, n);
+				       "%zu bytes for %u entries", what, len,
+				       n);
 	return 0;
 }
 
@@ -446,7 +449,8 @@ static int msrs_decode(const uint8_t *p, size_t len, struct kb_state *s)
 		s->msrs[i].data = le64_load(m + 4);
 		if (i && s->msrs[i].index <= s->msrs[i - 1].index)
 			return ferry_error_set(-EINVAL, "vCPU state: MSR %#x "
-					       "out of order", s->msrs[i].index);
+					       "out of order",
+					       s->msrs[i].index);
 	}
 	return 0;
 }
@@ -463,7 +467,8 @@ static int xsave_decode(const uint8_t *p, size_t len, struct kb_state *s)
 
 	if (n > KB_MAX_XSAVE || n < 576 || n % 4 || len != 4 + (size_t)n)
 		return ferry_error_set(-EBADMSG, "vCPU state: XSAVE area of "
-				       "%u bytes in a %zu-byte section", n, len);
+				       "%u bytes in a %zu-byte section", n,
+				       len);
 	if (le32_load(x + 24) >> 16)
 		return ferry_error_set(-EINVAL, "vCPU state: MXCSR %#x sets "
 				       "reserved bits", le32_load(x + 24));
@@ -635,7 +640,8 @@ int kb_decode(const void *buf, size_t len, struct kb_state *s)
 	ret = sections_decode(b, len, s);
 	if (ret)
 		return ret;
-	if (!(s->have & KB_HAVE(KB_REGS)) || !(s->have & KB_HAVE(KB_MP_STATE)) ||
+	if (!(s->have & KB_HAVE(KB_REGS)) ||
+	    !(s->have & KB_HAVE(KB_MP_STATE)) ||
 	    !(s->have & (KB_HAVE(KB_SREGS) | KB_HAVE(KB_SREGS2))))
 		return ferry_error_set(-EINVAL, "KVM vCPU state without its "
 				       "registers, segments or MP state");

@@ -54,7 +54,7 @@ enum kb_tag {
 #define KB_F_WAKE	(1u << 1)
 #define KB_F_FAILED	(1u << 2)
 #define KB_F_BOUNDARY	(1u << 3)
-#define KB_F_RESET	(1u << 4)	/* a SYSTEM_RESET waits for boundaries */
+#define KB_F_RESET	(1u << 4)	/* a SYSTEM_RESET waits for step ends */
 #define KB_F_OFF	(1u << 5)	/* a SYSTEM_OFF waits for boundaries */
 #define KB_F_KNOWN	(KB_F_BOOT_OFF | KB_F_WAKE | KB_F_FAILED | \
 			 KB_F_BOUNDARY | KB_F_RESET | KB_F_OFF)

@@ -72,8 +72,8 @@ static int get_log(struct ferry_kvm *k, unsigned int idx)
 	memset(k->log_buf, 0, BITS_WORDS(n) * 8);
 	ret = kvm_ioctl(k->vm_fd, KVM_GET_DIRTY_LOG, &log);
 	if (ret)
-		return ferry_error_set(ret, "KVM_GET_DIRTY_LOG slot %u: %s", idx,
-				       strerror(-ret));
+		return ferry_error_set(ret, "KVM_GET_DIRTY_LOG slot %u: %s",
+				       idx, strerror(-ret));
 	for (uint64_t w = 0; w < BITS_WORDS(n); w++)
 		k->pending[idx][w] |= k->log_buf[w];
 	return 0;
@@ -135,8 +135,8 @@ static ssize_t merge(struct ferry_kvm *k, unsigned int idx, uint64_t from,
 			vmm[w] &= ~bits;
 		}
 		while (bits) {
-			uint64_t page = (w * 64 + (uint64_t)__builtin_ctzll(bits)) /
-					per;
+			uint64_t bit = (uint64_t)__builtin_ctzll(bits);
+			uint64_t page = (w * 64 + bit) / per;
 			uint64_t mask = 1ULL << (page % 64);
 
 			bits &= bits - 1;

@@ -164,7 +164,8 @@ static void map_range(struct writer *w, uint64_t start, uint64_t end,
 static bool supervisor_only(const struct kvm_layout *l, uint64_t va)
 {
 	return (va >= SYS_GDT && va < SYS_MACHINE) ||
-	       (va >= l->page_tables && va < l->page_tables + l->page_tables_size);
+	       (va >= l->page_tables &&
+		va < l->page_tables + l->page_tables_size);
 }
 
 static int write_page_tables(struct ferry_kvm *k, uint8_t *sys)
@@ -239,7 +240,8 @@ static void write_machine(struct ferry_kvm *k, uint8_t *sys)
 		m->regions[i] = (struct cell_region){
 			.first = k->cells.regions[i].first,
 			.nr = k->cells.regions[i].nr,
-			.guest = (uint8_t *)(uintptr_t)k->ram.regions[i].guest_base,
+			.guest = (uint8_t *)(uintptr_t)
+				 k->ram.regions[i].guest_base,
 			.memfd = -1 };
 	m->ctl = KG_CTL_GPA;
 }

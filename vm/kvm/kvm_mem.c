@@ -30,12 +30,14 @@ static size_t align_of(enum ferry_backing backing)
 static void *map_aligned(int fd, size_t size, size_t align)
 {
 	uint8_t *area = mmap(NULL, size + align, PROT_NONE,
-			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+			     0);
 	uint8_t *at;
 
 	if (area == MAP_FAILED)
 		return NULL;
-	at = (uint8_t *)(((uintptr_t)area + align - 1) & ~(uintptr_t)(align - 1));
+	at = (uint8_t *)(((uintptr_t)area + align - 1) &
+			 ~(uintptr_t)(align - 1));
 	if (mmap(at, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
 		 0) == MAP_FAILED) {
 		munmap(area, size + align);
@@ -129,11 +131,12 @@ int kvm_mem_create_as(const struct ferry_wire_stream *stream,
 
 	for (unsigned int i = 0; !ret && i < stream->nr_regions; i++) {
 		const struct ferry_wire_region *wr = &stream->regions[i];
+		const char *was = ferry_mem_backing_name(wr->backing);
 
 		if (!same_page_size(wr->backing, backing))
-			ret = ferry_error_set(-EINVAL, "the source's region %u "
-					      "is %s; it cannot live on %s here",
-					      i, ferry_mem_backing_name(wr->backing),
+			ret = ferry_error_set(-EINVAL, "the source's region "
+					      "%u is %s; it cannot live on "
+					      "%s here", i, was,
 					      ferry_mem_backing_name(backing));
 		else
 			ret = add_region(mem, backing, wr->guest_base,
@@ -155,7 +158,8 @@ void kvm_mem_destroy(struct ferry_mem *mem)
 
 	if (!mem)
 		return;
-	for (unsigned int i = 0; i < mem->nr_regions && n < FERRY_WIRE_MAX_REGIONS;
+	for (unsigned int i = 0;
+	     i < mem->nr_regions && n < FERRY_WIRE_MAX_REGIONS;
 	     i++) {
 		const struct ferry_region *r = &mem->regions[i];
 
@@ -181,8 +185,8 @@ static int set_slot(struct ferry_kvm *k, const struct kvm_slot *s)
 	int ret = kvm_ioctl(k->vm_fd, KVM_SET_USER_MEMORY_REGION, &r);
 
 	if (ret)
-		return ferry_error_set(ret, "KVM_SET_USER_MEMORY_REGION slot %u "
-				       "(%llu MiB at %#llx): %s", s->slot,
+		return ferry_error_set(ret, "KVM_SET_USER_MEMORY_REGION slot "
+				       "%u (%llu MiB at %#llx): %s", s->slot,
 				       (unsigned long long)s->size >> 20,
 				       (unsigned long long)s->gpa,
 				       strerror(-ret));

@@ -106,7 +106,7 @@ static uint32_t kvm_mp_of(enum ferry_mp_state state)
 	case FERRY_MP_SUSPENDED:
 		return KVM_MP_STATE_HALTED;
 	default:
-		return KVM_MP_STATE_INIT_RECEIVED;	/* off: waits for SIPI */
+		return KVM_MP_STATE_INIT_RECEIVED;	/* off: awaits SIPI */
 	}
 }
 
@@ -336,7 +336,8 @@ static void handle_mmio(struct kvcpu *v)
 	uint64_t in = off % KG_CALL_STRIDE, value;
 
 	pthread_mutex_lock(&k->lock);
-	if (addr < KG_MMIO_GPA || off >= KG_MMIO_SIZE || v->run->mmio.len != 8) {
+	if (addr < KG_MMIO_GPA || off >= KG_MMIO_SIZE ||
+	    v->run->mmio.len != 8) {
 		kvm_fail_locked(v, "vCPU %u: %u-byte MMIO at %#llx", v->index,
 				v->run->mmio.len, (unsigned long long)addr);
 	} else if (v->run->mmio.is_write) {

@@ -312,7 +312,8 @@ static bool msr_known(const struct ferry_kvm *k, uint32_t index)
 /* The SREGS2 of a blob as SREGS, for a KVM without SREGS2. */
 static void sregs_from_sregs2(struct kb_state *s)
 {
-	memcpy(&s->sregs, &s->sregs2, offsetof(struct kvm_sregs, interrupt_bitmap));
+	memcpy(&s->sregs, &s->sregs2,
+	       offsetof(struct kvm_sregs, interrupt_bitmap));
 	memset(s->sregs.interrupt_bitmap, 0, sizeof(s->sregs.interrupt_bitmap));
 	s->have = (s->have & ~KB_HAVE(KB_SREGS2)) | KB_HAVE(KB_SREGS);
 }

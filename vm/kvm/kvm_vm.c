@@ -102,12 +102,14 @@ static int lay_out(struct ferry_kvm *k)
 		ret = ferry_error_set(-EINVAL, "a system region of %zu KiB; "
 				      "this machine's is %llu KiB",
 				      k->mem->regions[0].size >> 10,
-				      (unsigned long long)k->layout.sys_size >> 10);
+				      (unsigned long long)
+				      k->layout.sys_size >> 10);
 	if (!ret && k->cfg.mem_size && k->cfg.mem_size != k->ram.total_size)
 		ret = ferry_error_set(-EINVAL, "the machine has %llu MiB of "
 				      "RAM; this memory %llu MiB",
 				      (unsigned long long)k->cfg.mem_size >> 20,
-				      (unsigned long long)k->ram.total_size >> 20);
+				      (unsigned long long)
+				      k->ram.total_size >> 20);
 	k->cfg.mem_size = k->ram.total_size;
 	return ret;
 }
@@ -170,7 +172,8 @@ static int open_vm(struct ferry_kvm *k)
 	if (k->vm_fd < 0) {
 		ret = k->vm_fd;
 		k->vm_fd = -1;
-		return ferry_error_set(ret, "KVM_CREATE_VM: %s", strerror(-ret));
+		return ferry_error_set(ret, "KVM_CREATE_VM: %s",
+				       strerror(-ret));
 	}
 	ret = kvm_vm_setup(k);
 	if (!ret)
@@ -591,6 +594,7 @@ int ferry_kvm_digest(struct ferry_kvm *k, uint64_t *digest)
 	parked = kvm_parked_locked(k);
 	pthread_mutex_unlock(&k->lock);
 	if (!parked)
-		return ferry_error_set(-EBUSY, "the digest needs the VM paused");
+		return ferry_error_set(-EBUSY, "the digest needs the VM "
+				       "paused");
 	return verify_digest(&k->cells, digest);
 }

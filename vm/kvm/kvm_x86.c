@@ -46,8 +46,8 @@ static int get_cpuid(struct ferry_kvm *k)
 	c->nent = 256;
 	ret = kvm_ioctl(k->dev_fd, KVM_GET_SUPPORTED_CPUID, c);
 	if (!ret && c->nent > KB_MAX_CPUID)
-		ret = ferry_error_set(-E2BIG, "KVM offers %u CPUID entries, the "
-				      "state blob holds %d", c->nent,
+		ret = ferry_error_set(-E2BIG, "KVM offers %u CPUID entries, "
+				      "the state blob holds %d", c->nent,
 				      KB_MAX_CPUID);
 	else if (ret)
 		ret = fail_ioctl(ret, "KVM_GET_SUPPORTED_CPUID");
@@ -198,7 +198,8 @@ static int vcpu_create(struct ferry_kvm *k, struct kvcpu *v)
 {
 	int ret;
 
-	v->fd = kvm_ioctl(k->vm_fd, KVM_CREATE_VCPU, (void *)(uintptr_t)v->index);
+	v->fd = kvm_ioctl(k->vm_fd, KVM_CREATE_VCPU,
+			  (void *)(uintptr_t)v->index);
 	if (v->fd < 0) {
 		ret = v->fd;
 		v->fd = -1;
@@ -332,8 +333,8 @@ int kvm_vcpu_set_mp(struct kvcpu *v, uint32_t mp)
 	int ret = kvm_ioctl(v->fd, KVM_SET_MP_STATE, &s);
 
 	if (ret)
-		return ferry_error_set(ret, "KVM_SET_MP_STATE %u on vCPU %u: %s",
-				       mp, v->index, strerror(-ret));
+		return ferry_error_set(ret, "KVM_SET_MP_STATE %u on vCPU %u: "
+				       "%s", mp, v->index, strerror(-ret));
 	v->kvm_mp = mp;
 	return 0;
 }
@@ -356,7 +357,7 @@ enum ferry_mp_state kvm_mp_to_ferry(uint32_t mp)
 		return FERRY_MP_RUNNABLE;
 	case KVM_MP_STATE_HALTED:
 		return FERRY_MP_SUSPENDED;
-	default:		/* UNINITIALIZED, INIT_RECEIVED, SIPI_RECEIVED */
+	default:	/* UNINITIALIZED, INIT_RECEIVED, SIPI_RECEIVED */
 		return FERRY_MP_STOPPED;
 	}
 }
