@@ -26,7 +26,7 @@
 #include "ferry/restore.h"
 #include "ferry/snapshot.h"
 #include "guest_test.h"
-#include "snapshot/restore.h"	/* the demand queue's lock (cancel) */
+#include "snapshot/restore_int.h"	/* the demand queue's lock (cancel) */
 
 /* vCPU 2 powers off early; the others write and read. */
 #define SPEC		"random,read=30,off=2@200"

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 /*
- * restore: a restore's run (restore.h says how it is cut up).  The VM is
+ * restore: a restore's run (restore_int.h says how it is cut up).  The VM is
  * built while another thread reads the extent records; then eager (all
  * stored and mapped, fault service over) or lazy (owed, the working set
  * first), the vCPUs resume, and a lazy restore's readers and control
@@ -16,7 +16,7 @@
 #include "base/sys.h"
 #include "ferry/clock.h"
 #include "migrate/dest_limits.h"
-#include "snapshot/restore.h"
+#include "snapshot/restore_int.h"
 
 /* ---- before resume ------------------------------------------------------ */
 

@@ -34,7 +34,7 @@
 
 #include "base/error.h"
 #include "ferry/clock.h"
-#include "snapshot/restore.h"
+#include "snapshot/restore_int.h"
 
 /* The control thread looks at the fault service this often (ms). */
 #define CTL_POLL_MS	100
@@ -85,18 +85,6 @@ void restore_set_phase(struct ferry_restore *rs, enum ferry_phase phase)
 	pthread_mutex_lock(&rs->lock);
 	rs->phase = phase;
 	pthread_mutex_unlock(&rs->lock);
-}
-
-bool restore_cancelled(struct ferry_restore *rs)
-{
-	return atomic_load(&rs->cancel);
-}
-
-int restore_check_cancel(struct ferry_restore *rs)
-{
-	if (!restore_cancelled(rs))
-		return 0;
-	return ferry_fail(-ECANCELED, "cancelled");
 }
 
 void restore_forget_pc(struct ferry_restore *rs)

@@ -23,7 +23,7 @@
 
 #include "base/error.h"
 #include "base/sys.h"
-#include "snapshot/restore.h"
+#include "snapshot/restore_int.h"
 
 /* After a fault, the fill reader first fills this much after the page. */
 #define NEAR_BYTES	(1UL << 20)

@@ -16,7 +16,7 @@
 
 #include "base/bitmap.h"
 #include "base/error.h"
-#include "snapshot/restore.h"
+#include "snapshot/restore_int.h"
 
 /* ---- putting pages in place --------------------------------------------- */
 

@@ -98,20 +98,6 @@ static int add_target(struct ferry_snapshot_save *h, const char *path)
 
 /* ---- what the save tells ------------------------------------------------ */
 
-void save_set_phase(struct ferry_snapshot_save *h, enum ferry_phase phase)
-{
-	pthread_mutex_lock(&h->lock);
-	h->phase = phase;
-	pthread_mutex_unlock(&h->lock);
-}
-
-int save_check_cancel(const struct ferry_snapshot_save *h)
-{
-	if (!atomic_load(&h->cancel))
-		return 0;
-	return ferry_fail(-ECANCELED, "cancelled");
-}
-
 static int cancel_error(struct ferry_snapshot_save *h)
 {
 	if (h->target)
@@ -122,7 +108,7 @@ static int cancel_error(struct ferry_snapshot_save *h)
 			  "the file was emptied)");
 }
 
-static int end(struct ferry_snapshot_save *h, int ret,
+static int save_end(struct ferry_snapshot_save *h, int ret,
 	       const struct ferry_snapshot_stats *st)
 {
 	char reason[sizeof(h->reason)];
@@ -160,7 +146,7 @@ static int run(struct ferry_snapshot_save *h)
 		sys_ftruncate(h->fd, 0);	/* best effort: it is invalid */
 	if (ret && (ret == -ECANCELED || atomic_load(&h->cancel)))
 		ret = cancel_error(h);
-	return end(h, ret, &st);
+	return save_end(h, ret, &st);
 }
 
 static void *worker_main(void *arg)

@@ -24,6 +24,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "base/error.h"
 #include "ferry/hist.h"
 #include "ferry/migrate.h"
 #include "pages/faultsvc.h"
@@ -168,10 +169,25 @@ void saver_free(struct saver *sv);
 
 /* ---- save_handle.c ------------------------------------------------------ */
 
-void save_set_phase(struct ferry_snapshot_save *h, enum ferry_phase phase);
+/*
+ * The save is in this phase now (progress reads it).  Inline, as the
+ * next: the saver's steps tell the handle above them.
+ */
+static inline void save_set_phase(struct ferry_snapshot_save *h,
+				  enum ferry_phase phase)
+{
+	pthread_mutex_lock(&h->lock);
+	h->phase = phase;
+	pthread_mutex_unlock(&h->lock);
+}
 
 /* -ECANCELED with a reason if a cancel was asked, else 0. */
-int save_check_cancel(const struct ferry_snapshot_save *h);
+static inline int save_check_cancel(const struct ferry_snapshot_save *h)
+{
+	if (!atomic_load(&h->cancel))
+		return 0;
+	return ferry_fail(-ECANCELED, "cancelled");
+}
 
 /* ---- save_path.c -------------------------------------------------------- */
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef FERRY_SNAPSHOT_RESTORE_H
-#define FERRY_SNAPSHOT_RESTORE_H
+#ifndef FERRY_SNAPSHOT_RESTORE_INT_H
+#define FERRY_SNAPSHOT_RESTORE_INT_H
 
 /*
  * snap_restore: a VM from a snapshot file, eagerly or lazily, with the
@@ -43,6 +43,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "base/error.h"
 #include "base/thread.h"
 #include "ferry/restore.h"
 #include "pages/postcopy.h"
@@ -198,11 +199,22 @@ void restore_readers_stop(struct ferry_restore *rs);
 /* The run: the restore is in this phase now (progress reads it). */
 void restore_set_phase(struct ferry_restore *rs, enum ferry_phase phase);
 
-/* Was a cancel asked?  Any thread. */
-bool restore_cancelled(struct ferry_restore *rs);
+/*
+ * Was a cancel asked?  Any thread.  Inline: the readers and the loader
+ * ask it as they go, and the control thread above them sets it.
+ */
+static inline bool restore_cancelled(struct ferry_restore *rs)
+{
+	return atomic_load(&rs->cancel);
+}
 
 /* -ECANCELED with a reason, if a cancel was asked; else 0. */
-int restore_check_cancel(struct ferry_restore *rs);
+static inline int restore_check_cancel(struct ferry_restore *rs)
+{
+	if (!restore_cancelled(rs))
+		return 0;
+	return ferry_fail(-ECANCELED, "cancelled");
+}
 
 /*
  * The vCPUs run and the VM is the caller's: DEST_RUNNING is told, and
