@@ -215,11 +215,11 @@ int cli_net_opt(const char *cmd, int opt, const char *arg,
 	"  --hugetlb-max N     grow the hugetlb pool by N pages at most (lent\n" \
 	"                      as surplus pages; default: as far as it goes)\n"
 
-/* --vm's lines in --help. */
-#define CLI_VM_HELP \
-	"  --vm kvm|builtin  the VM: a KVM guest, or ferry's built-in VM "\
-	"(default:\n" \
-	"                    kvm where KVM works, builtin otherwise)\n"
+/* --vm's lines in --help; PAD (spaces) reaches the command's column. */
+#define CLI_VM_HELP(PAD) \
+	"  --vm kvm|builtin" PAD "the VM: a KVM guest, or ferry's built-in " \
+	"VM (default:\n" \
+	"                  " PAD "kvm where KVM works, builtin otherwise)\n"
 
 /*
  * A VM the commands run: ferry's built-in VM or a KVM guest, both running

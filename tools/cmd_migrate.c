@@ -329,19 +329,27 @@ static void usage_exit(FILE *out, const char *here, const char *failed)
 		"as at switchover\n", here, failed);
 }
 
-static void usage_recovery(FILE *out)
+/*
+ * --timeout and --give-up, at the column of the command's other options
+ * (send's descriptions start one column left of recv's).
+ */
+static void usage_recovery(FILE *out, bool send)
 {
+	const char *pad = send ? "" : " ";
+
 	fprintf(out,
-		"  --timeout S        a peer that shows no progress for S "
+		"  --timeout S        %sa peer that shows no progress for S "
 		"seconds is stalled:\n"
-		"                     before the commit the migration fails, "
+		"                     %sbefore the commit the migration fails, "
 		"after it it pauses\n"
-		"                     (default 10)\n"
-		"  --give-up S        end a paused migration after S seconds; "
-		"send also\n"
-		"                     stops trying again after S (default: "
-		"until SIGINT or\n"
-		"                     SIGTERM)\n");
+		"                     %s(default 10)\n"
+		"  --give-up S        %send a paused migration after S "
+		"seconds%s\n"
+		"                     %s(default: until SIGINT or SIGTERM)\n",
+		pad, pad, pad, pad,
+		send ? "; send also stops\n"
+		       "                     trying again after S" : "",
+		pad);
 }
 
 static void usage_send(FILE *out)
@@ -391,8 +399,8 @@ static void usage_send(FILE *out)
 		"  --bandwidth RATE   bytes per second on the bulk channels "
 		"(100M, 1G; default:\n"
 		"                     no limit)\n"
-		CLI_VM_HELP);
-	usage_recovery(out);
+		CLI_VM_HELP("   "));
+	usage_recovery(out, true);
 	fprintf(out,
 		"  --recover-to ADDR  dial this address after a break "
 		"instead of --to: the\n"
@@ -437,7 +445,7 @@ static void usage_recv(FILE *out)
 		"(default 60)\n"
 		"  --vm kvm|builtin    refuse a stream of the other kind "
 		"(default: either)\n");
-	usage_recovery(out);
+	usage_recovery(out, false);
 	fprintf(out,
 		"  --json FILE         the destination's figures as JSON\n"
 		"%s", CLI_NET_HELP_RECV);

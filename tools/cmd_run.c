@@ -49,7 +49,7 @@ static void usage(FILE *out)
 		"(default: all\n"
 		"                   but vCPU 0, which powers the others on)\n"
 		"  --verify         check memory at the end\n"
-		CLI_VM_HELP "\n%s",
+		CLI_VM_HELP(" ") "\n%s",
 		FERRY_GUEST_MAX_VCPUS, ferry_guest_workload_help());
 }
 

@@ -86,7 +86,7 @@ static void usage_snapshot(FILE *out)
 		"write-protect)\n"
 		"  --sync           fdatasync the file before exiting\n"
 		"  --json FILE      the figures as JSON ('-': stdout)\n"
-		CLI_VM_HELP
+		CLI_VM_HELP(" ")
 		"Exit status: 0 saved, 2 error.\n");
 }
 
