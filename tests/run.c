@@ -13,6 +13,8 @@
  * last line is exactly "N passed, N failed, N skipped"; the exit status is 1
  * when anything failed.
  */
+#include <libgen.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -84,6 +86,18 @@ size_t test_region_size(enum ferry_backing backing, size_t pages_4k,
 	if (backing == FERRY_BACKING_SHMEM)
 		return pages_4k * 4096;
 	return pages_2m * FERRY_HUGE_PAGE_SIZE;
+}
+
+int test_ferry_binary(char *path, size_t len)
+{
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+
+	if (n <= 0)
+		return -1;
+	self[n] = '\0';
+	snprintf(path, len, "%s/../ferry", dirname(self));
+	return access(path, X_OK);
 }
 
 static bool netns_available(char *why, size_t len)

@@ -113,6 +113,9 @@ static inline const char *fault_counts_meaningless(void)
 #endif
 }
 
+/* The ferry tool beside the test runner (build/ferry): 0, or -1. */
+int test_ferry_binary(char *path, size_t len);
+
 /* Region size suited to a backing: some 4 KiB pages, or a few huge pages. */
 size_t test_region_size(enum ferry_backing backing, size_t pages_4k,
 			size_t pages_2m);

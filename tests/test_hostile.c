@@ -9,7 +9,6 @@
  */
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -326,18 +325,6 @@ static enum test_result claim_restore(struct test_ctx *ctx)
 
 /* ---- signals: the pool and the files as they were ----------------------- */
 
-static int ferry_binary(char *path, size_t len)
-{
-	char self[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-
-	if (n <= 0)
-		return -1;
-	self[n] = '\0';
-	snprintf(path, len, "%s/../ferry", dirname(self));
-	return access(path, X_OK);
-}
-
 static pid_t spawn_recv(const char *bin, const char *listen,
 			const char *backing)
 {
@@ -389,7 +376,7 @@ static enum test_result sigkill_hugetlb_recv(struct test_ctx *ctx)
 	uint64_t pages;
 	pid_t pid;
 
-	if (ferry_binary(bin, sizeof(bin)))
+	if (test_ferry_binary(bin, sizeof(bin)))
 		SKIP(ctx, "no ferry binary beside the test runner");
 	CHECK_OK(ctx, pool_read(&before));
 	pages = (uint64_t)before.free_pages + 8;
@@ -434,7 +421,7 @@ static enum test_result sigterm_recv(struct test_ctx *ctx)
 	int status;
 	pid_t pid;
 
-	if (ferry_binary(bin, sizeof(bin)))
+	if (test_ferry_binary(bin, sizeof(bin)))
 		SKIP(ctx, "no ferry binary beside the test runner");
 	snprintf(addr, sizeof(addr), "unix:/tmp/ferry-term-%d.sock",
 		 getpid());

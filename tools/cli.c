@@ -102,7 +102,11 @@ const char *cli_bytes(uint64_t bytes, char *buf, size_t len)
 int cli_bad(const char *cmd, const char *opt, const char *arg,
 	    const char *want)
 {
-	fprintf(stderr, "ferry %s: %s '%s': %s\n", cmd, opt, arg, want);
+	if (*arg)
+		fprintf(stderr, "ferry %s: %s '%s': %s\n", cmd, opt, arg,
+			want);
+	else
+		fprintf(stderr, "ferry %s: %s: %s\n", cmd, opt, want);
 	return 2;
 }
 
@@ -161,10 +165,34 @@ int cli_no_args(const char *cmd, int argc, char **argv)
 	return 0;
 }
 
+/* Standard output as it was, once cli_json_claim_stdout() took it. */
+static FILE *json_stdout;
+
+void cli_json_claim_stdout(const char *path)
+{
+	int fd;
+
+	if (!path || strcmp(path, "-") || json_stdout)
+		return;
+	fflush(stdout);
+	fd = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
+	if (fd < 0)
+		return;
+	json_stdout = fdopen(fd, "w");
+	if (!json_stdout || dup2(STDERR_FILENO, STDOUT_FILENO) < 0) {
+		if (json_stdout)
+			fclose(json_stdout);
+		else
+			close(fd);
+		json_stdout = NULL;
+	}
+}
+
 int cli_json(const char *path, void (*write)(FILE *f, const void *arg),
 	     const void *arg)
 {
-	FILE *f = strcmp(path, "-") ? fopen(path, "w") : stdout;
+	FILE *out = json_stdout ? json_stdout : stdout;
+	FILE *f = strcmp(path, "-") ? fopen(path, "w") : out;
 
 	if (!f) {
 		fprintf(stderr, "ferry %s: --json %s: %s\n", command, path,
@@ -172,8 +200,10 @@ int cli_json(const char *path, void (*write)(FILE *f, const void *arg),
 		return 2;
 	}
 	write(f, arg);
-	if (f != stdout)
+	if (f != out)
 		fclose(f);
+	else
+		fflush(f);
 	return 0;
 }
 

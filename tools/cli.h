@@ -60,6 +60,13 @@ static inline double cli_us(uint64_t ns)
 int cli_json(const char *path, void (*write)(FILE *f, const void *arg),
 	     const void *arg);
 
+/*
+ * With --json - , standard output is the JSON's alone: the command's
+ * other lines go to standard error from here on.  Nothing for any other
+ * path (or NULL).
+ */
+void cli_json_claim_stdout(const char *path);
+
 /* ---- options ------------------------------------------------------------ */
 
 /* "512M", "4G", "1048576", "64K" -> bytes; 0 or -EINVAL. */
@@ -71,7 +78,10 @@ int cli_parse_seconds(const char *text, double *secs);
 /* Non-negative integer; 0 or -EINVAL. */
 int cli_parse_uint(const char *text, unsigned long *value);
 
-/* "ferry CMD: OPT 'ARG': WANT" on stderr; returns 2 (a usage error). */
+/*
+ * "ferry CMD: OPT 'ARG': WANT" on stderr ("ferry CMD: OPT: WANT" when ARG
+ * is empty); returns 2 (a usage error).
+ */
 int cli_bad(const char *cmd, const char *opt, const char *arg,
 	    const char *want);
 

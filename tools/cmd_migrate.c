@@ -352,6 +352,20 @@ static void usage_recovery(FILE *out, bool send)
 		pad);
 }
 
+/* The VM's and the mode's lines of send's and demo's --help. */
+#define MIG_GUEST_HELP \
+	"  --mem SIZE         guest memory (default 1G)\n" \
+	"  --vcpus N          vCPUs (default 2)\n" \
+	"  --workload SPEC    what the vCPUs run (default random,read=20; " \
+	"see\n" \
+	"                     'ferry run --help')\n" \
+	"  --backing B        shmem, thp or hugetlb (default shmem)\n"
+#define MIG_MODE_HELP \
+	"  --mode M           precopy, postcopy or hybrid (default hybrid: " \
+	"pre-copy,\n" \
+	"                     then post-copy as soon as another round " \
+	"cannot converge)\n"
+
 static void usage_send(FILE *out)
 {
 	fprintf(out,
@@ -376,17 +390,10 @@ static void usage_send(FILE *out)
 		"or --give-up end the VM.\n\n"
 		"  --to ADDR:PORT     the destination (HOST:PORT or "
 		"unix:/path)\n"
-		"  --mem SIZE         guest memory (default 1G)\n"
-		"  --vcpus N          vCPUs (default 2)\n"
-		"  --workload SPEC    what the vCPUs run (default "
-		"random,read=20; see\n"
-		"                     'ferry run --help')\n"
-		"  --backing B        shmem, thp or hugetlb (default shmem)\n"
+		MIG_GUEST_HELP
 		"  --warmup S         seconds the VM runs before migrating "
 		"(default 1)\n"
-		"  --mode M           precopy, postcopy or hybrid (default "
-		"hybrid: pre-copy,\n"
-		"                     then post-copy if it stops converging)\n"
+		MIG_MODE_HELP
 		"  --at-once          with --mode postcopy: no live pass; "
 		"pause at once, every\n"
 		"                     page comes after the resume (least "
@@ -408,7 +415,8 @@ static void usage_send(FILE *out)
 		"which then receives\n"
 		"                     the paused VM whole\n"
 		"  --json FILE        the source's figures as JSON ('-': "
-		"stdout)\n"
+		"stdout, the other\n"
+		"                     lines then on stderr)\n"
 		"  --quiet            no progress line\n"
 		"%s", CLI_NET_HELP_SEND);
 	usage_exit(out, "at the destination", "the VM runs here, whole, "
@@ -447,7 +455,9 @@ static void usage_recv(FILE *out)
 		"(default: either)\n");
 	usage_recovery(out, false);
 	fprintf(out,
-		"  --json FILE         the destination's figures as JSON\n"
+		"  --json FILE         the destination's figures as JSON "
+		"('-': stdout, the\n"
+		"                      other lines then on stderr)\n"
 		"%s", CLI_NET_HELP_RECV);
 	usage_exit(out, "here", "nothing was kept here; the source runs "
 		   "the VM");
@@ -458,17 +468,31 @@ static void usage_demo(FILE *out)
 	fprintf(out,
 		"usage: ferry demo [--mem SIZE] [--vcpus N] [--workload SPEC]\n"
 		"                  [--backing B] [--mode M] [--channels N]\n"
-		"                  [--warmup S] [--run S] [--json FILE]\n"
+		"                  [--warmup S] [--run S] [--seed N] "
+		"[--json FILE]\n"
 		"                  [--vm kvm|builtin]\n\n"
-		"Live-migrates the workload VM (a KVM guest where KVM works, "
-		"else the\nbuilt-in VM; --vm chooses) between two processes "
-		"on this\nmachine over loopback TCP: the source runs it "
-		"(--warmup), migrates it\n(--mode, default hybrid), the "
-		"destination runs it on (--run) and verifies\nthat no write "
-		"was lost, torn or duplicated and every vCPU kept its power\n"
-		"state; the summary says which VM ran.  Defaults: 1 GiB, 2 "
-		"vCPUs,\nrandom,read=20, shmem, hybrid.\nExit status: 0 verified, 1 verification failed, "
-		"2 error, 3 paused and\ngiven up.\n");
+		"Live-migrates the workload VM between two processes on this "
+		"machine over\nloopback TCP: the source runs it (--warmup), "
+		"migrates it (--mode), the\ndestination runs it on (--run) "
+		"and verifies that no write was lost, torn\nor duplicated "
+		"and that every vCPU kept its power state.  The summary says\n"
+		"which VM ran, the mode, total time, downtime, rounds, bytes, "
+		"post-copy\nfaults and their latency, and the verdict.\n\n"
+		MIG_GUEST_HELP
+		MIG_MODE_HELP
+		"  --channels N       bulk channels, besides the urgent one "
+		"(default 2)\n"
+		"  --warmup S         seconds the VM runs before migrating "
+		"(default 1)\n"
+		"  --run S            seconds the VM runs after migrating "
+		"(default 1)\n"
+		"  --seed N           workload seed (default 1)\n"
+		"  --json FILE        both sides' figures as JSON ('-': "
+		"stdout, the other\n"
+		"                     lines then on stderr)\n"
+		CLI_VM_HELP("   ")
+		"Exit status: 0 verified, 1 verification failed, 2 error, "
+		"3 paused and\ngiven up.\n");
 }
 
 static int parse_one(const char *cmd, int opt, const char *arg, void *opts)
@@ -550,6 +574,8 @@ static int parse_args(const struct cli_cmd *cmd, int argc, char **argv,
 	if (!ret && strcmp(cmd->name, "recv") &&
 	    cli_guest_check(cmd->name, &o->guest))
 		return 2;
+	if (!ret)
+		cli_json_claim_stdout(o->json);
 	return ret;
 }
 

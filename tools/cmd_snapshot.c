@@ -85,7 +85,9 @@ static void usage_snapshot(FILE *out)
 		"  --live           save while the VM runs (userfaultfd "
 		"write-protect)\n"
 		"  --sync           fdatasync the file before exiting\n"
-		"  --json FILE      the figures as JSON ('-': stdout)\n"
+		"  --json FILE      the figures as JSON ('-': stdout, the "
+		"other lines then\n"
+		"                   on stderr)\n"
 		CLI_VM_HELP(" ")
 		"Exit status: 0 saved, 2 error.\n");
 }
@@ -133,7 +135,9 @@ static void usage_restore(FILE *out)
 		"  --run S           seconds the VM runs (default 1)\n"
 		"  --verify          verify memory and vCPU states after the "
 		"run\n"
-		"  --json FILE       the figures as JSON ('-': stdout)\n"
+		"  --json FILE       the figures as JSON ('-': stdout, the "
+		"other lines then\n"
+		"                    on stderr)\n"
 		"  --quiet           no progress line (shown on a terminal "
 		"while pages\n"
 		"                    are owed)\n"
@@ -219,7 +223,10 @@ static int parse_args(const struct cli_cmd *cmd, int argc, char **argv,
 		return ret;
 	if (optind < argc && cmd == &restore_cmd)
 		o->file = argv[optind++];
-	return cli_no_args(cmd->name, argc, argv);
+	ret = cli_no_args(cmd->name, argc, argv);
+	if (!ret)
+		cli_json_claim_stdout(o->json);
+	return ret;
 }
 
 static void print_vcpus(const struct ferry_verify_report *r, FILE *out)
@@ -721,12 +728,12 @@ static int check_restore_opts(const struct snap_opts *o)
 	if (!o->file)
 		return cli_bad("restore", "FILE", "", "is required");
 	if (o->eager_set && o->lazy_set)
-		return cli_bad("restore", "--eager", "--lazy", "one or the "
-			       "other");
+		return cli_bad("restore", "--eager with --lazy", "",
+			       "one or the other");
 	if (o->clones && o->eager_set)
-		return cli_bad("restore", "--clone", "--eager", "clones are "
-			       "lazy: each maps the shared snapshot and faults "
-			       "pages in");
+		return cli_bad("restore", "--clone with --eager", "",
+			       "clones are lazy: each maps the shared "
+			       "snapshot and faults pages in");
 	if (o->mode == FERRY_RESTORE_EAGER &&
 	    (o->record_ws || o->prefetch_ws))
 		return cli_bad("restore", "--eager", "", "working sets are for "
