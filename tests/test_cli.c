@@ -2,8 +2,7 @@
 /*
  * The ferry command as a user meets it: every error exits 2 with one line
  * on standard error that starts "ferry COMMAND:" and nothing on standard
- * output, before any VM is built; `--json -` leaves standard output to
- * the JSON alone.  The tool is build/ferry, beside the test runner.
+ * output; `--json -` leaves standard output to the JSON alone.  The tool is build/ferry, beside the test runner.
  */
 #include <fcntl.h>
 #include <limits.h>
@@ -84,8 +83,9 @@ static unsigned int count_lines(const char *s)
 
 /*
  * Each a mistake a user makes: exit 2, one line on stderr with the
- * command's prefix and the word that names the problem, nothing on
- * stdout.  None of them may build a VM first (they finish at once).
+ * command's prefix and the words that name the problem, nothing on
+ * stdout (a VM built first would have printed its summary there; send
+ * says so in words).
  */
 static enum test_result errors_exit_2_one_line(struct test_ctx *ctx)
 {
